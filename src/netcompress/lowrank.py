@@ -1,0 +1,316 @@
+"""Low-rank factorization of Linear and Conv2d layers: SVD, SVD+BC and DALR.
+
+A layer ``y = Wx + b`` (``W``: out × in, for a Conv2d the im2col view
+out × in·kh·kw) is replaced by two maps ``y ≈ A(Bx) + b̂`` of rank ``k``:
+
+* ``svd``     ``A = Û_k``, ``B = Ŝ_k V̂_kᵀ`` from ``W = USVᵀ``; ``b̂ = b``.
+* ``svd_bc``  the same with bias compensation ``b̂ = b + (W − Ŵ)x̄`` (seed 001).
+* ``dalr``    domain-adaptive low-rank regression (Masana et al., ICCV 2017, seeds 000/001):
+              ``A = Û_k`` (leading eigenvectors of ``ZZᵀ = W(XXᵀ)Wᵀ``) and
+              ``B = Û_kᵀ Z Xᵀ (XXᵀ + λI)⁻¹``, from the target statistics alone.
+
+Every method returns a :class:`Factorization` holding the factors up to some
+rank, so one decomposition serves a whole sweep of ranks, and the exact output
+error of each rank on the target statistics comes from cumulative sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .stats import Moments
+
+__all__ = [
+    "DEFAULT_LAM",
+    "Factorization",
+    "LowRankConv2d",
+    "LowRankLinear",
+    "dalr",
+    "layer_matrix",
+    "svd",
+    "svd_bc",
+]
+
+# λ is relative to the mean eigenvalue of the input second moment, trace(XXᵀ)/in:
+# small enough that DALR solves the unregularised regression to ~1e-4, large enough
+# that a rank-deficient XXᵀ (inputs in a subspace) still has a stable Cholesky factor.
+DEFAULT_LAM = 1e-4
+
+
+class LowRankLinear(nn.Module):
+    """``y = up(down(x))``: ``in → rank`` without bias, then ``rank → out`` with the bias."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+class LowRankConv2d(nn.Module):
+    """A ``rank``-channel convolution with the original kernel, stride, padding and dilation, then a 1×1 convolution."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int],
+        rank: int,
+        stride: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] = (0, 0),
+        dilation: tuple[int, int] = (1, 1),
+        bias: bool = True,
+    ):
+        super().__init__()
+        self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
+        self.down = nn.Conv2d(in_channels, rank, kernel_size, stride, padding, dilation, bias=False)
+        self.up = nn.Conv2d(rank, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+def layer_matrix(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight as an (out, in) float64 matrix; for a Conv2d its im2col view."""
+    if isinstance(layer, nn.Conv2d):
+        if layer.groups != 1:
+            raise ValueError(
+                f"Conv2d with groups={layer.groups} cannot be factorized as one matrix; "
+                "exclude it with layers=[...]"
+            )
+        return layer.weight.detach().reshape(layer.out_channels, -1).to(torch.float64)
+    if isinstance(layer, nn.Linear):
+        return layer.weight.detach().to(torch.float64)
+    raise ValueError(f"a {type(layer).__name__} cannot be factorized; only nn.Linear and nn.Conv2d can")
+
+
+def build_low_rank(layer: nn.Module, rank: int, bias: bool) -> nn.Module:
+    """An empty (uninitialised) low-rank replacement for ``layer`` with the given rank."""
+    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    if isinstance(layer, nn.Conv2d):
+        module = LowRankConv2d(
+            layer.in_channels, layer.out_channels, layer.kernel_size, rank,
+            layer.stride, layer.padding, layer.dilation, bias,
+        )
+    else:
+        module = LowRankLinear(layer.in_features, layer.out_features, rank, bias)
+    return module.to(**factory)
+
+
+@dataclass
+class Factorization:
+    """Nested rank-``k`` approximations ``Ŵ_k = A[:, :k] B[:k]`` of one layer.
+
+    ``A`` has orthogonal columns, which makes the output error of every rank a
+    cumulative sum (see :meth:`output_error`). With ``compensate_bias`` the bias
+    becomes ``b̂ = b + (W − Ŵ_k) x̄`` and errors are measured around the mean input.
+    """
+
+    layer: nn.Module
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    A: torch.Tensor
+    B: torch.Tensor
+    moments: Moments
+    compensate_bias: bool
+    weighted_trace: float  # tr(W Q Wᵀ), Q the (centred, with bias compensation) second moment
+
+    @property
+    def output_energy(self) -> float:
+        """``Σ ||W x + b||² = tr(W XXᵀ Wᵀ) + 2 bᵀ W Σx + n ||b||²`` over the target samples."""
+        m, W, b = self.moments, self.weight, self.bias
+        energy = self.weighted_trace
+        if self.compensate_bias:  # tr(W XXᵀ Wᵀ) = tr(W C Wᵀ) + n ||W x̄||²
+            energy += m.count * float((W @ m.mean_input).pow(2).sum())
+        if b is not None:
+            energy += 2 * float(b @ (W @ m.input_sum)) + m.count * float(b @ b)
+        return energy
+
+    @property
+    def max_rank(self) -> int:
+        return self.A.shape[1]
+
+    @property
+    def full_rank(self) -> int:
+        return min(self.weight.shape)
+
+    def params_before(self) -> int:
+        return sum(p.numel() for p in self.layer.parameters())
+
+    def params_after(self, rank: int) -> int:
+        out_features, in_features = self.weight.shape
+        has_bias = self.bias is not None or self.compensate_bias
+        return rank * (in_features + out_features) + (out_features if has_bias else 0)
+
+    def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(A_k, B_k, b̂)`` in float64."""
+        self._check_rank(rank)
+        A, B = self.A[:, :rank], self.B[:rank]
+        bias = self.bias
+        if self.compensate_bias:
+            residual = self.weight - A @ B
+            bias = (bias if bias is not None else 0) + residual @ self.moments.mean_input
+        return A, B, bias
+
+    def module(self, rank: int) -> nn.Module:
+        """The replacement module of this rank, in the layer's dtype and device."""
+        A, B, bias = self.factors(rank)
+        module = build_low_rank(self.layer, rank, bias is not None)
+        with torch.no_grad():
+            module.down.weight.copy_(B.reshape(module.down.weight.shape))
+            module.up.weight.copy_(A.reshape(module.up.weight.shape))
+            if bias is not None:
+                module.up.bias.copy_(bias)
+        return module
+
+    def output_error(self) -> torch.Tensor:
+        """``Σ ||y − ŷ_k||²`` over the target samples for ``k = 0 … max_rank`` (float64).
+
+        With ``D = W − A_k B_k`` the error is ``tr(D Q Dᵀ)``, ``Q`` the (centred, with
+        bias compensation) second moment. Orthogonal columns of ``A`` split it into
+        ``tr(WQWᵀ) − Σ_i 2 a_iᵀWQb_i − ||a_i||² b_iᵀQb_i``.
+        """
+        m = self.moments
+        Q = m.centered_gram if self.compensate_bias else m.gram
+        BQ = self.B @ Q
+        cross = ((self.A.T @ self.weight) * BQ).sum(1)
+        own = self.A.pow(2).sum(0) * (self.B * BQ).sum(1)
+        total = torch.tensor([self.weighted_trace], dtype=own.dtype, device=own.device)
+        steps = torch.cat([total, own - 2 * cross]).cumsum(0)
+        return steps.clamp_min(0)
+
+    def relative_error(self, rank: int) -> float:
+        """``||Y − Ŷ||_F / ||Y||_F`` on the target statistics (``Y`` includes the bias)."""
+        self._check_rank(rank)
+        error = self.output_error()[rank].item()
+        return (error / self.output_energy) ** 0.5 if self.output_energy > 0 else 0.0
+
+    def _check_rank(self, rank: int) -> None:
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        if rank > self.max_rank:
+            raise ValueError(f"rank {rank} exceeds the {self.max_rank} factors computed; factorize with a larger rank")
+
+
+def _checked_rank(layer: nn.Module, weight: torch.Tensor, rank: int) -> int:
+    limit = min(weight.shape)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank {rank!r} is not a positive integer")
+    if rank > limit:
+        raise ValueError(f"rank {rank} exceeds min(out, in) = {limit} of this {type(layer).__name__}")
+    return rank
+
+
+def _check_moments(weight: torch.Tensor, moments: Moments) -> None:
+    if moments.gram.shape[0] != weight.shape[1]:
+        raise ValueError(
+            f"the statistics have {moments.gram.shape[0]} input features but the layer has {weight.shape[1]}; "
+            "collect them on this layer"
+        )
+
+
+def _layer_bias(layer: nn.Module) -> torch.Tensor | None:
+    return None if layer.bias is None else layer.bias.detach().to(torch.float64)
+
+
+def svd(layer: nn.Module, moments: Moments, rank: int, *, bias_compensation: bool = False) -> Factorization:
+    """Truncated SVD of the layer's weights (target data used only to measure the error)."""
+    W = layer_matrix(layer)
+    _check_moments(W, moments)
+    rank = _checked_rank(layer, W, rank)
+    moments = _on(moments, W.device)
+    Q = moments.centered_gram if bias_compensation else moments.gram
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    SVh = S[:, None] * Vh
+    weighted_trace = float(((SVh @ Q) * SVh).sum())  # tr(W Q Wᵀ) = tr(S Vᵀ Q V S)
+    return Factorization(
+        layer, W, _layer_bias(layer), U[:, :rank], SVh[:rank], moments, bias_compensation, weighted_trace
+    )
+
+
+def svd_bc(layer: nn.Module, moments: Moments, rank: int) -> Factorization:
+    """SVD with bias compensation ``b̂ = b + (W − Ŵ)x̄`` (seed 001, "Bias compensation")."""
+    return svd(layer, moments, rank, bias_compensation=True)
+
+
+def dalr(
+    layer: nn.Module,
+    moments: Moments,
+    rank: int,
+    *,
+    lam: float | None = None,
+    bias_compensation: bool = False,
+) -> Factorization:
+    """Domain-adaptive low-rank regression (seed 000, "DALR"; seed 001).
+
+    Solves ``min ||Z − CX||² + λ||C||²`` s.t. ``rank(C) ≤ k`` with ``Z = WX`` in closed form:
+    ``A = Û_k``, ``B = Û_kᵀ Z Xᵀ (XXᵀ + λI)⁻¹``, where ``Û_k`` are the leading left singular
+    vectors of ``Z``. Only the statistics are used: ``ZZᵀ = W(XXᵀ)Wᵀ`` and
+    ``ZXᵀ = W(XXᵀ)``, so ``B = Û_kᵀW − λ Û_kᵀW (XXᵀ + λI)⁻¹`` needs one Cholesky factor
+    and a solve with ``k`` right-hand sides; no inverse is formed.
+
+    Args:
+        lam: ``λ`` relative to ``trace(XXᵀ)/in`` (default :data:`DEFAULT_LAM`); 0 gives ``B = Û_kᵀW``.
+        bias_compensation: regress on inputs centred at ``x̄`` and set ``b̂ = b + (W − Ŵ)x̄``,
+            the best rank-``k`` affine map, never worse on the target data than SVD+BC.
+    """
+    W = layer_matrix(layer)
+    _check_moments(W, moments)
+    rank = _checked_rank(layer, W, rank)
+    lam = DEFAULT_LAM if lam is None else float(lam)
+    if not lam >= 0:
+        raise ValueError(f"lam must be >= 0 (relative to trace(XXᵀ)/in), got {lam}")
+    moments = _on(moments, W.device)
+    Q = moments.centered_gram if bias_compensation else moments.gram
+    U, wqw_trace = _leading_output_directions(W, Q, rank)
+    T = U.T @ W
+    ridge = lam * float(Q.diagonal().sum()) / Q.shape[0]
+    B = T if ridge == 0 else T - ridge * _ridge_solve(Q, ridge, T.T).T
+    return Factorization(layer, W, _layer_bias(layer), U, B, moments, bias_compensation, wqw_trace)
+
+
+def _leading_output_directions(W: torch.Tensor, Q: torch.Tensor, rank: int) -> tuple[torch.Tensor, float]:
+    """The ``rank`` leading eigenvectors of ``W Q Wᵀ`` and its trace, from the cheaper side.
+
+    With ``out ≤ in`` the ``out × out`` matrix is decomposed directly. Otherwise
+    ``Q = RRᵀ`` and the left singular vectors of ``WR`` come from the ``in × in``
+    matrix ``(WR)ᵀ(WR)``; directions with no output energy get zero columns,
+    which leave the product unchanged.
+    """
+    out_features, in_features = W.shape
+    if out_features <= in_features:
+        ZZt = (W @ Q) @ W.T
+        values, vectors = torch.linalg.eigh(ZZt)
+        return vectors[:, -rank:].flip(1).contiguous(), float(values.sum())
+    q_values, q_vectors = torch.linalg.eigh(Q)
+    Y = W @ (q_vectors * q_values.clamp_min(0).sqrt())
+    values, vectors = torch.linalg.eigh(Y.T @ Y)
+    values, vectors = values[-rank:].flip(0), vectors[:, -rank:].flip(1)
+    scale = values.clamp_min(0).sqrt()
+    keep = scale > scale.max().clamp_min(1e-300) * 1e-10
+    U = torch.zeros(out_features, rank, dtype=W.dtype, device=W.device)
+    U[:, keep] = (Y @ vectors[:, keep]) / scale[keep]
+    return U, float((Y * Y).sum())
+
+
+def _ridge_solve(Q: torch.Tensor, ridge: float, rhs: torch.Tensor) -> torch.Tensor:
+    """``(Q + ridge·I)⁻¹ rhs`` by Cholesky."""
+    system = Q.clone()
+    system.diagonal().add_(ridge)
+    factor, info = torch.linalg.cholesky_ex(system)
+    if info.item() != 0:
+        raise ValueError("the input second moment plus λI is not positive definite; raise lam")
+    return torch.cholesky_solve(rhs, factor)
+
+
+def _on(moments: Moments, device: torch.device) -> Moments:
+    if moments.gram.device == device:
+        return moments
+    fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(moments).items()}
+    return Moments(**fields)

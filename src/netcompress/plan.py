@@ -1,0 +1,97 @@
+"""Choosing each layer's rank: from a kept fraction, an energy target or a global budget.
+
+All three work from the curves of a :class:`~netcompress.lowrank.Factorization`
+(output error for every rank, measured on the target statistics), so no extra
+pass over data is needed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["LayerCurve", "allocate_budget", "rank_for_energy", "rank_for_keep", "useful_rank_limit"]
+
+
+@dataclass(frozen=True)
+class LayerCurve:
+    """What the planner needs of one layer.
+
+    ``relative_error[k]`` is ``Σ||y − ŷ_k||² / Σ||y||²`` for ``k = 0 … max_rank``;
+    a rank costs ``params_per_rank`` parameters on top of ``fixed_params`` (the bias).
+    """
+
+    relative_error: torch.Tensor
+    params_per_rank: int
+    fixed_params: int
+    params_before: int
+
+    @property
+    def max_rank(self) -> int:
+        return len(self.relative_error) - 1
+
+    def params(self, rank: int) -> int:
+        return rank * self.params_per_rank + self.fixed_params
+
+
+def useful_rank_limit(out_features: int, in_features: int) -> int:
+    """The largest rank whose two factors hold fewer weights than the dense matrix (at least 1)."""
+    return max(1, min(out_features, in_features, (out_features * in_features - 1) // (out_features + in_features)))
+
+
+def rank_for_keep(keep: float, params_before: int, params_per_rank: int, fixed_params: int) -> int:
+    """The largest rank whose parameters are at most ``keep`` × the layer's (at least 1)."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep must be a fraction in (0, 1], got {keep}")
+    return max(1, math.floor((keep * params_before - fixed_params) / params_per_rank))
+
+
+def rank_for_energy(relative_error: torch.Tensor, energy: float) -> int:
+    """The smallest rank keeping at least ``energy`` of the target output energy.
+
+    Returns ``len(relative_error)`` when no computed rank reaches it (the layer is then best left dense).
+    """
+    if not 0 < energy <= 1:
+        raise ValueError(f"energy must be a fraction in (0, 1], got {energy}")
+    kept = 1 - relative_error
+    reached = torch.nonzero(kept[1:] >= energy - 1e-12)
+    return int(reached[0]) + 1 if len(reached) else len(relative_error)
+
+
+def allocate_budget(curves: Mapping[str, LayerCurve], budget: float) -> dict[str, int]:
+    """Ranks that fit ``budget`` × the layers' parameters and minimise the summed relative output error.
+
+    Every layer starts at rank 1; each further rank is then given, greedily, to the layer
+    whose relative error falls most per parameter spent, until the budget is used up.
+    """
+    if not 0 < budget <= 1:
+        raise ValueError(f"budget must be a fraction in (0, 1], got {budget}")
+    allowed = budget * sum(c.params_before for c in curves.values())
+    ranks = {name: 1 for name in curves}
+    spent = sum(c.params(1) for c in curves.values())
+    if spent > allowed:
+        floor = spent / sum(c.params_before for c in curves.values())
+        raise ValueError(f"budget {budget} is below {floor:.4f}, the share that rank 1 in every selected layer needs")
+    heap: list[tuple[float, str]] = []
+
+    def push(name: str) -> None:
+        curve, k = curves[name], ranks[name]
+        if k < curve.max_rank:
+            gain = float(curve.relative_error[k] - curve.relative_error[k + 1])
+            heapq.heappush(heap, (-gain / curve.params_per_rank, name))
+
+    for name in curves:
+        push(name)
+    while heap:
+        _, name = heapq.heappop(heap)
+        cost = curves[name].params_per_rank
+        if spent + cost > allowed:
+            continue  # a cheaper layer may still fit
+        spent += cost
+        ranks[name] += 1
+        push(name)
+    return ranks

@@ -1,0 +1,89 @@
+"""The per-layer record of a compression: a table to print and JSON to keep."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+__all__ = ["LayerRow", "Report"]
+
+
+@dataclass
+class LayerRow:
+    """One compressed (or deliberately untouched) layer."""
+
+    name: str
+    kind: str
+    shape: list[int]
+    method: str
+    rank: int | None
+    params_before: int
+    params_after: int
+    relative_error: float | None
+    note: str = ""
+
+    @property
+    def replaced(self) -> bool:
+        return self.params_after < self.params_before
+
+
+@dataclass
+class Report:
+    """The rows of one ``compress`` call; ``str(report)`` is a table, :meth:`to_json` its record."""
+
+    rows: list[LayerRow] = field(default_factory=list)
+
+    @property
+    def params_before(self) -> int:
+        return sum(r.params_before for r in self.rows)
+
+    @property
+    def params_after(self) -> int:
+        return sum(r.params_after for r in self.rows)
+
+    def __getitem__(self, name: str) -> LayerRow:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise KeyError(f"no layer {name!r} in this report")
+
+    def __str__(self) -> str:
+        header = ["layer", "type", "shape", "method", "rank", "params before", "params after", "kept %", "rel. error", "note"]
+        lines = [header]
+        for r in self.rows:
+            kept = 100 * r.params_after / r.params_before if r.params_before else 100.0
+            lines.append([
+                r.name, r.kind, "×".join(map(str, r.shape)), r.method,
+                "-" if r.rank is None else str(r.rank), f"{r.params_before:,}", f"{r.params_after:,}",
+                f"{kept:.2f}", "-" if r.relative_error is None else f"{r.relative_error:.4f}", r.note,
+            ])
+        total = 100 * self.params_after / self.params_before if self.params_before else 100.0
+        lines.append(["total", "", "", "", "", f"{self.params_before:,}", f"{self.params_after:,}", f"{total:.2f}", "", ""])
+        widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+        rendered = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
+        rendered.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(rendered)
+
+    def to_dict(self) -> dict:
+        return {"format": "netcompress.report", "version": 1, "layers": [asdict(r) for r in self.rows]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Report:
+        if not isinstance(data, dict) or data.get("format") != "netcompress.report":
+            raise ValueError("this JSON is not a netcompress report (its 'format' is not 'netcompress.report')")
+        names = {f.name for f in fields(LayerRow)}
+        try:
+            return cls([LayerRow(**{k: v for k, v in row.items() if k in names}) for row in data["layers"]])
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"the report's layer rows are malformed ({error}); write it again with Report.to_json") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"the report is not valid JSON ({error})") from None
+        return cls.from_dict(data)
