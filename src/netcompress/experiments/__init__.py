@@ -1,0 +1,1 @@
+"""Reproduced tables of the seeds, one module each (they back ``netcompress demo``)."""
