@@ -10,7 +10,7 @@ The public surface (everything else is an implementation detail)::
 
 from .compress import METHODS, compress, sweep
 from .io import load, read_report, save
-from .lowrank import Factorization, LowRankConv2d, LowRankLinear, dalr, svd, svd_bc
+from .lowrank import Factorization, LowRankConv2d, LowRankLinear, dalr, dalr_bc, svd, svd_bc
 from .report import LayerRow, Report
 from .stats import LayerStats, Moments, collect
 
@@ -28,6 +28,7 @@ __all__ = [
     "collect",
     "compress",
     "dalr",
+    "dalr_bc",
     "load",
     "read_report",
     "save",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ._layers import progress_disabled, replace_module, resolve_layers
-from .lowrank import Factorization, dalr, layer_matrix, svd, svd_bc
+from .lowrank import Factorization, dalr, dalr_bc, layer_matrix, svd, svd_bc
 from .plan import LayerCurve, allocate_budget, rank_for_energy, rank_for_keep, useful_rank_limit
 from .report import LayerRow, Report
 from .stats import LayerStats, collect
@@ -38,6 +38,7 @@ METHODS: dict[str, Method] = {
         Method("svd", svd),
         Method("svd-bc", svd_bc),
         Method("dalr", dalr, ("lam", "bias_compensation")),
+        Method("dalr-bc", dalr_bc, ("lam",)),
     )
 }
 
@@ -107,7 +108,8 @@ def compress(
         model: changed in place; its layers are named as in ``model.named_modules()``.
         data: target-domain batches, used when ``stats`` is not given (see :func:`collect`).
         stats: statistics from :func:`collect`, to reuse one pass over data.
-        method: ``"svd"``, ``"svd-bc"`` or ``"dalr"``.
+        method: ``"svd"``, ``"svd-bc"``, ``"dalr"`` or ``"dalr-bc"`` (DALR on centred inputs
+            with bias compensation).
         layers: names or ``"re:"`` patterns; default all Linear and Conv2d layers
             (or the keys of a ``rank`` dict).
         lam: DALR's ridge λ relative to ``trace(XXᵀ)/in`` (default ``lowrank.DEFAULT_LAM``).

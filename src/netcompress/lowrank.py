@@ -29,15 +29,16 @@ __all__ = [
     "LowRankConv2d",
     "LowRankLinear",
     "dalr",
+    "dalr_bc",
     "layer_matrix",
     "svd",
     "svd_bc",
 ]
 
 # λ is relative to the mean eigenvalue of the input second moment, trace(XXᵀ)/in:
-# small enough that DALR solves the unregularised regression to ~1e-4, large enough
+# small enough that DALR solves the unregularised regression almost exactly, large enough
 # that a rank-deficient XXᵀ (inputs in a subspace) still has a stable Cholesky factor.
-DEFAULT_LAM = 1e-4
+DEFAULT_LAM = 1e-6
 
 
 class LowRankLinear(nn.Module):
@@ -273,6 +274,11 @@ def dalr(
     ridge = lam * float(Q.diagonal().sum()) / Q.shape[0]
     B = T if ridge == 0 else T - ridge * _ridge_solve(Q, ridge, T.T).T
     return Factorization(layer, W, _layer_bias(layer), U, B, moments, bias_compensation, wqw_trace)
+
+
+def dalr_bc(layer: nn.Module, moments: Moments, rank: int, *, lam: float | None = None) -> Factorization:
+    """DALR on inputs centred at ``x̄`` with bias compensation: the best rank-``k`` affine map (see :func:`dalr`)."""
+    return dalr(layer, moments, rank, lam=lam, bias_compensation=True)
 
 
 def _leading_output_directions(W: torch.Tensor, Q: torch.Tensor, rank: int) -> tuple[torch.Tensor, float]:

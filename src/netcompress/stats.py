@@ -273,7 +273,14 @@ def collect(
     batches = 0
     try:
         for batch in tqdm(_batches(data), desc="statistics", unit="batch", disable=progress_disabled(progress)):
-            _call(model, batch, device, dtype)
+            try:
+                _call(model, batch, device, dtype)
+            except RuntimeError as error:
+                reason = str(error).strip().splitlines()[0]
+                raise ValueError(
+                    f"the model failed on batch {batches} of the data ({reason}); "
+                    "check that the data's shape and type match the model's input"
+                ) from None
             batches += 1
     finally:
         for handle in handles:

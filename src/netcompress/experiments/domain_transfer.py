@@ -41,7 +41,7 @@ METHODS = {
     "SVD": ("svd", {}),
     "SVD+BC": ("svd-bc", {}),
     "DALR": ("dalr", {}),
-    "DALR+BC": ("dalr", {"bias_compensation": True}),
+    "DALR+BC": ("dalr-bc", {}),
 }
 
 

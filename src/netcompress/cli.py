@@ -1,0 +1,112 @@
+"""The ``netcompress`` command: parses arguments, calls the public API, prints.
+
+    netcompress compress --model pkg.module:factory --weights W.safetensors --data D \\
+        --method dalr --budget 0.1 -o OUT
+    netcompress report OUT
+    netcompress demo [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in (0, 1]")
+    return value
+
+
+def _rank(text: str) -> int | dict[str, int]:
+    """``16`` or ``fc6=16,fc7=32``."""
+    try:
+        if "=" not in text:
+            return int(text)
+        pairs = (item.split("=", 1) for item in text.split(","))
+        return {name.strip(): int(value) for name, value in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rank {text!r} must be an integer or name=int,name=int") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .compress import METHODS
+
+    parser = argparse.ArgumentParser(prog="netcompress", description="Compress a trained PyTorch network for its target domain.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("compress", help="compress a model with target-domain data")
+    run.add_argument("--model", required=True, help="factory building the original architecture, package.module:function")
+    run.add_argument("--weights", help="the trained weights, a .safetensors file")
+    run.add_argument("--data", required=True, help="target inputs: .pt, .npy, .npz or a folder of images")
+    run.add_argument("--method", default="dalr", choices=sorted(METHODS))
+    size = run.add_mutually_exclusive_group(required=True)
+    size.add_argument("--rank", type=_rank, help="a rank for every layer, or name=rank,name=rank")
+    size.add_argument("--keep", type=_fraction, help="fraction of each layer's parameters to keep")
+    size.add_argument("--energy", type=_fraction, help="fraction of each layer's target output energy to keep")
+    size.add_argument("--budget", type=_fraction, help="fraction of the selected layers' parameters, spread across them")
+    run.add_argument("--layers", help="comma-separated layer names or re:patterns (default: all Linear/Conv2d)")
+    run.add_argument("--lam", type=float, help="DALR's ridge λ relative to trace(XXᵀ)/in")
+    run.add_argument("--batch-size", type=int, default=64)
+    run.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images of a data folder")
+    run.add_argument("--positions", type=int, help="spatial positions sampled per image for Conv2d statistics")
+    run.add_argument("-o", "--output", required=True, help="output directory (weights, manifest, report)")
+
+    report = commands.add_parser("report", help="print the report of a compressed model")
+    report.add_argument("path", help="directory written by `netcompress compress`")
+    report.add_argument("--json", action="store_true", help="print the JSON record instead of the table")
+
+    demo = commands.add_parser("demo", help="reproduce the seed's tables on MNIST → UCI digits")
+    demo.add_argument("--out", default="netcompress-demo", help="where results.json and the plots go")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-plots", action="store_true")
+    return parser
+
+
+def _compress(args: argparse.Namespace) -> None:
+    import netcompress as nc
+
+    from .inputs import batches, build_model, read_data
+
+    model = build_model(args.model, args.weights)
+    data = read_data(args.data, tuple(args.image_size) if args.image_size else None)
+    layers = [name.strip() for name in args.layers.split(",")] if args.layers else None
+    stats = nc.collect(model, batches(data, args.batch_size), layers if not isinstance(args.rank, dict) else list(args.rank),
+                       positions=args.positions)
+    report = nc.compress(model, stats=stats, method=args.method, rank=args.rank, keep=args.keep,
+                         energy=args.energy, budget=args.budget, layers=layers, lam=args.lam)
+    nc.save(model, args.output, report)
+    print(report)
+    print(f"\nwrote {args.output}: {report.params_before:,} → {report.params_after:,} parameters in the compressed layers")
+
+
+def _report(args: argparse.Namespace) -> None:
+    import netcompress as nc
+
+    report = nc.read_report(args.path)
+    print(report.to_json() if args.json else report)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .experiments.domain_transfer import run
+
+    run(args.out, seed=args.seed, plots=not args.no_plots)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        {"compress": _compress, "report": _report, "demo": _demo}[args.command](args)
+    except (ValueError, TypeError, ImportError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"netcompress: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

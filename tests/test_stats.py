@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import netcompress as nc
+from conftest import SmallNet
+
+
+def test_linear_statistics_match_direct_sums():
+    layer = nn.Linear(6, 4)
+    x = torch.randn(50, 6)
+    stats = nc.collect(layer, x.split(7), progress=False)[""]
+    X = x.double().numpy()
+    np.testing.assert_allclose(stats.gram.numpy(), X.T @ X, rtol=1e-10)
+    np.testing.assert_allclose(stats.input_sum.numpy(), X.sum(0), rtol=1e-10)
+    assert stats.count == 50
+    y = layer(x).detach().double().numpy()
+    np.testing.assert_allclose(stats.activation_rate.numpy(), (y > 0).mean(0))
+    np.testing.assert_allclose(stats.mean_response.numpy(), np.maximum(y, 0).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats.max_response.numpy(), np.maximum(y, 0).max(0), rtol=1e-6)
+    assert stats.gram.dtype == torch.float64
+
+
+def _patches(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
+    """im2col by explicit loops, the reference for the unfold view."""
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    rows = []
+    for i in range(n):
+        for r in range(0, h + 2 * pad - k + 1, stride):
+            for s in range(0, w + 2 * pad - k + 1, stride):
+                rows.append(xp[i, :, r:r + k, s:s + k].reshape(-1))
+    return np.array(rows)
+
+
+def test_conv_statistics_use_the_im2col_view():
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1)
+    x = torch.randn(4, 3, 7, 7)
+    stats = nc.collect(conv, x, progress=False)[""]
+    P = _patches(x.double().numpy(), 3, 2, 1)
+    np.testing.assert_allclose(stats.gram.numpy(), P.T @ P, rtol=1e-9, atol=1e-9)
+    assert stats.count == len(P)
+    y = conv(x).detach().double().numpy()
+    np.testing.assert_allclose(stats.activation_rate.numpy(), (y > 0).mean(axis=(0, 2, 3)))
+
+
+def test_conv_position_sampling_bounds_the_samples():
+    conv = nn.Conv2d(2, 3, 3)
+    stats = nc.collect(conv, torch.randn(5, 2, 10, 10), positions=7, seed=1, progress=False)[""]
+    assert stats.count == 5 * 7
+    again = nc.collect(conv, torch.randn(5, 2, 10, 10), positions=7, seed=1, progress=False)[""]
+    assert again.count == stats.count
+
+
+def test_batches_may_be_tuples_or_keyword_dicts():
+    class Keyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, *, features):
+            return self.fc(features)
+
+    x = torch.randn(20, 3)
+    by_tuple = nc.collect(nn.Sequential(nn.Linear(3, 2)), [(x, torch.zeros(20))], progress=False)["0"]
+    by_dict = nc.collect(Keyword(), [{"features": x}], progress=False)["fc"]
+    np.testing.assert_allclose(by_tuple.gram.numpy(), by_dict.gram.numpy())
+
+
+def test_low_precision_models_accumulate_in_float64():
+    layer = nn.Linear(8, 4).to(torch.bfloat16)
+    x = torch.randn(30, 8)
+    stats = nc.collect(layer, x, progress=False)[""]
+    X = x.to(torch.bfloat16).double().numpy()
+    assert stats.gram.dtype == torch.float64
+    np.testing.assert_allclose(stats.gram.numpy(), X.T @ X, rtol=1e-10)
+
+
+def test_model_is_left_in_its_mode_and_without_hooks():
+    net = SmallNet().train()
+    nc.collect(net, torch.randn(2, 3, 8, 8), progress=False)
+    assert net.training
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_empty_data_is_rejected():
+    with pytest.raises(ValueError, match="saw no samples"):
+        nc.collect(SmallNet(), [], progress=False)
+
+
+def test_non_finite_activations_name_the_layer():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[0].weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="layer '1' received NaN or Inf"):
+        nc.collect(net, torch.ones(3, 4), progress=False)
+
+
+def test_unknown_and_unsupported_layers_are_named():
+    net = SmallNet()
+    with pytest.raises(ValueError, match="layer 'fc9' does not exist"):
+        nc.collect(net, torch.randn(1, 3, 8, 8), layers=["fc9"], progress=False)
+    seq = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    with pytest.raises(ValueError, match="layer '1' is a ReLU"):
+        nc.collect(seq, torch.randn(2, 3), layers=["1"], progress=False)
+
+
+def test_wrong_input_shape_gets_one_clear_sentence():
+    with pytest.raises(ValueError, match="failed on batch 0 .*match the model's input"):
+        nc.collect(nn.Linear(5, 2), torch.randn(3, 4), progress=False)
