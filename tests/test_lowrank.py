@@ -176,6 +176,7 @@ def test_rank_outside_one_to_min_is_refused(rank):
         nc.dalr(layer, stats, rank)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_replacement_modules_script_and_export():
     layer = nn.Linear(10, 6)
     f = nc.dalr(layer, _stats(layer, torch.randn(40, 10)), 3)

@@ -63,6 +63,26 @@ def _rank_request(name: str, rank: int | Mapping[str, int]) -> int:
     return value
 
 
+def _initial_rank(name: str, layer: nn.Module, rank, keep: float | None) -> int:
+    """The rank to factorize at: the requested one, the one ``keep`` allows, or the largest useful one."""
+    try:
+        out_features, in_features = layer_matrix(layer).shape
+    except ValueError as error:
+        raise ValueError(f"layer {name!r}: {error}") from None
+    if rank is not None:
+        request = _rank_request(name, rank)
+        if request > min(out_features, in_features):
+            raise ValueError(
+                f"layer {name!r}: rank {request} exceeds min(out, in) = {min(out_features, in_features)}"
+            )
+        return request
+    if keep is not None:
+        bias = out_features if layer.bias is not None else 0
+        request = rank_for_keep(keep, out_features * in_features + bias, in_features + out_features, bias)
+        return min(request, out_features, in_features)
+    return useful_rank_limit(out_features, in_features)
+
+
 def _curve(f: Factorization) -> LayerCurve:
     out_features, in_features = f.weight.shape
     fixed = f.params_after(0)
@@ -128,11 +148,8 @@ def compress(
     if layers is None and isinstance(rank, Mapping):
         layers = list(rank)
     selected = resolve_layers(model, layers)
-    for name, layer in selected.items():
-        try:
-            layer_matrix(layer)
-        except ValueError as error:
-            raise ValueError(f"layer {name!r}: {error}") from None
+    # Every setting is checked before the (possibly long) pass over data.
+    requests = {name: _initial_rank(name, layer, rank, keep) for name, layer in selected.items()}
     if stats is None:
         if data is None:
             raise ValueError("give target data or precomputed stats (netcompress.collect) to compress")
@@ -146,20 +163,11 @@ def compress(
     from tqdm.auto import tqdm
 
     for name, layer in tqdm(selected.items(), desc=method, unit="layer", disable=progress_disabled(progress)):
-        out_features, in_features = layer_matrix(layer).shape
-        if rank is not None:
-            request = _rank_request(name, rank)
-        elif keep is not None:
-            bias = out_features if layer.bias is not None else 0
-            request = min(rank_for_keep(keep, out_features * in_features + bias, in_features + out_features, bias),
-                          min(out_features, in_features))
-        else:
-            request = useful_rank_limit(out_features, in_features)
         try:
-            factorizations[name] = chosen.factorize(layer, stats[name], request, **settings)
+            factorizations[name] = chosen.factorize(layer, stats[name], requests[name], **settings)
         except ValueError as error:
             raise ValueError(f"layer {name!r}: {error}") from None
-        ranks[name] = request
+        ranks[name] = requests[name]
 
     if energy is not None:
         for name, f in factorizations.items():
