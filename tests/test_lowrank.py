@@ -186,3 +186,22 @@ def test_replacement_modules_script_and_export():
     exported = torch.export.export(module, (x,))
     torch.testing.assert_close(exported.module()(x), module(x))
     assert set(module.state_dict()) == {"down.weight", "up.weight", "up.bias"}
+
+
+@pytest.mark.parametrize("shape", [(40, 60), (60, 40)])
+def test_float32_search_with_float64_refinement_matches_the_exact_solution(shape, monkeypatch):
+    """Large layers search the output directions in float32; the result must equal the exact one."""
+    import netcompress.lowrank as lowrank
+
+    layer = _layer(*shape)
+    x = correlated_inputs(300, shape[1])
+    stats = _stats(layer, x)
+    exact = nc.dalr(layer, stats, 6)
+    monkeypatch.setattr(lowrank, "FLOAT32_SEARCH_FROM", 8)
+    fast = nc.dalr(layer, stats, 6)
+    for k in (1, 3, 6):
+        A, B, _ = exact.factors(k)
+        A2, B2, _ = fast.factors(k)
+        np.testing.assert_allclose(A2.numpy() @ B2.numpy(), A.numpy() @ B.numpy(), atol=1e-6)
+        assert fast.relative_error(k) == pytest.approx(exact.relative_error(k), rel=1e-6)
+    assert fast.weighted_trace == pytest.approx(exact.weighted_trace, rel=1e-5)

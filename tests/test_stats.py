@@ -110,3 +110,14 @@ def test_unknown_and_unsupported_layers_are_named():
 def test_wrong_input_shape_gets_one_clear_sentence():
     with pytest.raises(ValueError, match="failed on batch 0 .*match the model's input"):
         nc.collect(nn.Linear(5, 2), torch.randn(3, 4), progress=False)
+
+
+def test_wide_inputs_accumulate_the_symmetric_gram_by_blocks():
+    from netcompress.stats import SYMMETRIC_BLOCKS_FROM
+
+    layer = nn.Linear(SYMMETRIC_BLOCKS_FROM + 37, 3)
+    x = torch.randn(64, SYMMETRIC_BLOCKS_FROM + 37)
+    stats = nc.collect(layer, x.split(16), progress=False)[""]
+    X = x.double().numpy()
+    np.testing.assert_allclose(stats.gram.numpy(), X.T @ X, rtol=1e-10, atol=1e-10)
+    assert torch.equal(stats.gram, stats.gram.T)

@@ -168,7 +168,7 @@ class _Recorder:
         if m.gram.device != device:
             for attr in ("gram", "input_sum", "positive_count", "response_sum", "response_max"):
                 setattr(m, attr, getattr(m, attr).to(device))
-        m.gram.addmm_(rows.T, rows)
+        _add_lower_gram(m.gram, rows)
         m.input_sum += rows.sum(0)
         m.count += rows.shape[0]
         response = out.clamp_min(0)
@@ -184,6 +184,42 @@ class _Recorder:
         pick = torch.stack([torch.randperm(per_image, generator=self.generator)[: self.positions] for _ in range(images)])
         index = (pick + torch.arange(images).unsqueeze(1) * per_image).reshape(-1).to(rows.device)
         return rows[index], out[index]
+
+
+# XXᵀ is symmetric: from this width on, only its lower block triangle is accumulated
+# (4 × 4 blocks: 10 of 16 block products) and mirrored once at the end of the pass.
+SYMMETRIC_BLOCKS_FROM = 1024
+_BLOCKS = 4
+
+
+def _block_edges(n: int) -> list[int]:
+    return [round(i * n / _BLOCKS) for i in range(_BLOCKS + 1)]
+
+
+def _add_lower_gram(gram: torch.Tensor, rows: torch.Tensor) -> None:
+    """``gram += rowsᵀ rows``; for wide inputs only the diagonal and lower blocks are updated."""
+    n = rows.shape[1]
+    if n < SYMMETRIC_BLOCKS_FROM:
+        gram.addmm_(rows.T, rows)
+        return
+    edges = _block_edges(n)
+    for i in range(_BLOCKS):
+        r0, r1 = edges[i], edges[i + 1]
+        for j in range(i + 1):
+            c0, c1 = edges[j], edges[j + 1]
+            gram[r0:r1, c0:c1].addmm_(rows[:, r0:r1].T, rows[:, c0:c1])
+
+
+def _mirror_lower(gram: torch.Tensor) -> None:
+    """Complete a gram matrix accumulated by :func:`_add_lower_gram` (copy the lower blocks up)."""
+    n = gram.shape[0]
+    if n < SYMMETRIC_BLOCKS_FROM:
+        return
+    edges = _block_edges(n)
+    for i in range(_BLOCKS):
+        for j in range(i):
+            lower = gram[edges[i]:edges[i + 1], edges[j]:edges[j + 1]]
+            gram[edges[j]:edges[j + 1], edges[i]:edges[i + 1]].copy_(lower.T)
 
 
 def _batches(data: Iterable | torch.Tensor) -> Iterable:
@@ -287,6 +323,8 @@ def collect(
             handle.remove()
         model.train(was_training)
     stats = LayerStats({name: rec.moments for name, rec in recorders.items()})
+    for moments in stats.values():
+        _mirror_lower(moments.gram)
     _all_reduce(stats)
     for name, m in stats.items():
         if m.count == 0:
