@@ -16,7 +16,7 @@ error of each rank on the target statistics comes from cumulative sums.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -121,6 +121,7 @@ class Factorization:
     moments: Moments
     compensate_bias: bool
     weighted_trace: float  # tr(W Q Wᵀ), Q the (centred, with bias compensation) second moment
+    _errors: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     @property
     def output_energy(self) -> float:
@@ -177,6 +178,11 @@ class Factorization:
         bias compensation) second moment. Orthogonal columns of ``A`` split it into
         ``tr(WQWᵀ) − Σ_i 2 a_iᵀWQb_i − ||a_i||² b_iᵀQb_i``.
         """
+        if self._errors is None:
+            self._errors = self._output_error()
+        return self._errors
+
+    def _output_error(self) -> torch.Tensor:
         m = self.moments
         Q = m.centered_gram if self.compensate_bias else m.gram
         BQ = self.B @ Q
