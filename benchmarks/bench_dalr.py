@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from netcompress.lowrank import DEFAULT_LAM
-
 from _common import best_time, print_table
+from netcompress.lowrank import DEFAULT_LAM
 
 
 def inputs(samples: int, features: int, seed: int = 0) -> torch.Tensor:

@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from netcompress.models import WideMLP
-
 from _common import print_table
+from netcompress.models import WideMLP
 
 
 def multiply_adds(model: nn.Module, example: torch.Tensor) -> int:

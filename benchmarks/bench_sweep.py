@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 import netcompress as nc
-
 from _common import print_table
 from bench_dalr import inputs
 

@@ -1,6 +1,5 @@
 """Statistics gathered by two gloo processes equal those of one process on all the data."""
 
-import os
 
 import numpy as np
 import torch

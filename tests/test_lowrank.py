@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from netcompress.lowrank import DEFAULT_LAM
 from conftest import correlated_inputs
+from netcompress.lowrank import DEFAULT_LAM
 
 
 def _layer(out_features: int, in_features: int, seed: int = 0) -> nn.Linear:

@@ -60,7 +60,7 @@ class Report:
         total = 100 * self.params_after / self.params_before if self.params_before else 100.0
         lines.append(["total", "", "", "", "", f"{self.params_before:,}", f"{self.params_after:,}", f"{total:.2f}", "", ""])
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-        rendered = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
+        rendered = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in lines]
         rendered.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(rendered)
 

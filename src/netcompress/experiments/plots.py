@@ -32,7 +32,7 @@ def plot_accuracy(tables: Sequence, path: str | Path) -> None:
     """Accuracy against params % kept, one panel per (case, layer) table, one line per method."""
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.6), squeeze=False)
-    for ax, table in zip(axes[0], tables):
+    for ax, table in zip(axes[0], tables, strict=True):
         for method, accs in table.accuracy.items():
             ax.plot(table.params_percent, accs, marker="o", markersize=3, label=method)
         ax.axhline(table.uncompressed, color="k", linestyle="--", linewidth=1, label="uncompressed")
