@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,11 @@ def read_data(path: str | Path, image_size: tuple[int, int] | None = None) -> to
                 if not archive.files:
                     raise ValueError(f"{path} holds no arrays")
                 return torch.from_numpy(archive["x" if "x" in archive.files else archive.files[0]])
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path} cannot be read as {suffix} data: it holds Python objects besides tensors, "
+            "which netcompress never unpickles; save a plain tensor"
+        ) from None
     except (OSError, EOFError, RuntimeError) as error:
         raise ValueError(f"{path} cannot be read as {suffix} data ({str(error).splitlines()[0]})") from None
     except ValueError as error:
