@@ -18,11 +18,10 @@ def saved(tmp_path):
 def test_round_trip_is_exact_and_files_hold_no_pickle(saved):
     path, model = saved
     assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.safetensors", "report.json"]
-    manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["replacements"] == {
-        "conv2": {"type": "LowRankConv2d", "rank": 3, "bias": True},
-        "fc1": {"type": "LowRankLinear", "rank": 4, "bias": True},
-    }
+    layers = json.loads((path / "manifest.json").read_text())["layers"]
+    assert layers["conv2"]["type"] == "LowRankConv2d" and layers["conv2"]["rank"] == 3
+    assert layers["fc1"] == {"type": "LowRankLinear", "in_features": 192, "out_features": 40, "rank": 4, "bias": True}
+    assert layers["fc2"]["type"] == "Linear"
     fresh = nc.load(SmallNet(), path)
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(fresh(x), model(x))
@@ -45,21 +44,25 @@ def test_failed_save_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+_HEAD = '{"format": "netcompress.manifest", "version": 2, "layers": '
+
+
 @pytest.mark.parametrize(
     "manifest, message",
     [
         ("{not json", "is corrupt: not valid JSON"),
-        ('{"format": "something-else", "version": 1, "replacements": {}}', "is not a netcompress manifest"),
-        ('{"format": "netcompress.manifest", "version": 99, "replacements": {}}', "has version 99"),
-        ('{"format": "netcompress.manifest", "version": 1, "replacements": []}', "'replacements' must be an object"),
-        ('{"format": "netcompress.manifest", "version": 1, "replacements": {"fc1": {"type": "Evil", "rank": 1, "bias": true}}}',
-         "unknown type"),
-        ('{"format": "netcompress.manifest", "version": 1, "replacements": {"fc1": {"type": "LowRankLinear", "rank": -2, "bias": true}}}',
-         "positive integer 'rank'"),
-        ('{"format": "netcompress.manifest", "version": 1, "replacements": {"fc9": {"type": "LowRankLinear", "rank": 2, "bias": true}}}',
+        ('{"format": "something-else", "version": 2, "layers": {}}', "is not a netcompress manifest"),
+        ('{"format": "netcompress.manifest", "version": 99, "layers": {}}', "has version 99"),
+        (_HEAD + "[]}", "'layers' must be an object"),
+        (_HEAD + '{"fc1": {"type": "os.system"}}}', "layer 'fc1'.*unknown layer type"),
+        (_HEAD + '{"fc1": {"type": "LowRankLinear", "in_features": 192, "out_features": 40, "rank": -2, "bias": true}}}',
+         "layer 'fc1'.*field 'rank' must be an integer"),
+        (_HEAD + '{"fc1": {"type": "Linear", "in_features": 99999999, "out_features": 40, "bias": true}}}',
+         "field 'in_features' must be an integer"),
+        (_HEAD + '{"fc1": {"type": "QuantizedLinear", "in_features": 192, "out_features": 40, "levels": 1000, '
+                 '"group_size": 1, "bias": true, "masked": false}}}', "field 'levels' must be at most 256"),
+        (_HEAD + '{"fc9": {"type": "Linear", "in_features": 2, "out_features": 2, "bias": true}}}',
          "layer 'fc9', which this model does not have"),
-        ('{"format": "netcompress.manifest", "version": 1, "replacements": {"conv1": {"type": "LowRankLinear", "rank": 2, "bias": true}}}',
-         "the model's layer is a Conv2d"),
     ],
 )
 def test_corrupt_or_foreign_manifest_is_refused(saved, manifest, message):
@@ -69,13 +72,21 @@ def test_corrupt_or_foreign_manifest_is_refused(saved, manifest, message):
         nc.load(SmallNet(), path)
 
 
-def test_corrupt_weights_and_wrong_architecture(saved):
+def test_weights_that_do_not_fit_are_refused(saved):
     path, _ = saved
-    with pytest.raises(ValueError, match="does not match the model|does not fit the model"):
-        nc.load(_Wider(), path)
+    (path / "manifest.json").write_text(_HEAD + "{}}")  # keeps the plain architecture
+    with pytest.raises(ValueError, match="does not fit the model|does not match the model"):
+        nc.load(SmallNet(), path)
     (path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken")
     with pytest.raises(ValueError, match="cannot be read as safetensors"):
         nc.load(SmallNet(), path)
+
+
+def test_layers_resized_by_compression_are_rebuilt_from_the_manifest(saved, tmp_path):
+    path, model = saved
+    loaded = nc.load(_Wider(), path)  # a fresh model whose fc2 has another size gets the saved one
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(loaded(x), model(x))
 
 
 class _Wider(SmallNet):

@@ -12,22 +12,25 @@ __all__ = ["SUPPORTED", "resolve_layers", "replace_module", "progress_disabled"]
 SUPPORTED: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
 
-def _is_supported(module: nn.Module) -> bool:
-    # Exact types only: a replacement (LowRankLinear, …) is not compressed twice by accident.
-    return type(module) in SUPPORTED
-
-
-def resolve_layers(model: nn.Module, layers: Iterable[str] | str | None) -> dict[str, nn.Module]:
+def resolve_layers(
+    model: nn.Module, layers: Iterable[str] | str | None, accepts: tuple[type[nn.Module], ...] = SUPPORTED
+) -> dict[str, nn.Module]:
     """Map the requested layer names (or ``"re:<regex>"`` patterns) to the model's modules.
 
-    ``None`` selects every ``nn.Linear`` and ``nn.Conv2d``. An unknown name or a
-    module of another type raises ``ValueError`` naming it.
+    ``None`` selects every module whose exact type is in ``accepts`` (default ``nn.Linear``
+    and ``nn.Conv2d``; exact, so a replacement is never compressed twice by accident). An
+    unknown name or a module of another type raises ``ValueError`` naming it.
     """
     modules = dict(model.named_modules())
+    kinds = " or ".join(t.__name__ for t in accepts)
+
+    def _is_supported(module: nn.Module) -> bool:
+        return type(module) in accepts
+
     if layers is None:
         selected = {name: m for name, m in modules.items() if _is_supported(m)}
         if not selected:
-            raise ValueError("the model has no nn.Linear or nn.Conv2d layer to compress")
+            raise ValueError(f"the model has no {kinds} layer to compress")
         return selected
     if isinstance(layers, str):
         layers = [layers]
@@ -37,7 +40,7 @@ def resolve_layers(model: nn.Module, layers: Iterable[str] | str | None) -> dict
             pattern = re.compile(request[3:])
             hits = {n: m for n, m in modules.items() if n and pattern.fullmatch(n) and _is_supported(m)}
             if not hits:
-                raise ValueError(f"pattern {request!r} matches no nn.Linear or nn.Conv2d layer of the model")
+                raise ValueError(f"pattern {request!r} matches no {kinds} layer of the model")
             selected.update(hits)
             continue
         if request not in modules or request == "":
@@ -46,9 +49,7 @@ def resolve_layers(model: nn.Module, layers: Iterable[str] | str | None) -> dict
             )
         module = modules[request]
         if not _is_supported(module):
-            raise ValueError(
-                f"layer {request!r} is a {type(module).__name__}; only nn.Linear and nn.Conv2d layers are supported"
-            )
+            raise ValueError(f"layer {request!r} is a {type(module).__name__}; this method takes only {kinds} layers")
         selected[request] = module
     return selected
 

@@ -1,57 +1,26 @@
-"""``compress``: choose layers, factorize them, pick ranks, swap modules, report.
+"""``compress``: choose layers, run a registered method, swap modules, report.
 
-Methods live in :data:`METHODS` (name → factorizing function and its accepted
-settings); ``compress`` does the walking, planning, swapping and reporting once
-for all of them.
+Methods live in :mod:`netcompress.registry`; ``compress`` does the walking, planning,
+swapping and reporting once for all of them, family by family.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from ._layers import progress_disabled, replace_module, resolve_layers
-from .lowrank import Factorization, dalr, dalr_bc, layer_matrix, svd, svd_bc
+from .lowrank import Factorization, layer_matrix
 from .plan import LayerCurve, allocate_budget, rank_for_energy, rank_for_keep, useful_rank_limit
+from .prune import global_threshold
+from .registry import METHODS, Method, method as _method
 from .report import LayerRow, Report
-from .stats import LayerStats, collect
+from .stats import LayerStats, collect, relative_output_error
 
-__all__ = ["METHODS", "Method", "compress", "sweep"]
-
-
-@dataclass(frozen=True)
-class Method:
-    """A registered compression method: ``factorize(layer, moments, rank, **settings)``."""
-
-    name: str
-    factorize: Callable[..., Factorization]
-    settings: tuple[str, ...] = ()
-
-
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("svd", svd),
-        Method("svd-bc", svd_bc),
-        Method("dalr", dalr, ("lam", "bias_compensation")),
-        Method("dalr-bc", dalr_bc, ("lam",)),
-    )
-}
-
-
-def _method(name: str, settings: Mapping[str, object]) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    method = METHODS[name]
-    unknown = sorted(set(settings) - set(method.settings))
-    if unknown:
-        accepted = ", ".join(method.settings) or "none"
-        raise TypeError(f"method {name!r} does not take {', '.join(unknown)} (its settings: {accepted})")
-    return method
+__all__ = ["METHODS", "compress", "sweep"]
 
 
 def _rank_request(name: str, rank: int | Mapping[str, int]) -> int:
@@ -90,7 +59,7 @@ def _curve(f: Factorization) -> LayerCurve:
     return LayerCurve(relative.cpu(), in_features + out_features, fixed, f.params_before())
 
 
-def _row(name: str, layer: nn.Module, method: str, f: Factorization, rank: int) -> LayerRow:
+def _lowrank_row(name: str, layer: nn.Module, method: str, f: Factorization, rank: int) -> LayerRow:
     kind = type(layer).__name__
     shape = list(layer.weight.shape)
     before = f.params_before()
@@ -98,8 +67,79 @@ def _row(name: str, layer: nn.Module, method: str, f: Factorization, rank: int) 
     error = f.relative_error(rank) if rank <= f.max_rank else 0.0
     if after >= before:
         note = f"left dense: rank {rank} would need {after:,} parameters, not fewer than {before:,}"
-        return LayerRow(name, kind, shape, method, None, before, before, 0.0, note)
-    return LayerRow(name, kind, shape, method, rank, before, after, error)
+        return LayerRow(name, kind, shape, method, None, before, before, 0.0, note, replaced=False)
+    return LayerRow(name, kind, shape, method, rank, before, after, error, setting=f"rank {rank}")
+
+
+def _stored_params(module: nn.Module) -> int:
+    """Parameters a layer really stores: unpruned weights plus the bias."""
+    mask = getattr(module, "mask", None)
+    weights = int(mask.sum()) if mask is not None else module.weight.numel()
+    return weights + (module.bias.numel() if module.bias is not None else 0)
+
+
+def _layer_row(name: str, layer: nn.Module, new: nn.Module, method: str, settings: dict, stats) -> LayerRow:
+    error = None
+    if stats is not None and name in stats:
+        error = relative_output_error(layer.weight, layer.bias, new.weight, new.bias, stats[name])
+    setting = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "threshold")
+    before = layer.weight.numel() + (layer.bias.numel() if layer.bias is not None else 0)
+    return LayerRow(name, type(layer).__name__, list(layer.weight.shape), method, None, before,
+                    _stored_params(new), error, setting=setting, bits=getattr(new, "bits", None))
+
+
+def _run_lowrank(model, selected, stats, chosen: Method, sizing: dict, settings, progress) -> Report:
+    from tqdm.auto import tqdm
+
+    rank, keep, energy, budget = (sizing.get(k) for k in ("rank", "keep", "energy", "budget"))
+    factorizations: dict[str, Factorization] = {}
+    ranks: dict[str, int] = {}
+    for name, layer in tqdm(selected.items(), desc=chosen.name, unit="layer", disable=progress_disabled(progress)):
+        request = _initial_rank(name, layer, rank, keep)
+        try:
+            factorizations[name] = chosen.fn(layer, stats[name], request, **settings)
+        except ValueError as error:
+            raise ValueError(f"layer {name!r}: {error}") from None
+        ranks[name] = request
+    if energy is not None:
+        for name, f in factorizations.items():
+            ranks[name] = rank_for_energy(_curve(f).relative_error, energy)
+    elif budget is not None:
+        ranks = allocate_budget({name: _curve(f) for name, f in factorizations.items()}, budget)
+    report = Report()
+    for name, f in factorizations.items():
+        row = _lowrank_row(name, selected[name], chosen.name, f, ranks[name])
+        if row.replaced:
+            replace_module(model, name, f.module(ranks[name]))
+        report.rows.append(row)
+    return report
+
+
+def _run_layerwise(model, selected, stats, chosen: Method, settings, progress) -> Report:
+    from tqdm.auto import tqdm
+
+    settings = dict(settings)
+    scope = settings.pop("scope", "layer")
+    per_layer = {name: dict(settings) for name in selected}
+    if chosen.name == "magnitude":
+        if scope not in ("layer", "global"):
+            raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+        if "sparsity" not in settings:
+            raise ValueError("method 'magnitude' needs sparsity, the fraction of weights to remove")
+        if scope == "global":
+            threshold = global_threshold(list(selected.values()), settings["sparsity"], settings.get("norm", 1))
+            for name in per_layer:
+                per_layer[name]["threshold"] = threshold
+    report = Report()
+    for name, layer in tqdm(selected.items(), desc=chosen.name, unit="layer", disable=progress_disabled(progress)):
+        moments = stats[name] if stats is not None and name in stats else None
+        try:
+            new = chosen.fn(layer, moments, **per_layer[name])
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"layer {name!r}: {error}") from None
+        report.rows.append(_layer_row(name, layer, new, chosen.name, per_layer[name], stats))
+        replace_module(model, name, new)
+    return report
 
 
 def compress(
@@ -117,71 +157,56 @@ def compress(
     progress: bool | None = None,
     **settings,
 ) -> Report:
-    """Replace the selected layers of ``model`` in place by low-rank factorizations.
+    """Compress the selected layers of ``model`` in place with a registered method.
 
-    Exactly one of ``rank`` (an int, or layer name → int), ``keep`` (fraction of each
-    layer's parameters), ``energy`` (fraction of each layer's target-domain output energy
-    kept) or ``budget`` (fraction of the selected layers' total parameters, spread where it
-    lowers the target output error most per parameter) sets the ranks.
+    Low-rank methods (``"svd"``, ``"svd-bc"``, ``"dalr"``, ``"dalr-bc"``) take exactly one of
+    ``rank`` (an int, or layer name → int), ``keep`` (fraction of each layer's parameters),
+    ``energy`` (fraction of each layer's target output energy kept) or ``budget`` (fraction of
+    the selected layers' parameters, spread where it lowers the target output error most per
+    parameter). Pruning and quantization methods take their settings as keywords:
+
+    * ``"magnitude"``: ``sparsity``, ``norm=1|2``, ``scope="layer"|"global"``
+    * ``"uniform"``: ``bits``, ``granularity="tensor"|"channel"|"group"``, ``group_size``
+    * ``"binary"``: ``stochastic=False``, ``seed``;  ``"ternary"``
+    * ``"kmeans"``: ``bits``, ``init="linear"|"random"|"density"``, ``seed``
 
     Args:
         model: changed in place; its layers are named as in ``model.named_modules()``.
         data: target-domain batches, used when ``stats`` is not given (see :func:`collect`).
         stats: statistics from :func:`collect`, to reuse one pass over data.
-        method: ``"svd"``, ``"svd-bc"``, ``"dalr"`` or ``"dalr-bc"`` (DALR on centred inputs
-            with bias compensation).
-        layers: names or ``"re:"`` patterns; default all Linear and Conv2d layers
+        layers: names or ``"re:"`` patterns; default every layer the method takes
             (or the keys of a ``rank`` dict).
         lam: DALR's ridge λ relative to ``trace(XXᵀ)/in`` (default ``lowrank.DEFAULT_LAM``).
-        settings: further method settings, e.g. ``bias_compensation=True`` for ``"dalr"``.
 
     Returns:
-        A :class:`Report` with one row per selected layer; a layer whose factorized
-        form would not be smaller is left dense and its row says so.
+        A :class:`Report` with one row per selected layer; with data or statistics the rows
+        hold each layer's relative output error on the target domain.
     """
     if lam is not None:
         settings["lam"] = lam
     chosen = _method(method, settings)
-    given = {k: v for k, v in dict(rank=rank, keep=keep, energy=energy, budget=budget).items() if v is not None}
-    if len(given) != 1:
-        raise ValueError(f"give exactly one of rank, keep, energy or budget (got {', '.join(given) or 'none'})")
+    sizing = {k: v for k, v in dict(rank=rank, keep=keep, energy=energy, budget=budget).items() if v is not None}
+    if chosen.family == "lowrank" and len(sizing) != 1:
+        raise ValueError(f"give exactly one of rank, keep, energy or budget (got {', '.join(sizing) or 'none'})")
+    if chosen.family != "lowrank" and sizing:
+        raise ValueError(f"{', '.join(sizing)} sizes low-rank methods; method {method!r} takes {', '.join(chosen.settings)}")
     if layers is None and isinstance(rank, Mapping):
         layers = list(rank)
-    selected = resolve_layers(model, layers)
-    # Every setting is checked before the (possibly long) pass over data.
-    requests = {name: _initial_rank(name, layer, rank, keep) for name, layer in selected.items()}
-    if stats is None:
+    selected = resolve_layers(model, layers, chosen.accepts)
+    if chosen.family == "lowrank":
+        for name, layer in selected.items():  # every setting is checked before the pass over data
+            _initial_rank(name, layer, rank, keep)
+    if stats is None and (data is not None or chosen.needs_stats):
         if data is None:
-            raise ValueError("give target data or precomputed stats (netcompress.collect) to compress")
+            raise ValueError(f"method {method!r} needs target data or precomputed stats (netcompress.collect)")
         stats = collect(model, data, list(selected), progress=progress)
-    missing = [name for name in selected if name not in stats]
-    if missing:
-        raise ValueError(f"stats hold nothing for layer(s) {', '.join(missing)}; collect them with layers=[...]")
-
-    factorizations: dict[str, Factorization] = {}
-    ranks: dict[str, int] = {}
-    from tqdm.auto import tqdm
-
-    for name, layer in tqdm(selected.items(), desc=method, unit="layer", disable=progress_disabled(progress)):
-        try:
-            factorizations[name] = chosen.factorize(layer, stats[name], requests[name], **settings)
-        except ValueError as error:
-            raise ValueError(f"layer {name!r}: {error}") from None
-        ranks[name] = requests[name]
-
-    if energy is not None:
-        for name, f in factorizations.items():
-            ranks[name] = rank_for_energy(_curve(f).relative_error, energy)
-    elif budget is not None:
-        ranks = allocate_budget({name: _curve(f) for name, f in factorizations.items()}, budget)
-
-    report = Report()
-    for name, f in factorizations.items():
-        row = _row(name, selected[name], method, f, ranks[name])
-        if row.replaced:
-            replace_module(model, name, f.module(ranks[name]))
-        report.rows.append(row)
-    return report
+    if chosen.needs_stats:
+        missing = [name for name in selected if name not in stats]
+        if missing:
+            raise ValueError(f"stats hold nothing for layer(s) {', '.join(missing)}; collect them with layers=[...]")
+    if chosen.family == "lowrank":
+        return _run_lowrank(model, selected, stats, chosen, sizing, settings, progress)
+    return _run_layerwise(model, selected, stats, chosen, settings, progress)
 
 
 def sweep(
@@ -202,6 +227,8 @@ def sweep(
     if lam is not None:
         settings["lam"] = lam
     chosen = _method(method, settings)
+    if chosen.family != "lowrank":
+        raise ValueError(f"sweep runs low-rank methods; {method!r} is a {chosen.family} method")
     ranks = list(ranks)
     if not ranks:
         raise ValueError("ranks is empty; give at least one rank to sweep")
@@ -209,11 +236,11 @@ def sweep(
     for r in ranks:
         _rank_request(layer, r)
     try:
-        f = chosen.factorize(target, stats[layer], max(ranks), **settings)
+        f = chosen.fn(target, stats[layer], max(ranks), **settings)
     except ValueError as error:
         raise ValueError(f"layer {layer!r}: {error}") from None
     for r in ranks:
-        row = _row(layer, target, method, f, r)
+        row = _lowrank_row(layer, target, method, f, r)
         compressed = copy.deepcopy(model)
         if row.replaced:
             replace_module(compressed, layer, f.module(r))

@@ -3,11 +3,12 @@
 ``save(model, path)`` makes a directory ``path`` holding
 
 * ``model.safetensors``: the whole ``state_dict`` of the compressed model;
-* ``manifest.json``: which layers were replaced, by what, with which rank;
+* ``manifest.json``: the type and shape of every layer (see :mod:`netcompress.modules`),
+  so that replaced, factorized, pruned-to-size and quantized layers can be rebuilt;
 * ``report.json`` (when a report is given).
 
-``load(model, path)`` takes a freshly built *original* architecture, rebuilds the
-replacements named in the manifest and loads the weights strictly. Nothing is
+``load(model, path)`` takes a freshly built *original* architecture, rebuilds every
+layer whose description differs from the manifest's, and loads the weights strictly. Nothing is
 unpickled. The directory is written under a temporary name and renamed into
 place, so an interrupted save never leaves a half-written result.
 """
@@ -25,15 +26,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._layers import replace_module
-from .lowrank import LowRankConv2d, LowRankLinear, build_low_rank
+from .modules import build, describe
 from .report import Report
 
-__all__ = ["atomic_write_bytes", "load", "read_report", "save"]
+__all__ = ["apply_manifest", "atomic_write_bytes", "load", "manifest", "read_report", "save"]
 
 FORMAT = "netcompress.manifest"
-VERSION = 1
+VERSION = 2
 WEIGHTS, MANIFEST, REPORT = "model.safetensors", "manifest.json", "report.json"
-_REPLACEMENTS = {"LowRankLinear": (LowRankLinear, nn.Linear), "LowRankConv2d": (LowRankConv2d, nn.Conv2d)}
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
@@ -50,12 +50,30 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
         raise
 
 
-def _manifest(model: nn.Module) -> dict:
-    replacements = {}
-    for name, module in model.named_modules():
-        if isinstance(module, (LowRankLinear, LowRankConv2d)):
-            replacements[name] = {"type": type(module).__name__, "rank": module.rank, "bias": module.up.bias is not None}
-    return {"format": FORMAT, "version": VERSION, "replacements": replacements}
+def manifest(model: nn.Module) -> dict:
+    """The architecture record of ``model``: a description of every layer netcompress knows."""
+    layers = {name: d for name, m in model.named_modules() if name and (d := describe(m)) is not None}
+    return {"format": FORMAT, "version": VERSION, "layers": layers}
+
+
+def apply_manifest(model: nn.Module, record: object, source: str) -> None:
+    """Rebuild, in ``model``, every layer whose description differs from ``record`` (parents first)."""
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError(f"{source} is not a netcompress manifest (its 'format' is not {FORMAT!r})")
+    if record.get("version") != VERSION:
+        raise ValueError(f"{source} has version {record.get('version')!r}; this netcompress reads version {VERSION}")
+    layers = record.get("layers")
+    if not isinstance(layers, dict):
+        raise ValueError(f"{source} is corrupt: 'layers' must be an object of layer name → description")
+    for name, entry in layers.items():
+        try:
+            current = model.get_submodule(name) if isinstance(name, str) and name else None
+        except AttributeError:
+            current = None
+        if current is None:
+            raise ValueError(f"{source} describes layer {name!r}, which this model does not have; build the original architecture")
+        if describe(current) != entry:
+            replace_module(model, name, build(entry, f"{source}, layer {name!r}"))
 
 
 def save(model: nn.Module, path: str | os.PathLike, report: Report | None = None) -> Path:
@@ -72,7 +90,7 @@ def save(model: nn.Module, path: str | os.PathLike, report: Report | None = None
     try:
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, staging / WEIGHTS, metadata={"format": FORMAT})
-        (staging / MANIFEST).write_text(json.dumps(_manifest(model), indent=2))
+        (staging / MANIFEST).write_text(json.dumps(manifest(model), indent=2))
         if report is not None:
             (staging / REPORT).write_text(report.to_json())
         if path.exists():
@@ -94,35 +112,9 @@ def _read_manifest(path: Path) -> dict:
     if not file.is_file():
         raise ValueError(f"{path} has no {MANIFEST}; it was not written by netcompress.save")
     try:
-        manifest = json.loads(file.read_text())
+        return json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{file} is corrupt: not valid JSON ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{file} is not a netcompress manifest (its 'format' is not {FORMAT!r})")
-    if manifest.get("version") != VERSION:
-        raise ValueError(f"{file} has version {manifest.get('version')!r}; this netcompress reads version {VERSION}")
-    if not isinstance(manifest.get("replacements"), dict):
-        raise ValueError(f"{file} is corrupt: 'replacements' must be an object of layer name → replacement")
-    return manifest
-
-
-def _rebuild(model: nn.Module, name: str, entry: object, file: Path) -> None:
-    if not isinstance(entry, dict) or entry.get("type") not in _REPLACEMENTS:
-        raise ValueError(f"{file}: replacement of layer {name!r} has an unknown type; expected one of {', '.join(_REPLACEMENTS)}")
-    rank, bias = entry.get("rank"), entry.get("bias")
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1 or not isinstance(bias, bool):
-        raise ValueError(f"{file}: replacement of layer {name!r} needs a positive integer 'rank' and a boolean 'bias'")
-    _, original_type = _REPLACEMENTS[entry["type"]]
-    try:
-        original = model.get_submodule(name)
-    except AttributeError:
-        raise ValueError(f"{file} replaces layer {name!r}, which this model does not have; build the original architecture") from None
-    if type(original) is not original_type:
-        raise ValueError(
-            f"{file} replaces layer {name!r} with a {entry['type']}, but the model's layer is a "
-            f"{type(original).__name__}, not an {original_type.__name__}"
-        )
-    replace_module(model, name, build_low_rank(original, rank, bias))
 
 
 def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -130,9 +122,7 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path} is not a directory written by netcompress.save")
-    manifest = _read_manifest(path)
-    for name, entry in manifest["replacements"].items():
-        _rebuild(model, name, entry, path / MANIFEST)
+    apply_manifest(model, _read_manifest(path), str(path / MANIFEST))
     try:
         state = load_file(path / WEIGHTS)
     except (SafetensorError, FileNotFoundError, OSError) as error:

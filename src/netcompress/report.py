@@ -21,10 +21,9 @@ class LayerRow:
     params_after: int
     relative_error: float | None
     note: str = ""
-
-    @property
-    def replaced(self) -> bool:
-        return self.params_after < self.params_before
+    setting: str = ""
+    bits: float | None = None  # bits per stored weight, for quantized layers
+    replaced: bool = True  # False when the layer was deliberately left as it was
 
 
 @dataclass
@@ -48,17 +47,21 @@ class Report:
         raise KeyError(f"no layer {name!r} in this report")
 
     def __str__(self) -> str:
-        header = ["layer", "type", "shape", "method", "rank", "params before", "params after", "kept %", "rel. error", "note"]
+        header = ["layer", "type", "shape", "method", "setting", "params before", "params after", "kept %",
+                  "bits", "rel. error", "note"]
         lines = [header]
         for r in self.rows:
             kept = 100 * r.params_after / r.params_before if r.params_before else 100.0
+            setting = r.setting or ("-" if r.rank is None else f"rank {r.rank}")
             lines.append([
-                r.name, r.kind, "×".join(map(str, r.shape)), r.method,
-                "-" if r.rank is None else str(r.rank), f"{r.params_before:,}", f"{r.params_after:,}",
-                f"{kept:.2f}", "-" if r.relative_error is None else f"{r.relative_error:.4f}", r.note,
+                r.name, r.kind, "×".join(map(str, r.shape)), r.method, setting,
+                f"{r.params_before:,}", f"{r.params_after:,}", f"{kept:.2f}",
+                "-" if r.bits is None else f"{r.bits:g}",
+                "-" if r.relative_error is None else f"{r.relative_error:.4f}", r.note,
             ])
         total = 100 * self.params_after / self.params_before if self.params_before else 100.0
-        lines.append(["total", "", "", "", "", f"{self.params_before:,}", f"{self.params_after:,}", f"{total:.2f}", "", ""])
+        lines.append(["total", "", "", "", "", f"{self.params_before:,}", f"{self.params_after:,}", f"{total:.2f}",
+                      "", "", ""])
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         rendered = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in lines]
         rendered.insert(1, "  ".join("-" * w for w in widths))

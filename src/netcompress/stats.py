@@ -23,7 +23,7 @@ from torch import nn
 
 from ._layers import progress_disabled, resolve_layers
 
-__all__ = ["LayerStats", "Moments", "collect", "input_matrix"]
+__all__ = ["LayerStats", "Moments", "collect", "input_matrix", "relative_output_error"]
 
 
 @dataclass
@@ -297,7 +297,9 @@ def collect(
 
     if positions is not None and positions <= 0:
         raise ValueError(f"positions must be a positive number of spatial samples per image, got {positions}")
-    selected = resolve_layers(model, layers)
+    from .prune import MaskedConv2d, MaskedLinear
+
+    selected = resolve_layers(model, layers, (nn.Linear, nn.Conv2d, MaskedLinear, MaskedConv2d))
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
@@ -333,3 +335,28 @@ def collect(
                 "pass non-empty target data that reaches this layer"
             )
     return stats
+
+
+def relative_output_error(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    new_weight: torch.Tensor,
+    new_bias: torch.Tensor | None,
+    moments: Moments,
+) -> float:
+    """``||Y − Ŷ||_F / ||Y||_F`` of a layer on the target statistics, for any new weights and bias.
+
+    With ``D = W − Ŵ`` and ``d = b − b̂``: ``Σ||Dx + d||² = tr(D XXᵀ Dᵀ) + 2 dᵀ D Σx + n||d||²``.
+    Weights are (out, ...) tensors, compared through their (out, in) matrix view.
+    """
+    f64 = torch.float64
+    device = moments.gram.device
+    W = weight.detach().reshape(weight.shape[0], -1).to(device, f64)
+    D = W - new_weight.detach().reshape(W.shape).to(device, f64)
+    b = torch.zeros(W.shape[0], dtype=f64, device=device) if bias is None else bias.detach().to(device, f64)
+    b_new = torch.zeros_like(b) if new_bias is None else new_bias.detach().to(device, f64)
+    d = b - b_new
+    G, total, n = moments.gram, moments.input_sum, moments.count
+    error = float(((D @ G) * D).sum() + 2 * d @ (D @ total) + n * d @ d)
+    energy = float(((W @ G) * W).sum() + 2 * b @ (W @ total) + n * b @ b)
+    return (max(error, 0.0) / energy) ** 0.5 if energy > 0 else 0.0

@@ -1,0 +1,118 @@
+"""Unstructured pruning by weight magnitude, with masks that survive fine-tuning.
+
+``magnitude`` zeroes the smallest weights by ``|w|`` (``norm=1``) or ``w²`` (``norm=2``;
+the same order for a single weight, but the choice matters once scores are compared
+across layers with ``scope="global"``, where each layer's scores are normalised by its
+mean). The result is a :class:`MaskedLinear` / :class:`MaskedConv2d`: an ``nn.Linear``
+/ ``nn.Conv2d`` with a boolean ``mask`` buffer applied in ``forward``, so training
+cannot revive a pruned weight.
+
+Structured pruning (whole units and channels, layers physically smaller) is in
+``prune_units``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .stats import Moments
+
+__all__ = ["MaskedConv2d", "MaskedLinear", "magnitude", "magnitude_scores", "masked_like"]
+
+
+class MaskedLinear(nn.Linear):
+    """``nn.Linear`` whose pruned weights (``mask == False``) stay zero."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("mask", torch.ones(out_features, in_features, dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class MaskedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose pruned weights (``mask == False``) stay zero."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+
+def masked_like(layer: nn.Module) -> nn.Module:
+    """An empty masked layer with ``layer``'s shape and hyper-parameters."""
+    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    if isinstance(layer, nn.Conv2d):
+        module = MaskedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                              layer.padding, layer.dilation, layer.groups, layer.bias is not None)
+    else:
+        module = MaskedLinear(layer.in_features, layer.out_features, layer.bias is not None)
+    return module.to(**factory)
+
+
+def _check_sparsity(sparsity: float) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be a fraction in [0, 1) of the weights to remove, got {sparsity!r}")
+    return float(sparsity)
+
+
+def magnitude_scores(layer: nn.Module, norm: int = 1) -> torch.Tensor:
+    """Importance of each weight, ``|w|`` or ``w²``; already pruned weights score ``-inf``."""
+    if norm not in (1, 2):
+        raise ValueError(f"norm must be 1 (|w|) or 2 (w²), got {norm!r}")
+    weight = layer.weight.detach().float()
+    scores = weight.abs() if norm == 1 else weight.pow(2)
+    mask = getattr(layer, "mask", None)
+    return scores.masked_fill(~mask, float("-inf")) if mask is not None else scores
+
+
+def magnitude(layer: nn.Module, moments: Moments | None = None, *, sparsity: float, norm: int = 1,
+              threshold: float | None = None) -> nn.Module:
+    """Prune ``layer`` to ``sparsity`` (fraction of its weights zeroed) by weight magnitude.
+
+    ``threshold`` (set by ``compress`` for ``scope="global"``) prunes every weight whose
+    normalised score is below it instead. Already pruned weights stay pruned.
+    """
+    _check_sparsity(sparsity)
+    scores = magnitude_scores(layer, norm)
+    if threshold is not None:
+        keep = scores / _score_scale(scores) > threshold
+    else:
+        drop = round(sparsity * scores.numel())
+        keep = torch.ones_like(scores, dtype=torch.bool)
+        if drop:
+            keep.view(-1)[scores.view(-1).argsort()[:drop]] = False
+    if not keep.any():
+        raise ValueError(f"sparsity {sparsity} would remove every weight of this layer; prune less")
+    module = masked_like(layer)
+    with torch.no_grad():
+        module.weight.copy_(layer.weight * keep)
+        module.mask.copy_(keep)
+        if layer.bias is not None:
+            module.bias.copy_(layer.bias)
+    return module
+
+
+def _score_scale(scores: torch.Tensor) -> torch.Tensor:
+    """A layer's mean live score, so that one global threshold treats layers of different scale fairly."""
+    live = scores[torch.isfinite(scores)]
+    return live.mean().clamp_min(1e-30) if live.numel() else torch.tensor(1.0)
+
+
+def global_threshold(layers: list[nn.Module], sparsity: float, norm: int = 1) -> float:
+    """The normalised score below which ``sparsity`` of all the layers' weights fall."""
+    _check_sparsity(sparsity)
+    scores = []
+    for layer in layers:
+        s = magnitude_scores(layer, norm)
+        scores.append((s / _score_scale(s)).reshape(-1))
+    everything = torch.cat(scores)
+    drop = round(sparsity * everything.numel())
+    if drop == 0:
+        return float("-inf")
+    return float(everything.kthvalue(drop).values)

@@ -1,0 +1,73 @@
+"""The registry of compression methods: name → family, function and accepted settings.
+
+Families differ in what ``compress`` does around the function:
+
+* ``"lowrank"``: ``fn(layer, moments, rank, **settings) -> Factorization``; ranks come from
+  ``rank``/``keep``/``energy``/``budget``; needs target statistics.
+* ``"layer"``: ``fn(layer, moments_or_None, **settings) -> module``; one layer at a time
+  (pruning masks, quantization); statistics optional (used for calibration and the error column).
+* ``"structural"``: ``fn(model, names, stats, **settings) -> {name: new module}``; removes
+  whole units/channels, so it also resizes the layers that consume them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from torch import nn
+
+from .lowrank import dalr, dalr_bc, svd, svd_bc
+from .prune import MaskedConv2d, MaskedLinear, magnitude
+from .quantize import binary, kmeans, ternary, uniform
+
+__all__ = ["METHODS", "Method", "register", "method"]
+
+DENSE = (nn.Linear, nn.Conv2d)
+PRUNABLE = (nn.Linear, nn.Conv2d, MaskedLinear, MaskedConv2d)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: its family, function, accepted settings and the layer types it takes."""
+
+    name: str
+    family: str
+    fn: Callable
+    settings: tuple[str, ...] = ()
+    accepts: tuple[type[nn.Module], ...] = DENSE
+    needs_stats: bool = False
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(m: Method) -> Method:
+    METHODS[m.name] = m
+    return m
+
+
+for _m in (
+    Method("svd", "lowrank", svd, needs_stats=True),
+    Method("svd-bc", "lowrank", svd_bc, needs_stats=True),
+    Method("dalr", "lowrank", dalr, ("lam", "bias_compensation"), needs_stats=True),
+    Method("dalr-bc", "lowrank", dalr_bc, ("lam",), needs_stats=True),
+    Method("magnitude", "layer", magnitude, ("sparsity", "norm", "scope"), PRUNABLE),
+    Method("uniform", "layer", uniform, ("bits", "granularity", "group_size"), PRUNABLE),
+    Method("binary", "layer", binary, ("stochastic", "seed"), PRUNABLE),
+    Method("ternary", "layer", ternary, (), PRUNABLE),
+    Method("kmeans", "layer", kmeans, ("bits", "init", "seed"), PRUNABLE),
+):
+    register(_m)
+
+
+def method(name: str, settings: Mapping[str, object]) -> Method:
+    """The registered method ``name``, after checking that it takes every given setting."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    chosen = METHODS[name]
+    unknown = sorted(set(settings) - set(chosen.settings))
+    if unknown:
+        accepted = ", ".join(chosen.settings) or "none"
+        raise TypeError(f"method {name!r} does not take {', '.join(unknown)} (its settings: {accepted})")
+    return chosen
