@@ -16,7 +16,8 @@ from ._layers import progress_disabled, replace_module, resolve_layers
 from .lowrank import Factorization, layer_matrix
 from .plan import LayerCurve, allocate_budget, rank_for_energy, rank_for_keep, useful_rank_limit
 from .prune import global_threshold
-from .registry import METHODS, Method, method as _method
+from .registry import METHODS, Method
+from .registry import method as _method
 from .report import LayerRow, Report
 from .stats import LayerStats, collect, relative_output_error
 
