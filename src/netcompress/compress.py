@@ -116,18 +116,32 @@ def _run_lowrank(model, selected, stats, chosen: Method, sizing: dict, settings,
     return report
 
 
+def _settings_for(name: str, settings: Mapping[str, object]) -> dict:
+    """A layer's settings: a setting given as a dict of layer name → value is looked up."""
+    chosen = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            if name not in value:
+                raise ValueError(f"{key} gives no value for layer {name!r}; add it to the {key} dict or drop the layer")
+            value = value[name]
+        chosen[key] = value
+    return chosen
+
+
 def _run_layerwise(model, selected, stats, chosen: Method, settings, progress) -> Report:
     from tqdm.auto import tqdm
 
     settings = dict(settings)
     scope = settings.pop("scope", "layer")
-    per_layer = {name: dict(settings) for name in selected}
+    per_layer = {name: _settings_for(name, settings) for name in selected}
     if chosen.name == "magnitude":
         if scope not in ("layer", "global"):
             raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
         if "sparsity" not in settings:
             raise ValueError("method 'magnitude' needs sparsity, the fraction of weights to remove")
         if scope == "global":
+            if isinstance(settings["sparsity"], Mapping):
+                raise ValueError("scope='global' takes one sparsity for all layers, not a dict")
             threshold = global_threshold(list(selected.values()), settings["sparsity"], settings.get("norm", 1))
             for name in per_layer:
                 per_layer[name]["threshold"] = threshold
@@ -191,8 +205,9 @@ def compress(
         raise ValueError(f"give exactly one of rank, keep, energy or budget (got {', '.join(sizing) or 'none'})")
     if chosen.family != "lowrank" and sizing:
         raise ValueError(f"{', '.join(sizing)} sizes low-rank methods; method {method!r} takes {', '.join(chosen.settings)}")
-    if layers is None and isinstance(rank, Mapping):
-        layers = list(rank)
+    if layers is None:
+        by_layer = [v for v in (rank, *settings.values()) if isinstance(v, Mapping)]
+        layers = list(by_layer[0]) if by_layer else None
     selected = resolve_layers(model, layers, chosen.accepts)
     if chosen.family == "lowrank":
         for name, layer in selected.items():  # every setting is checked before the pass over data

@@ -315,7 +315,7 @@ def storage_table(path: str | os.PathLike) -> list[dict]:
             value_bytes = _span_bytes(record.get("codes")) if "codes" in record else record["values"][1]
             q = int(np.ceil(np.log2(record["levels"]))) if "levels" in record else 32
             entry.update(weights=numel, kept=kept, weight_bits_pq=q, weight_bits_pqh=8 * value_bytes / max(kept, 1),
-                         index_bits_pq=record.get("index_bits"),
+                         index_bits_pq=record["index_bits"] * index["count"] / max(kept, 1) if index else None,
                          index_bits_pqh=8 * _span_bytes(index) / max(kept, 1) if index else None)
             entry["raw_bits"] += kept * q + (index["count"] * record["index_bits"] if index else 0)
         elif field == "weight":
