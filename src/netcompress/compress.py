@@ -169,6 +169,7 @@ def compress(
     budget: float | None = None,
     layers: Iterable[str] | str | None = None,
     lam: float | None = None,
+    positions: int | None = None,
     progress: bool | None = None,
     **settings,
 ) -> Report:
@@ -192,6 +193,7 @@ def compress(
         layers: names or ``"re:"`` patterns; default every layer the method takes
             (or the keys of a ``rank`` dict).
         lam: DALR's ridge λ relative to ``trace(XXᵀ)/in`` (default ``lowrank.DEFAULT_LAM``).
+        positions: spatial positions sampled per image for Conv2d statistics (see :func:`collect`).
 
     Returns:
         A :class:`Report` with one row per selected layer; with data or statistics the rows
@@ -215,7 +217,7 @@ def compress(
     if stats is None and (data is not None or chosen.needs_stats):
         if data is None:
             raise ValueError(f"method {method!r} needs target data or precomputed stats (netcompress.collect)")
-        stats = collect(model, data, list(selected), progress=progress)
+        stats = collect(model, data, list(selected), positions=positions, progress=progress)
     if chosen.needs_stats:
         missing = [name for name in selected if name not in stats]
         if missing:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["batches", "build_model", "read_data"]
+__all__ = ["batches", "build_model", "read_data", "read_labels"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -84,6 +84,24 @@ def read_data(path: str | Path, image_size: tuple[int, int] | None = None) -> to
     except ValueError as error:
         raise ValueError(f"{path} cannot be read as {suffix} data ({error})") from None
     raise ValueError(f"data {path} must be a .pt, .npy or .npz file or a folder of images")
+
+
+def read_labels(path: str | Path | None, data_path: str | Path, count: int) -> torch.Tensor:
+    """Integer class labels for fine-tuning: from ``path``, or the array ``y`` of an ``.npz`` data file."""
+    if path is None:
+        data_path = Path(data_path)
+        if data_path.suffix.lower() == ".npz":
+            with np.load(data_path, allow_pickle=False) as archive:
+                if "y" in archive.files:
+                    labels = torch.from_numpy(archive["y"])
+                    path = data_path
+        if path is None:
+            raise ValueError("fine-tuning needs labels; pass --labels FILE or store them as 'y' in an .npz --data file")
+    else:
+        labels = read_data(path)
+    if labels.dim() != 1 or labels.is_floating_point() or len(labels) != count:
+        raise ValueError(f"labels in {path} must be {count} integer class indices, one per input")
+    return labels.long()
 
 
 def batches(data: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

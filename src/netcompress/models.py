@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["WideMLP"]
+__all__ = ["LeNet300100", "LeNet5", "WideMLP"]
 
 
 class WideMLP(nn.Module):
@@ -21,3 +21,34 @@ class WideMLP(nn.Module):
         x = torch.relu(self.fc6(x.flatten(1)))
         x = torch.relu(self.fc7(x))
         return self.fc8(x)
+
+
+class LeNet300100(nn.Module):
+    """LeNet-300-100: 784 → 300 → 100 → 10 (266,610 parameters), as in Deep Compression."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 300)
+        self.fc2 = nn.Linear(300, 100)
+        self.fc3 = nn.Linear(100, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc3(torch.relu(self.fc2(x)))
+
+
+class LeNet5(nn.Module):
+    """Caffe's LeNet-5: two 5×5 convolutions (20, 50 filters), 800 → 500 → 10 (431,080 parameters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 20, 5)
+        self.conv2 = nn.Conv2d(20, 50, 5)
+        self.fc1 = nn.Linear(800, 500)
+        self.fc2 = nn.Linear(500, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, 1, 28, 28)
+        x = torch.max_pool2d(self.conv1(x), 2)
+        x = torch.max_pool2d(self.conv2(x), 2)
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))

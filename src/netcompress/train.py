@@ -8,8 +8,6 @@ code words (their gradients summed over the weights that share them) and the bia
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
