@@ -110,6 +110,8 @@ def quantized_like(layer: nn.Module, levels: int, group_size: int, masked: bool)
 def _build(layer: nn.Module, codebook: torch.Tensor, codes: torch.Tensor, group_size: int,
            mask: torch.Tensor | None) -> nn.Module:
     module = quantized_like(layer, codebook.shape[1], group_size, mask is not None)
+    if mask is not None:  # pruned weights carry code 0, so equal models have equal state
+        codes = torch.where(mask.reshape(codes.shape), codes, torch.zeros_like(codes))
     with torch.no_grad():
         module.codebook.copy_(codebook)
         module.codes.copy_(codes.reshape(module.codes.shape))
