@@ -26,7 +26,7 @@ def test_huffman_round_trip_within_one_bit_of_the_entropy(alphabet, skew):
     symbols = rng.choice(alphabet, size=20000, p=p / p.sum())
     lengths = code_lengths(np.bincount(symbols, minlength=alphabet))
     # Kraft equality: a complete prefix code.
-    assert sum(2.0 ** -int(l) for l in lengths if l) == pytest.approx(1.0)
+    assert sum(2.0 ** -int(n) for n in lengths if n) == pytest.approx(1.0)
     payload, bits = huffman_encode(symbols, lengths)
     assert np.array_equal(huffman_decode(payload, bits, len(symbols), lengths), symbols)
     entropy = _entropy_bits(symbols)
@@ -39,7 +39,7 @@ def test_code_lengths_are_limited_and_single_symbols_get_one_bit():
         fibonacci.append(fibonacci[-1] + fibonacci[-2])
     lengths = code_lengths(np.array(fibonacci))
     assert lengths.max() <= MAX_CODE_LENGTH
-    assert sum(2.0 ** -int(l) for l in lengths) <= 1.0
+    assert sum(2.0 ** -int(n) for n in lengths) <= 1.0
     one = code_lengths(np.array([0, 5, 0]))
     assert one.tolist() == [0, 1, 0]
     payload, bits = huffman_encode(np.array([1, 1, 1]), one)
