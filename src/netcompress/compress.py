@@ -16,6 +16,7 @@ from ._layers import progress_disabled, replace_module, resolve_layers
 from .lowrank import Factorization, layer_matrix
 from .plan import LayerCurve, allocate_budget, rank_for_energy, rank_for_keep, useful_rank_limit
 from .prune import global_threshold
+from .prune_units import needed_layers, plan_graph
 from .registry import METHODS, Method
 from .registry import method as _method
 from .report import LayerRow, Report
@@ -210,6 +211,8 @@ def compress(
     if layers is None:
         by_layer = [v for v in (rank, *settings.values()) if isinstance(v, Mapping)]
         layers = list(by_layer[0]) if by_layer else None
+    if chosen.family == "structural":
+        return _run_structural(model, layers, data, stats, chosen, settings, positions, progress)
     selected = resolve_layers(model, layers, chosen.accepts)
     if chosen.family == "lowrank":
         for name, layer in selected.items():  # every setting is checked before the pass over data
@@ -225,6 +228,52 @@ def compress(
     if chosen.family == "lowrank":
         return _run_lowrank(model, selected, stats, chosen, sizing, settings, progress)
     return _run_layerwise(model, selected, stats, chosen, settings, progress)
+
+
+def _first_input(batches: list):
+    batch = batches[0] if batches else None
+    if isinstance(batch, (tuple, list)) and batch:
+        batch = batch[0]
+    if not isinstance(batch, torch.Tensor):
+        raise ValueError("structured pruning traces the model on the first batch of data, which must be a tensor")
+    return batch
+
+
+def _run_structural(model, layers, data, stats, chosen: Method, settings, positions, progress) -> Report:
+    if data is None:
+        raise ValueError(f"method {chosen.name!r} traces the model on target data; pass data")
+    batches = [data] if isinstance(data, torch.Tensor) else list(data)
+    example = _first_input(batches)
+    param = next(model.parameters())
+    example = example.to(param.device, param.dtype if example.is_floating_point() else example.dtype)
+    graph = None
+    if layers is None:
+        graph = plan_graph(model, [], example)[0]
+        layers = [n for n, m in model.named_modules() if type(m) in chosen.accepts and n not in graph.blocked]
+        if not layers:
+            raise ValueError(f"no layer of the model can have its units removed by {chosen.name!r}")
+    selected = resolve_layers(model, layers, chosen.accepts)
+    graph, groups = plan_graph(model, list(selected), example)
+    needed = needed_layers(graph, groups)
+    if stats is None or any(n not in stats for n in needed):
+        stats = collect(model, batches, needed, positions=positions, progress=progress)
+    before = {n: copy.deepcopy(model.get_submodule(n)) for n in needed}
+    replacements = chosen.fn(model, graph, groups, stats, **settings)
+    report = Report()
+    setting = ", ".join(f"{k}={v}" for k, v in settings.items())
+    for name, new in sorted(replacements.items()):
+        old = model.get_submodule(name)
+        old_params = sum(p.numel() for p in old.parameters())
+        new_params = sum(p.numel() for p in new.parameters())
+        note = ""
+        if name in graph.producers and name in {m for g in groups for m in g}:
+            note = f"kept {new.weight.shape[0]} of {old.weight.shape[0]} units"
+        shape = list(old.weight.shape) if hasattr(old, "weight") and old.weight is not None else [old_params]
+        report.rows.append(LayerRow(name, type(old).__name__, shape, chosen.name, None, old_params, new_params,
+                                    None, note, setting=setting))
+        replace_module(model, name, new)
+    del before
+    return report
 
 
 def sweep(

@@ -19,6 +19,7 @@ from torch import nn
 
 from .lowrank import dalr, dalr_bc, svd, svd_bc
 from .prune import MaskedConv2d, MaskedLinear, magnitude
+from .prune_units import activation, channel
 from .quantize import binary, kmeans, ternary, uniform
 
 __all__ = ["METHODS", "Method", "register", "method"]
@@ -57,6 +58,8 @@ for _m in (
     Method("binary", "layer", binary, ("stochastic", "seed"), PRUNABLE),
     Method("ternary", "layer", ternary, (), PRUNABLE),
     Method("kmeans", "layer", kmeans, ("bits", "init", "seed"), PRUNABLE),
+    Method("activation", "structural", activation, ("sparsity", "criterion"), (nn.Linear, MaskedLinear), True),
+    Method("channel", "structural", channel, ("sparsity", "criterion", "refit"), PRUNABLE, True),
 ):
     register(_m)
 
