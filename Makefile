@@ -23,9 +23,9 @@ test: install
 	$(PY) -m pytest
 
 bench: install
-	$(PY) benchmarks/bench_dalr.py
-	$(PY) benchmarks/bench_sweep.py
-	$(PY) benchmarks/bench_inference.py
+	$(PIP) install -q -e ".[bench]"
+	cd benchmarks && for script in bench_dalr bench_sweep bench_inference bench_storage bench_channel_pruning \
+		bench_quantization; do echo "== $$script"; ../$(PY) $$script.py || exit 1; done
 
 clean:
-	rm -rf $(VENV) netcompress-demo
+	rm -rf $(VENV) netcompress-demo netcompress-deep-compression

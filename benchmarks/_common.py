@@ -22,3 +22,26 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def trained(network: str, seed: int = 0):
+    """A reference network trained on real data: ("lenet5", MNIST split) or ("widemlp-digits", UCI digits split).
+
+    ``widemlp-digits`` follows the domain-transfer demo: trained on MNIST, fine-tuned on UCI digits.
+    """
+    import torch
+
+    from netcompress.data import mnist, uci_digits
+    from netcompress.models import LeNet5, WideMLP
+    from netcompress.train import finetune
+
+    torch.manual_seed(seed)
+    if network == "lenet5":
+        data = mnist(seed=seed)
+        model = finetune(LeNet5(), data.train_x, data.train_y, epochs=30, lr=2e-3, schedule="cosine",
+                         weight_decay=1e-4, seed=seed, progress=False)
+        return model, data
+    source, target = mnist(seed=seed), uci_digits(seed=seed)
+    model = finetune(WideMLP(), source.train_x, source.train_y, epochs=10, lr=1e-3, seed=seed, progress=False)
+    finetune(model, target.train_x, target.train_y, epochs=10, lr=3e-4, seed=seed + 1, progress=False)
+    return model, target
