@@ -133,3 +133,12 @@ def test_quantizing_a_pruned_layer_keeps_it_pruned():
 def test_bad_quantization_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         nc.compress(nn.Sequential(nn.Linear(8, 40)), progress=False, **kwargs)
+
+
+def test_an_entirely_pruned_group_is_refused():
+    layer = nc.prune.magnitude(nn.Linear(10, 8), sparsity=0.5)
+    with torch.no_grad():
+        layer.mask[:2] = False  # the first two output channels lose every weight
+    with pytest.raises(ValueError, match="entirely pruned"):
+        uniform(layer, bits=4, granularity="group", group_size=2)
+    assert uniform(layer, bits=4, granularity="group", group_size=4).weight.shape == (8, 10)
