@@ -38,10 +38,10 @@ def trained(network: str, seed: int = 0):
     torch.manual_seed(seed)
     if network == "lenet5":
         data = mnist(seed=seed)
-        model = finetune(LeNet5(), data.train_x, data.train_y, epochs=30, lr=2e-3, schedule="cosine",
+        model = finetune(LeNet5(), (data.train_x, data.train_y), epochs=30, lr=2e-3, schedule="cosine",
                          weight_decay=1e-4, seed=seed, progress=False)
         return model, data
     source, target = mnist(seed=seed), uci_digits(seed=seed)
-    model = finetune(WideMLP(), source.train_x, source.train_y, epochs=10, lr=1e-3, seed=seed, progress=False)
-    finetune(model, target.train_x, target.train_y, epochs=10, lr=3e-4, seed=seed + 1, progress=False)
+    model = finetune(WideMLP(), (source.train_x, source.train_y), epochs=10, lr=1e-3, seed=seed, progress=False)
+    finetune(model, (target.train_x, target.train_y), epochs=10, lr=3e-4, seed=seed + 1, progress=False)
     return model, target

@@ -30,7 +30,7 @@ def test_recipe_runs_like_the_same_calls(tmp_path):
     torch.manual_seed(0)
     by_hand = SmallNet()
     nc.compress(by_hand, method="magnitude", sparsity=0.8, progress=False)
-    nc.finetune(by_hand, x, y, epochs=1, lr=0.001, progress=False)
+    nc.finetune(by_hand, (x, y), epochs=1, lr=0.001, progress=False)
     nc.compress(by_hand, method="kmeans", bits=4, init="linear", progress=False)
     assert torch.equal(by_recipe(x), by_hand(x))
     assert [r.rows[0].method for r in reports] == ["magnitude", "kmeans"]

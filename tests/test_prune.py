@@ -43,7 +43,7 @@ def test_masks_survive_finetuning():
     nc.compress(model, method="magnitude", sparsity=0.7, progress=False)
     masks = {n: m.mask.clone() for n, m in model.named_modules() if hasattr(m, "mask")}
     x, y = torch.randn(64, 3, 8, 8), torch.randint(0, 10, (64,))
-    nc.finetune(model, x, y, epochs=3, lr=1e-2, progress=False)
+    nc.finetune(model, (x, y), epochs=3, lr=1e-2, progress=False)
     for name, mask in masks.items():
         module = model.get_submodule(name)
         assert torch.equal(module.mask, mask)
@@ -58,7 +58,7 @@ def test_codes_survive_finetuning_and_codebooks_learn():
     codes = {n: m.codes.clone() for n, m in model.named_modules() if hasattr(m, "codes")}
     books = {n: m.codebook.detach().clone() for n, m in model.named_modules() if hasattr(m, "codebook")}
     x, y = torch.randn(64, 3, 8, 8), torch.randint(0, 10, (64,))
-    nc.finetune(model, x, y, epochs=2, lr=1e-2, progress=False)
+    nc.finetune(model, (x, y), epochs=2, lr=1e-2, progress=False)
     for name in codes:
         module = model.get_submodule(name)
         assert torch.equal(module.codes, codes[name])

@@ -103,7 +103,7 @@ def run_pipeline(
     reports = []
     for step in steps:
         if "finetune" in step:
-            finetune(model, *train, progress=progress, **step["finetune"])
+            finetune(model, tuple(train), progress=progress, **step["finetune"])
             continue
         settings = {k: v for k, v in step.items() if k != "method"}
         batches = list(data) if data is not None and not isinstance(data, torch.Tensor) else data

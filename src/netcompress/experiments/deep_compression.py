@@ -64,7 +64,7 @@ def run(out: str | Path = "netcompress-deep-compression", *, networks: tuple[str
         cls, sparsity, bits, prune_epochs, quantize_epochs = NETWORKS[name]
         torch.manual_seed(seed)
         net = cls()
-        finetune(net, data.train_x, data.train_y, epochs=30, lr=2e-3, schedule="cosine", weight_decay=1e-4,
+        finetune(net, (data.train_x, data.train_y), epochs=30, lr=2e-3, schedule="cosine", weight_decay=1e-4,
                  seed=seed, progress=False)
         reference = accuracy(net, data.test_x, data.test_y)
         params = sum(p.numel() for p in net.parameters())

@@ -99,8 +99,8 @@ def run(out: str | Path = "netcompress-demo", *, layers: tuple[str, ...] = ("fc6
     start = time.perf_counter()
     torch.manual_seed(seed)
     source, target = mnist(seed=seed), uci_digits(seed=seed)
-    net = finetune(WideMLP(), source.train_x, source.train_y, epochs=10, lr=1e-3, seed=seed, progress=False)
-    tuned = finetune(copy.deepcopy(net), target.train_x, target.train_y, epochs=10, lr=3e-4, seed=seed + 1,
+    net = finetune(WideMLP(), (source.train_x, source.train_y), epochs=10, lr=1e-3, seed=seed, progress=False)
+    tuned = finetune(copy.deepcopy(net), (target.train_x, target.train_y), epochs=10, lr=3e-4, seed=seed + 1,
                      progress=False)
     echo(f"source network on MNIST: {accuracy(net, source.test_x, source.test_y):.2f}% | on UCI digits "
          f"before fine-tuning: {accuracy(net, target.test_x, target.test_y):.2f}% | after: "
