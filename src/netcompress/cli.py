@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print the JSON record instead of the table")
 
     demo = commands.add_parser("demo", help="reproduce the seeds' tables on real data shipped with Python packages")
-    demo.add_argument("name", nargs="?", default="domain-transfer", choices=["domain-transfer", "deep-compression"])
+    demo.add_argument("name", nargs="?", default="domain-transfer",
+                      choices=["domain-transfer", "deep-compression", "students", "low-bit", "recovery"])
     demo.add_argument("--out", help="where results.json and the plots go (default netcompress-<name>)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-plots", action="store_true")
@@ -122,8 +123,19 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    out = args.out or {"domain-transfer": "netcompress-demo", "deep-compression": "netcompress-deep-compression"}[args.name]
-    if args.name == "deep-compression":
+    out = args.out or ("netcompress-demo" if args.name == "domain-transfer" else f"netcompress-{args.name}")
+    if args.name in ("students", "low-bit", "recovery"):
+        import json
+        from pathlib import Path
+
+        from .experiments import distillation
+        from .io import atomic_write_bytes
+
+        run = {"students": distillation.students, "low-bit": distillation.low_bit, "recovery": distillation.recovery}
+        result = run[args.name](seed=args.seed)
+        atomic_write_bytes(Path(out) / "results.json", json.dumps(result, indent=1).encode())
+        print(f"wrote {Path(out) / 'results.json'}")
+    elif args.name == "deep-compression":
         from .experiments.deep_compression import run
 
         run(out, seed=args.seed)
