@@ -166,3 +166,32 @@ def test_bad_distillation_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         nc.finetune(SmallNet(), (torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))), epochs=1, lr=1e-3,
                     progress=False, **kwargs)
+
+
+def test_codistilled_models_agree_more_than_independently_trained_ones():
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(6))
+
+    def pair(burn_in):
+        torch.manual_seed(0)
+        models = [SmallNet(), SmallNet()]
+        nc.train.codistill(models, (x, y), epochs=6, lr=1e-2, burn_in_epochs=burn_in, weight=2.0, batch_size=16,
+                           progress=False)
+        outs = [m(x).detach() for m in models]
+        return (F.softmax(outs[0], 1) - F.softmax(outs[1], 1)).abs().mean().item()
+
+    assert pair(burn_in=1) < pair(burn_in=6)  # burn-in for the whole run = independent training
+    with pytest.raises(ValueError, match="at least two models"):
+        nc.train.codistill([SmallNet()], (x, y), epochs=1, lr=1e-3)
+
+
+def test_recipes_can_distil_from_the_uncompressed_network():
+    torch.manual_seed(0)
+    model = SmallNet()
+    x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 10, (32,))
+    steps = [{"method": "kmeans", "bits": 2},
+             {"finetune": {"epochs": 1, "lr": 1e-3, "distill": {"temperature": 2.0, "alpha": 0.5, "beta": 0.5}}}]
+    nc.run_pipeline(model, steps, train=(x, y), progress=False)
+    assert isinstance(model.fc1, nc.QuantizedLinear)
+    with pytest.raises(ValueError, match="distill takes a mapping"):
+        nc.run_pipeline(SmallNet(), [{"finetune": {"epochs": 1, "lr": 1e-3, "distill": {"T": 2}}}], train=(x, y))

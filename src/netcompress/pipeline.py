@@ -2,7 +2,8 @@
 
 A step is a dict: ``{"method": name, **settings}`` runs :func:`compress`, and
 ``{"finetune": {"epochs": …, "lr": …}}`` runs the supervised loop of :mod:`train`
-on the labelled target data. For example, Deep Compression::
+on the labelled target data; with ``distill: {temperature: 2, alpha: 1, beta: 1}`` the network
+as it was before the first step is the teacher. For example, Deep Compression::
 
     steps:
       - {method: magnitude, sparsity: 0.9}
@@ -16,6 +17,7 @@ one runs, so a typo fails at once instead of after an hour of fine-tuning.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from .compress import compress
+from .distill import Logits
 from .registry import METHODS
 from .registry import method as _method
 from .report import Report
@@ -31,7 +34,8 @@ from .train import finetune
 
 __all__ = ["check_steps", "read_recipe", "run_pipeline"]
 
-_FINETUNE_KEYS = {"epochs", "lr", "batch_size", "weight_decay", "schedule", "seed"}
+_FINETUNE_KEYS = {"epochs", "lr", "batch_size", "weight_decay", "schedule", "seed", "distill"}
+_DISTILL_KEYS = {"temperature", "alpha", "beta"}
 _SIZING = {"rank", "keep", "energy", "budget", "layers", "lam"}
 
 
@@ -51,6 +55,9 @@ def check_steps(steps: object) -> list[dict]:
             unknown = set(options) - _FINETUNE_KEYS
             if unknown:
                 raise ValueError(f"step {i}: finetune does not take {', '.join(sorted(unknown))}")
+            teach = options.get("distill")
+            if teach is not None and (not isinstance(teach, Mapping) or set(teach) - _DISTILL_KEYS):
+                raise ValueError(f"step {i}: finetune's distill takes a mapping of {', '.join(sorted(_DISTILL_KEYS))}")
         elif "method" in step:
             settings = {k: v for k, v in step.items() if k not in _SIZING | {"method"}}
             try:
@@ -100,10 +107,15 @@ def run_pipeline(
     steps = check_steps(steps)
     if train is None and any("finetune" in s for s in steps):
         raise ValueError("the steps fine-tune, so pass train=(inputs, labels)")
+    # Fine-tuning with ``distill`` learns from the network as it was before the first step.
+    original = copy.deepcopy(model).eval() if any("distill" in s.get("finetune", {}) for s in steps) else None
     reports = []
     for step in steps:
         if "finetune" in step:
-            finetune(model, tuple(train), progress=progress, **step["finetune"])
+            options = dict(step["finetune"])
+            teach = options.pop("distill", None)
+            extra = {} if teach is None else {"teacher": original, "loss": Logits(**teach)}
+            finetune(model, tuple(train), progress=progress, **options, **extra)
             continue
         settings = {k: v for k, v in step.items() if k != "method"}
         batches = list(data) if data is not None and not isinstance(data, torch.Tensor) else data

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._layers import progress_disabled
-from .distill import Batch, FeatureTaps, Logits
+from .distill import Batch, FeatureTaps, Logits, codistillation_losses
 
-__all__ = ["accuracy", "batches", "finetune"]
+__all__ = ["accuracy", "batches", "codistill", "finetune"]
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -171,6 +171,39 @@ def finetune(
             teacher.train(teacher_mode)
     student.eval()
     return student
+
+
+def codistill(models: Sequence[nn.Module], data: tuple[torch.Tensor, torch.Tensor], *, epochs: int, lr: float,
+              burn_in_epochs: int = 1, weight: float = 1.0, temperature: float = 1.0, batch_size: int = 128,
+              seed: int = 0, progress: bool | None = None) -> list[nn.Module]:
+    """Train ``models`` together, each also matching the others' mean prediction (seed 003, Algorithm 1).
+
+    The first ``burn_in_epochs`` use only the labels; afterwards each model's loss adds
+    ``weight · H(mean_{j≠i} σ(z_j/T), σ(z_i/T))``. All models see the same mini-batches.
+    """
+    from tqdm.auto import tqdm
+
+    if len(models) < 2:
+        raise ValueError("codistillation needs at least two models")
+    optimizers = [torch.optim.Adam(m.parameters(), lr=lr) for m in models]
+    x, y = data
+    for model in models:
+        model.train()
+    for epoch in tqdm(range(epochs), desc="codistill", unit="epoch", disable=progress_disabled(progress)):
+        for xb, yb in batches(x, y, batch_size, seed=seed, epoch=epoch):
+            logits = [m(xb) for m in models]
+            if epoch < burn_in_epochs:
+                losses = [F.cross_entropy(z, yb) for z in logits]
+            else:
+                losses = codistillation_losses(logits, yb, weight=weight, temperature=temperature)
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            sum(losses).backward()  # each loss depends on its own model only: the others enter as constants
+            for optimizer in optimizers:
+                optimizer.step()
+    for model in models:
+        model.eval()
+    return list(models)
 
 
 @torch.no_grad()
