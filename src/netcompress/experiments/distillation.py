@@ -75,7 +75,7 @@ def students(widths: tuple[int, ...] = (16, 8, 4), *, labelled: int = 1000, epoc
     return rows
 
 
-def low_bit(samples: tuple[int, ...] = (10, 50, 500), bits: tuple[int, ...] = (2, 4), *, group_size: int = 8,
+def low_bit(samples: tuple[int, ...] = (10, 50, 500), bits: tuple[int, ...] = (2, 3, 4), *, group_size: int = 8,
             joint_epochs: int = 30, seed: int = 0, echo=print) -> list[dict]:
     """LeNet-5 quantized group-wise from a few unlabeled samples: calibrated only vs two-stage distillation."""
     teacher, data = _teacher(seed)
