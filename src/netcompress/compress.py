@@ -257,7 +257,6 @@ def _run_structural(model, layers, data, stats, chosen: Method, settings, positi
     needed = needed_layers(graph, groups)
     if stats is None or any(n not in stats for n in needed):
         stats = collect(model, batches, needed, positions=positions, progress=progress)
-    before = {n: copy.deepcopy(model.get_submodule(n)) for n in needed}
     replacements = chosen.fn(model, graph, groups, stats, **settings)
     report = Report()
     setting = ", ".join(f"{k}={v}" for k, v in settings.items())
@@ -272,7 +271,6 @@ def _run_structural(model, layers, data, stats, chosen: Method, settings, positi
         report.rows.append(LayerRow(name, type(old).__name__, shape, chosen.name, None, old_params, new_params,
                                     None, note, setting=setting))
         replace_module(model, name, new)
-    del before
     return report
 
 
