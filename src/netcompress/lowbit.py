@@ -100,8 +100,7 @@ def quantize_low_bit(
     if independent:
         fit_codebooks(student, teacher, stats)
     if joint_epochs:
-        unlabeled = list(zip(samples.split(batch_size), strict=False))
-        finetune(student, [(x[0], None) for x in unlabeled], teacher=teacher,
+        finetune(student, [(chunk, None) for chunk in samples.split(batch_size)], teacher=teacher,
                  loss=Logits(temperature=temperature, alpha=0.0, beta=1.0), epochs=joint_epochs, lr=lr,
                  seed=seed, progress=progress)
     return student

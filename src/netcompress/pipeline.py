@@ -105,6 +105,8 @@ def run_pipeline(
         train: ``(inputs, labels)`` for fine-tuning steps.
     """
     steps = check_steps(steps)
+    if data is not None and not isinstance(data, torch.Tensor):
+        data = list(data)  # every step that needs statistics makes its own pass
     if train is None and any("finetune" in s for s in steps):
         raise ValueError("the steps fine-tune, so pass train=(inputs, labels)")
     # Fine-tuning with ``distill`` learns from the network as it was before the first step.
@@ -118,7 +120,5 @@ def run_pipeline(
             finetune(model, tuple(train), progress=progress, **options, **extra)
             continue
         settings = {k: v for k, v in step.items() if k != "method"}
-        batches = list(data) if data is not None and not isinstance(data, torch.Tensor) else data
-        data = batches
-        reports.append(compress(model, batches, method=step["method"], progress=progress, **settings))
+        reports.append(compress(model, data, method=step["method"], progress=progress, **settings))
     return reports

@@ -92,8 +92,9 @@ def finetune(
     """Train ``student`` for ``epochs`` with Adam; returns it in eval mode.
 
     Args:
-        data: ``(inputs, labels)`` tensors, shuffled each epoch by ``(seed, epoch)``, or an
-            iterable of ``(inputs, labels)`` batches (labels may be absent when distilling).
+        data: ``(inputs, labels)`` tensors, shuffled each epoch by ``(seed, epoch)``, or a
+            re-iterable collection (a list, a DataLoader) of ``(inputs, labels)`` batches
+            (labels may be ``None`` when distilling).
         teacher: a frozen network to distil from; with no ``loss``, :class:`distill.Logits` is used.
         loss: a distillation loss module or a list of them (summed); default cross-entropy.
         schedule: ``"constant"`` or ``"cosine"`` (decays the learning rate to zero over the run).
