@@ -100,3 +100,15 @@ def test_directory_not_written_by_netcompress(tmp_path):
         nc.load(SmallNet(), tmp_path)
     with pytest.raises(ValueError, match="holds no report.json"):
         nc.read_report(tmp_path)
+
+
+def test_written_files_get_the_usual_permissions(saved, tmp_path):
+    import os
+    import stat
+
+    path, model = saved
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~mask
+    nc.save_compressed(model, tmp_path / "m.ncz")
+    assert stat.S_IMODE((tmp_path / "m.ncz").stat().st_mode) == 0o666 & ~mask

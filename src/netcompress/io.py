@@ -36,6 +36,13 @@ VERSION = 2
 WEIGHTS, MANIFEST, REPORT = "model.safetensors", "manifest.json", "report.json"
 
 
+def _umask_mode(full: int) -> int:
+    """``full`` (0o666 for files, 0o777 for directories) under the process umask, as open() would give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return full & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Write ``payload`` to a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
@@ -44,6 +51,7 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
+        os.chmod(tmp, _umask_mode(0o666))  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -93,6 +101,7 @@ def save(model: nn.Module, path: str | os.PathLike, report: Report | None = None
         (staging / MANIFEST).write_text(json.dumps(manifest(model), indent=2))
         if report is not None:
             (staging / REPORT).write_text(report.to_json())
+        os.chmod(staging, _umask_mode(0o777))  # mkdtemp makes 0700 directories
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
