@@ -65,6 +65,11 @@ def test_cli_recipe_with_labels_writes_the_container(tmp_path, capsys, monkeypat
     from_ncz = nc.load_compressed(SmallNet(), tmp_path / "m.ncz")
     x = torch.randn(4, 3, 8, 8)
     assert torch.equal(from_dir(x), from_ncz(x))
+    assert main(["report", str(tmp_path / "m.ncz")]) == 0
+    assert "compress rate (P+Q+H)" in capsys.readouterr().out
+    (tmp_path / "junk.ncz").write_bytes(b"junk")
+    assert main(["report", str(tmp_path / "junk.ncz")]) == 2
+    assert "not a netcompress container" in capsys.readouterr().err
     assert main(["compress", "--model", "tiny:build", "--data", str(tmp_path / "d.npz"), "--method", "kmeans",
                  "--setting", "bits=3", "-o", str(tmp_path / "out2")]) == 0
     assert nc.load(SmallNet(), tmp_path / "out2").fc1.levels == 8

@@ -63,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--positions", type=int, help="spatial positions sampled per image for Conv2d statistics")
     run.add_argument("-o", "--output", required=True, help="output directory (weights, manifest, report)")
 
-    report = commands.add_parser("report", help="print the report of a compressed model")
-    report.add_argument("path", help="directory written by `netcompress compress`")
+    report = commands.add_parser("report", help="print the report of a compressed model or an .ncz file's storage")
+    report.add_argument("path", help="directory written by `netcompress compress`, or an .ncz file")
     report.add_argument("--json", action="store_true", help="print the JSON record instead of the table")
 
     demo = commands.add_parser("demo", help="reproduce the seeds' tables on real data shipped with Python packages")
@@ -116,8 +116,17 @@ def _compress(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
     import netcompress as nc
 
+    if Path(args.path).is_file():
+        from .container import format_storage_table
+
+        rows = nc.storage_table(args.path)
+        print(json.dumps(rows, indent=1) if args.json else format_storage_table(rows, Path(args.path).stat().st_size))
+        return
     report = nc.read_report(args.path)
     print(report.to_json() if args.json else report)
 
