@@ -132,3 +132,17 @@ def test_sweep_equals_single_compressions_and_leaves_the_model():
         assert row.rank == rank
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
+
+
+@pytest.mark.parametrize("method, settings", [("uniform", {"bits": 3}), ("magnitude", {"sparsity": 0.5}),
+                                              ("kmeans", {"bits": 2})])
+def test_grouped_convolutions_report_their_true_output_error(method, settings, tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=4, padding=1))  # two outputs per input channel
+    original = copy.deepcopy(model)
+    x = torch.randn(6, 4, 7, 7)
+    report = nc.compress(model, x, method=method, progress=False, **settings)
+    y, yhat = original(x), model(x)
+    assert report.rows[0].relative_error == pytest.approx(((y - yhat).norm() / y.norm()).item(), rel=1e-4)
+    nc.save_compressed(model, tmp_path / "m.ncz")
+    assert torch.equal(nc.load_compressed(copy.deepcopy(original), tmp_path / "m.ncz")(x), yhat)

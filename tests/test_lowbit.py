@@ -54,3 +54,13 @@ def test_both_stages_bring_outputs_closer_to_full_precision(bits):
     for module in staged.modules():
         if isinstance(module, nc.QuantizedLinear):
             assert module.levels == 2 ** bits and len(torch.unique(module.weight.detach()[:8])) <= 2 ** bits
+
+
+def test_independent_stage_handles_depthwise_convolutions():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, groups=3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 1))
+    x = torch.randn(20, 3, 8, 8)
+    plain = quantize_low_bit(model, x, bits=2, group_size=2, independent=False, progress=False)
+    fitted = quantize_low_bit(model, x, bits=2, group_size=2, progress=False)
+    reference = model(x).detach()
+    assert (fitted(x) - reference).norm() < (plain(x) - reference).norm()

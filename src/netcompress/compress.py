@@ -83,7 +83,8 @@ def _stored_params(module: nn.Module) -> int:
 def _layer_row(name: str, layer: nn.Module, new: nn.Module, method: str, settings: dict, stats) -> LayerRow:
     error = None
     if stats is not None and name in stats:
-        error = relative_output_error(layer.weight, layer.bias, new.weight, new.bias, stats[name])
+        error = relative_output_error(layer.weight, layer.bias, new.weight, new.bias, stats[name],
+                                      getattr(layer, "groups", 1))
     setting = ", ".join(f"{k}={v}" for k, v in settings.items() if k != "threshold")
     before = layer.weight.numel() + (layer.bias.numel() if layer.bias is not None else 0)
     return LayerRow(name, type(layer).__name__, list(layer.weight.shape), method, None, before,

@@ -24,7 +24,7 @@ from torch import nn
 from .compress import compress
 from .distill import Logits
 from .quantize import QuantizedConv2d, QuantizedLinear
-from .stats import LayerStats, collect
+from .stats import LayerStats, collect, input_columns
 from .train import finetune
 
 __all__ = ["fit_codebooks", "quantize_low_bit"]
@@ -40,6 +40,8 @@ def _fit_layer(layer: nn.Module, reference: nn.Module, moments) -> None:
     codes = layer.codes.reshape(out, -1).long().cpu()
     mask = layer.mask.reshape(out, -1).cpu() if layer.mask is not None else None
     C = moments.centered_gram.cpu() / max(moments.count, 1)
+    columns = input_columns(out, codes.shape[1], getattr(layer, "groups", 1))  # a grouped conv reads its group only
+    mean_input = moments.mean_input.cpu()
     levels = layer.levels
     books = layer.codebook.detach().to(torch.float64).cpu().clone()
     for g in range(books.shape[0]):
@@ -50,7 +52,8 @@ def _fit_layer(layer: nn.Module, reference: nn.Module, moments) -> None:
             live = mask[r] if mask is not None else torch.ones(codes.shape[1], dtype=torch.bool)
             E = torch.zeros(codes.shape[1], levels, dtype=torch.float64)
             E[live.nonzero().squeeze(1), codes[r][live]] = 1.0
-            CE = C @ E
+            C_r = C[columns[r]][:, columns[r]]
+            CE = C_r @ E
             normal += E.T @ CE
             rhs += CE.T @ W[r]
         ridge = RIDGE * float(normal.diagonal().mean().clamp_min(1e-12))
@@ -60,7 +63,8 @@ def _fit_layer(layer: nn.Module, reference: nn.Module, moments) -> None:
         layer.codebook.copy_(books.to(layer.codebook.dtype))
         if b is not None and layer.bias is not None:
             new_weight = layer.weight.detach().reshape(out, -1).to(torch.float64).cpu()
-            layer.bias.copy_((b + (W - new_weight) @ moments.mean_input.cpu()).to(layer.bias.dtype))
+            shift = ((W - new_weight) * mean_input[columns]).sum(1)
+            layer.bias.copy_((b + shift).to(layer.bias.dtype))
 
 
 def fit_codebooks(quantized: nn.Module, reference: nn.Module, stats: LayerStats) -> None:

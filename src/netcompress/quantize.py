@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from .stats import Moments
+from .stats import Moments, input_columns
 
 __all__ = [
     "QuantizedConv2d",
@@ -161,12 +161,13 @@ def _grouped(matrix: torch.Tensor, group_size: int) -> torch.Tensor:
     return padded.reshape(groups, group_size * rest)
 
 
-def _column_weights(moments: Moments | None, matrix: torch.Tensor) -> torch.Tensor:
-    """How much an error in each input column costs on the target data: E[x_j²] (ones without data)."""
+def _column_weights(moments: Moments | None, matrix: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """How much an error in each weight costs on the target data: E[x_j²] of its input (ones without data)."""
     if moments is None:
-        return torch.ones(matrix.shape[1], dtype=matrix.dtype, device=matrix.device)
-    energy = moments.gram.diagonal().to(matrix.device) / max(moments.count, 1)
-    return energy / energy.mean().clamp_min(1e-30)
+        return torch.ones_like(matrix)
+    energy = moments.gram.diagonal().to(matrix.device, matrix.dtype) / max(moments.count, 1)
+    energy = energy / energy.mean().clamp_min(1e-30)
+    return energy[input_columns(matrix.shape[0], matrix.shape[1], groups).to(matrix.device)]
 
 
 def uniform(layer: nn.Module, moments: Moments | None = None, *, bits: int, granularity: str = "channel",
@@ -182,7 +183,7 @@ def uniform(layer: nn.Module, moments: Moments | None = None, *, bits: int, gran
     out, rest = matrix.shape
     size = _group_size(out, granularity, group_size)
     levels = 2 ** bits
-    importance = _column_weights(moments, matrix).expand(out, rest)
+    importance = _column_weights(moments, matrix, getattr(layer, "groups", 1))
     live = mask if mask is not None else torch.ones_like(matrix, dtype=torch.bool)
     values = _grouped(torch.where(live, matrix, torch.nan), size)
     cost = _grouped(torch.where(live, importance, 0.0), size).nan_to_num(0.0)

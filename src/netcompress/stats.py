@@ -23,7 +23,7 @@ from torch import nn
 
 from ._layers import progress_disabled, resolve_layers
 
-__all__ = ["LayerStats", "Moments", "collect", "input_matrix", "relative_output_error"]
+__all__ = ["LayerStats", "Moments", "collect", "input_columns", "input_matrix", "relative_output_error"]
 
 
 @dataclass
@@ -337,22 +337,42 @@ def collect(
     return stats
 
 
+def input_columns(out_features: int, per_row: int, groups: int) -> torch.Tensor:
+    """For each (row, column) of a weight matrix, its input feature in the layer's im2col vector.
+
+    With ``groups > 1`` (a grouped or depthwise Conv2d) row ``r`` reads only the inputs of its
+    group, the ``per_row`` features starting at ``(r // (out / groups)) · per_row``.
+    """
+    offsets = (torch.arange(out_features) // max(out_features // groups, 1)) * per_row
+    return offsets[:, None] + torch.arange(per_row)[None, :]
+
+
+def _dense(matrix: torch.Tensor, groups: int, in_features: int) -> torch.Tensor:
+    if groups == 1:
+        return matrix
+    dense = torch.zeros(matrix.shape[0], in_features, dtype=matrix.dtype, device=matrix.device)
+    return dense.scatter_(1, input_columns(matrix.shape[0], matrix.shape[1], groups).to(matrix.device), matrix)
+
+
 def relative_output_error(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     new_weight: torch.Tensor,
     new_bias: torch.Tensor | None,
     moments: Moments,
+    groups: int = 1,
 ) -> float:
     """``||Y − Ŷ||_F / ||Y||_F`` of a layer on the target statistics, for any new weights and bias.
 
     With ``D = W − Ŵ`` and ``d = b − b̂``: ``Σ||Dx + d||² = tr(D XXᵀ Dᵀ) + 2 dᵀ D Σx + n||d||²``.
-    Weights are (out, ...) tensors, compared through their (out, in) matrix view.
+    Weights are (out, ...) tensors, compared through their (out, in) im2col matrix view; a
+    grouped convolution's weights are placed in the columns of their groups.
     """
     f64 = torch.float64
     device = moments.gram.device
-    W = weight.detach().reshape(weight.shape[0], -1).to(device, f64)
-    D = W - new_weight.detach().reshape(W.shape).to(device, f64)
+    features = moments.gram.shape[0]
+    W = _dense(weight.detach().reshape(weight.shape[0], -1).to(device, f64), groups, features)
+    D = W - _dense(new_weight.detach().reshape(weight.shape[0], -1).to(device, f64), groups, features)
     b = torch.zeros(W.shape[0], dtype=f64, device=device) if bias is None else bias.detach().to(device, f64)
     b_new = torch.zeros_like(b) if new_bias is None else new_bias.detach().to(device, f64)
     d = b - b_new
