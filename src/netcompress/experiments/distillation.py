@@ -4,8 +4,9 @@
   images), compact students (inverted residual blocks, global average pooling) of three
   widths trained on a small labelled sample (1,000 images), each alone and distilled from
   the teacher, with accuracy, parameters and size.
-* :func:`low_bit` — seed 004: accuracy against the number of unlabeled target samples for 2-
-  and 4-bit group-wise quantization of LeNet-5, calibrated only, or with the two-stage distillation.
+* :func:`low_bit` — seed 004: accuracy against the number of unlabeled target samples for 2-,
+  3- and 4-bit group-wise quantization of a compact MobileNetV2-like network and of LeNet-5,
+  calibrated only, or with the two-stage distillation.
 * :func:`recovery` — DALR at an aggressive rank on the domain-transfer network, then fine-tuning
   on the target split with and without the uncompressed network as teacher.
 
@@ -75,27 +76,44 @@ def students(widths: tuple[int, ...] = (16, 8, 4), *, labelled: int = 1000, epoc
     return rows
 
 
+def _compact(seed: int):
+    data = mnist(seed=seed)
+    torch.manual_seed(seed)
+    net = finetune(CompactNet(16), (data.train_x, data.train_y), epochs=15, lr=3e-3, schedule="cosine", seed=seed,
+                   batch_size=64, progress=False)
+    return net, data
+
+
+NETWORKS = {"compact": ("CompactNet(16), inverted residuals (MobileNetV2-like)", _compact),
+            "lenet5": ("LeNet-5", _teacher)}
+
+
 def low_bit(samples: tuple[int, ...] = (10, 50, 500), bits: tuple[int, ...] = (2, 3, 4), *, group_size: int = 8,
-            joint_epochs: int = 30, seed: int = 0, echo=print) -> list[dict]:
-    """LeNet-5 quantized group-wise from a few unlabeled samples: calibrated only vs two-stage distillation."""
-    teacher, data = _teacher(seed)
-    reference = accuracy(teacher, data.test_x, data.test_y)
-    order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(seed))
+            joint_epochs: int = 30, networks: tuple[str, ...] = ("compact", "lenet5"), seed: int = 0,
+            echo=print) -> list[dict]:
+    """Group-wise quantization from a few unlabeled samples: calibrated only, + independent stage, + joint stage."""
     rows = []
-    for b in bits:
-        for n in samples:
-            subset = data.train_x[order[:n]]
-            row = {"bits": b, "samples": n, "full_precision": reference}
-            for label, independent, joint in (("calibrated", False, 0), ("independent", True, 0),
-                                              ("two-stage", True, joint_epochs)):
-                q = quantize_low_bit(teacher, subset, bits=b, group_size=group_size, independent=independent,
-                                     joint_epochs=joint, seed=seed, progress=False)
-                row[label] = accuracy(q, data.test_x, data.test_y)
-            rows.append(row)
-    echo(f"LeNet-5 on MNIST, full precision {reference:.2f} %, groups of {group_size} output channels")
-    echo(_table(["bits", "samples", "calibrated", "+ independent stage", "+ joint stage (two-stage)"],
-                [[str(r["bits"]), str(r["samples"]), f"{r['calibrated']:.2f}", f"{r['independent']:.2f}",
-                  f"{r['two-stage']:.2f}"] for r in rows]))
+    for network in networks:
+        label, train = NETWORKS[network]
+        model, data = train(seed)
+        reference = accuracy(model, data.test_x, data.test_y)
+        order = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(seed))
+        table = []
+        for b in bits:
+            for n in samples:
+                subset = data.train_x[order[:n]]
+                row = {"network": network, "bits": b, "samples": n, "full_precision": reference}
+                for name, independent, joint in (("calibrated", False, 0), ("independent", True, 0),
+                                                 ("two-stage", True, joint_epochs)):
+                    q = quantize_low_bit(model, subset, bits=b, group_size=group_size, independent=independent,
+                                         joint_epochs=joint, seed=seed, progress=False)
+                    row[name] = accuracy(q, data.test_x, data.test_y)
+                table.append(row)
+        rows += table
+        echo(f"\n{label} on MNIST, full precision {reference:.2f} %, groups of {group_size} output channels")
+        echo(_table(["bits", "samples", "calibrated", "+ independent stage", "+ joint stage (two-stage)"],
+                    [[str(r["bits"]), str(r["samples"]), f"{r['calibrated']:.2f}", f"{r['independent']:.2f}",
+                      f"{r['two-stage']:.2f}"] for r in table]))
     return rows
 
 
