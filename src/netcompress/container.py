@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._text import text_table
 from .codec import (
     absolute_positions,
     code_lengths,
@@ -356,9 +357,7 @@ def format_storage_table(rows: list[dict], total_bytes: int | None = None) -> st
     layer_bytes = sum(r["bytes"] for r in rows)
     lines.append(["total", f"{weights:,}", f"{100 * kept / weights:.1f}%", "", "", "", "", "",
                   f"{100 * 8 * layer_bytes / (32 * weights):.2f}%"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
-                     for line in lines)
+    text = text_table(lines[0], lines[1:], rule=False, right=True)
     if total_bytes is not None:
         text += f"\nfile: {total_bytes:,} bytes (header, manifest and checksum included)"
     return text

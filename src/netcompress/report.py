@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from ._text import text_table
+
 __all__ = ["LayerRow", "Report"]
 
 
@@ -62,10 +64,7 @@ class Report:
         total = 100 * self.params_after / self.params_before if self.params_before else 100.0
         lines.append(["total", "", "", "", "", f"{self.params_before:,}", f"{self.params_after:,}", f"{total:.2f}",
                       "", "", ""])
-        widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-        rendered = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in lines]
-        rendered.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(rendered)
+        return text_table(lines[0], lines[1:])
 
     def to_dict(self) -> dict:
         return {"format": "netcompress.report", "version": 1, "layers": [asdict(r) for r in self.rows]}

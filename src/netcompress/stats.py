@@ -68,6 +68,11 @@ class Moments:
         return self.gram - self.count * torch.outer(mean, mean)
 
     @property
+    def input_energy(self) -> torch.Tensor:
+        """``Σ x_i²`` per input feature, a flat vector over the layer's whole (im2col) input."""
+        return self.gram.diagonal(dim1=-2, dim2=-1).reshape(-1)
+
+    @property
     def activation_rate(self) -> torch.Tensor:
         """Fraction of samples in which each output unit has a non-zero ReLU response."""
         return self.positive_count / max(self.output_count, 1)

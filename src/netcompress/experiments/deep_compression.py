@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .._text import text_table
 from ..container import format_storage_table, save_compressed, storage_table
 from ..data import mnist
 from ..io import atomic_write_bytes
@@ -93,5 +94,4 @@ def format_results(rows: list[dict]) -> str:
                       f"{r['reference_bytes'] / 1000:.0f} KB", f"{r['compressed_bytes'] / 1000:.1f} KB", f"{r['rate']:.1f}×",
                       f"{p['reference_error']:.2f}% / {p['compressed_error']:.2f}%, {p['reference_kb']} → "
                       f"{p['compressed_kb']} KB, {p['rate']}×"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+    return text_table(lines[0], lines[1:], rule=False)

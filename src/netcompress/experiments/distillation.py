@@ -21,6 +21,7 @@ import torch
 
 import netcompress as nc
 
+from .._text import text_table
 from ..data import mnist, uci_digits
 from ..distill import Logits
 from ..lowbit import quantize_low_bit
@@ -31,13 +32,6 @@ __all__ = ["DISTILLATION", "low_bit", "recovery", "students"]
 
 # Hinton et al.'s weighting: α on the labels, (1 − α)·T² on the softened teacher.
 DISTILLATION = {"temperature": 4.0, "alpha": 0.1, "beta": 0.9 * 4.0 ** 2}
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _teacher(seed: int):
@@ -71,7 +65,7 @@ def students(widths: tuple[int, ...] = (16, 8, 4), *, labelled: int = 1000, epoc
             rows.append({"model": f"{'distilled' if distilled else 'smaller'} model {i} (width {width})",
                          "accuracy": accuracy(student, data.test_x, data.test_y), "parameters": params, "size_mb": size})
     echo(f"MNIST: teacher trained on {len(data.train_x):,} images, students on {labelled:,} labelled images")
-    echo(_table(["model", "test accuracy", "# of parameters", "size (MB)"],
+    echo(text_table(["model", "test accuracy", "# of parameters", "size (MB)"],
                 [[r["model"], f"{r['accuracy']:.2f} %", f"{r['parameters']:,}", f"{r['size_mb']:.3f}"] for r in rows]))
     return rows
 
@@ -111,7 +105,7 @@ def low_bit(samples: tuple[int, ...] = (10, 50, 500), bits: tuple[int, ...] = (2
                 table.append(row)
         rows += table
         echo(f"\n{label} on MNIST, full precision {reference:.2f} %, groups of {group_size} output channels")
-        echo(_table(["bits", "samples", "calibrated", "+ independent stage", "+ joint stage (two-stage)"],
+        echo(text_table(["bits", "samples", "calibrated", "+ independent stage", "+ joint stage (two-stage)"],
                     [[str(r["bits"]), str(r["samples"]), f"{r['calibrated']:.2f}", f"{r['independent']:.2f}",
                       f"{r['two-stage']:.2f}"] for r in table]))
     return rows
@@ -135,7 +129,7 @@ def recovery(rank: int = 4, *, epochs: int = 10, lr: float = 1e-3, seed: int = 0
                  loss=Logits(**DISTILLATION) if teacher is not None else None, progress=False)
         result[label] = accuracy(student, target.test_x, target.test_y)
     echo(f"UCI digits, fc6 by DALR at rank {rank} ({result['params_kept_percent']:.2f} % of its parameters)")
-    echo(_table(["uncompressed", "DALR", "DALR + fine-tuning", "DALR + fine-tuning with distillation"],
+    echo(text_table(["uncompressed", "DALR", "DALR + fine-tuning", "DALR + fine-tuning with distillation"],
                 [[f"{result['uncompressed']:.2f}", f"{result['compressed']:.2f}", f"{result['fine-tuned']:.2f}",
                   f"{result['fine-tuned with distillation']:.2f}"]]))
     return result
