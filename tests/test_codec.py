@@ -73,3 +73,29 @@ def test_relative_indices_follow_the_papers_figure_2():
     for bits in (1, 4, 8):
         kept = np.sort(rng.choice(10000, 700, replace=False))
         assert np.array_equal(absolute_positions(relative_indices(kept, bits), bits), kept)
+
+
+def test_decoders_work_across_chunks_and_refuse_lying_streams(monkeypatch):
+    import netcompress.codec as codec
+
+    monkeypatch.setattr(codec, "CHUNK_BITS", 64)  # many chunks, code words straddling their borders
+    rng = np.random.default_rng(2)
+    symbols = rng.choice(9, size=3001, p=[0.4, 0.2, 0.1, 0.1, 0.05, 0.05, 0.04, 0.03, 0.03])
+    lengths = code_lengths(np.bincount(symbols, minlength=9))
+    payload, bits = huffman_encode(symbols, lengths)
+    assert np.array_equal(codec.huffman_decode(payload, bits, len(symbols), lengths), symbols)
+    values = rng.integers(0, 2 ** 11, 1001)
+    assert np.array_equal(codec.unpack_fixed(pack_fixed(values, 11), 11, 1001), values)
+    kept = np.sort(rng.choice(5000, 300, replace=False))
+    stream = relative_indices(kept, 3, 5000)
+    assert np.array_equal(np.flatnonzero(codec.index_mask(stream, 3, 5000)), kept)
+    with pytest.raises(ValueError, match="covers"):
+        codec.index_mask(stream, 3, 5000 + 8)  # a length the stream does not reach
+    with pytest.raises(ValueError, match="run past"):
+        codec.index_mask(stream, 3, 4000)
+    with pytest.raises(ValueError, match="prefix code"):
+        codec.huffman_decode(payload, bits, len(symbols), np.ones(9, dtype=np.uint8))  # Kraft sum 9/2 > 1
+    with pytest.raises(ValueError, match="header"):
+        codec.huffman_decode(payload, bits, bits + 1, lengths)  # more symbols than bits
+    with pytest.raises(ValueError, match="shorter"):
+        codec.unpack_fixed(b"\x00" * 10, 11, 8)

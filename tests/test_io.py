@@ -27,10 +27,10 @@ def test_round_trip_is_exact_and_files_hold_no_pickle(saved):
     assert torch.equal(fresh(x), model(x))
 
 
-def test_saving_again_replaces_the_directory_whole(saved, tmp_path):
+def test_saving_again_replaces_only_its_own_files(saved, tmp_path):
     path, model = saved
     nc.save(nn.Linear(2, 2), path)
-    assert not (path / "report.json").exists()
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.safetensors"]  # the old report went
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or old copies left behind
 
 
@@ -40,7 +40,7 @@ def test_failed_save_leaves_nothing(tmp_path):
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        nc.save(Unsaveable(), tmp_path / "out")
+        nc.save(Unsaveable(), tmp_path / "a" / "b" / "out")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -82,11 +82,14 @@ def test_weights_that_do_not_fit_are_refused(saved):
         nc.load(SmallNet(), path)
 
 
-def test_layers_resized_by_compression_are_rebuilt_from_the_manifest(saved, tmp_path):
-    path, model = saved
-    loaded = nc.load(_Wider(), path)  # a fresh model whose fc2 has another size gets the saved one
-    x = torch.randn(2, 3, 8, 8)
-    assert torch.equal(loaded(x), model(x))
+def test_a_model_of_another_architecture_is_refused_and_left_as_it_was(saved):
+    path, _ = saved
+    fresh = _Wider()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match=r"layer 'fc2' was Linear\(40→10\) there and is Linear\(40→11\) here"):
+        nc.load(fresh, path)
+    assert type(fresh.fc1) is nn.Linear and fresh.state_dict().keys() == before.keys()
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in before.items())
 
 
 class _Wider(SmallNet):

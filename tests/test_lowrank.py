@@ -71,7 +71,7 @@ def test_svd_bc_compensates_the_bias(k):
 def test_dalr_matches_the_closed_form(shape, k, lam):
     layer = _layer(*shape)
     x = correlated_inputs(100, shape[1])
-    f = nc.dalr(layer, _stats(layer, x), k, lam=lam)
+    f = nc.dalr(layer, _stats(layer, x), k, lam=lam, shrinkage=0)
     A, B, bias = f.factors(k)
     reference = _ref_dalr(layer.weight.detach().numpy(), x.numpy().T, k, lam)
     np.testing.assert_allclose(A.numpy() @ B.numpy(), reference, atol=1e-8)
@@ -81,7 +81,7 @@ def test_dalr_matches_the_closed_form(shape, k, lam):
 def test_dalr_without_ridge_on_rank_deficient_inputs():
     layer = _layer(10, 16)
     x = correlated_inputs(100, 5) @ torch.randn(5, 16, dtype=torch.float64)  # inputs in a 5-d subspace
-    f = nc.dalr(layer, _stats(layer, x), 5, lam=0.0)
+    f = nc.dalr(layer, _stats(layer, x), 5, lam=0.0, shrinkage=0)
     A, B, bias = f.factors(5)
     X = x.numpy().T
     W = layer.weight.detach().numpy()
@@ -95,7 +95,7 @@ def test_full_rank_reproduces_the_layer(method, shape):
     layer = _layer(*shape)
     x = correlated_inputs(60, shape[1])
     k = min(shape)
-    kwargs = {"lam": 0.0} if method in (nc.dalr, nc.dalr_bc) else {}
+    kwargs = {"lam": 0.0, "shrinkage": 0} if method in (nc.dalr, nc.dalr_bc) else {}
     module = method(layer, _stats(layer, x), k, **kwargs).module(k)
     xt = torch.randn(7, shape[1], dtype=torch.float64)
     torch.testing.assert_close(module(xt), layer(xt), atol=1e-9, rtol=1e-9)
@@ -114,7 +114,7 @@ def test_dalr_error_never_above_svd_on_the_calibration_data(lam, tolerance):
         return np.linalg.norm(Y - _outputs(*f.factors(k), X))
 
     fs = {name: getattr(nc, name)(layer, stats, 24) for name in ("svd", "svd_bc")}
-    fs.update({name: getattr(nc, name)(layer, stats, 24, lam=lam) for name in ("dalr", "dalr_bc")})
+    fs.update({name: getattr(nc, name)(layer, stats, 24, lam=lam, shrinkage=0) for name in ("dalr", "dalr_bc")})
     for k in range(1, 25):
         e = {name: error(f, k) for name, f in fs.items()}
         slack = tolerance * np.linalg.norm(Y)
@@ -127,7 +127,7 @@ def test_dalr_error_never_above_svd_on_the_calibration_data(lam, tolerance):
 def test_error_curve_equals_the_measured_output_error(name):
     layer = _layer(15, 11)
     x = correlated_inputs(90, 11)
-    f = getattr(nc, name)(layer, _stats(layer, x), 11)
+    f = getattr(nc, name)(layer, _stats(layer, x), 11, **({"shrinkage": 0} if name.startswith("dalr") else {}))
     X = x.numpy().T
     Y = layer.weight.detach().numpy() @ X + layer.bias.detach().numpy()[:, None]
     curve = f.output_error().numpy()
@@ -145,7 +145,7 @@ def test_conv_factorization_equals_the_conv_at_full_rank(method):
     x = torch.randn(4, 3, 9, 9, dtype=torch.float64)
     stats = nc.collect(conv, x, progress=False)[""]
     full = min(6, 3 * 3 * 2)
-    kwargs = {"lam": 0.0} if method is nc.dalr else {}
+    kwargs = {"lam": 0.0, "shrinkage": 0} if method is nc.dalr else {}
     module = method(conv, stats, full, **kwargs).module(full)
     assert isinstance(module, nc.LowRankConv2d)
     torch.testing.assert_close(module(x), conv(x), atol=1e-9, rtol=1e-9)
@@ -154,7 +154,7 @@ def test_conv_factorization_equals_the_conv_at_full_rank(method):
 def test_conv_low_rank_error_matches_the_statistics():
     conv = nn.Conv2d(4, 8, 3, padding=1).double()
     x = torch.randn(3, 4, 6, 6, dtype=torch.float64)
-    f = nc.dalr(conv, nc.collect(conv, x, progress=False)[""], 3)
+    f = nc.dalr(conv, nc.collect(conv, x, progress=False)[""], 3, shrinkage=0)
     module = f.module(3)
     y, yhat = conv(x), module(x)
     measured = ((y - yhat).norm() / y.norm()).item()

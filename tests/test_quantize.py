@@ -1,12 +1,24 @@
 """Quantizers against direct NumPy implementations and their defining properties."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import netcompress as nc
-from netcompress.quantize import CLIP_FRACTIONS, binary, kmeans, ternary, uniform
+from netcompress.modules import build, describe
+from netcompress.quantize import (
+    CLIP_FRACTIONS,
+    QuantizedEmbedding,
+    binary,
+    check_uniform,
+    clip_weights,
+    kmeans,
+    ternary,
+    uniform,
+)
 
 
 def _layer(out=12, inp=20, seed=0):
@@ -14,30 +26,78 @@ def _layer(out=12, inp=20, seed=0):
     return nn.Linear(inp, out)
 
 
-def _ref_uniform_group(w: np.ndarray, bits: int) -> np.ndarray:
-    """Affine grid over [c·min, c·max] with the c of CLIP_FRACTIONS that minimises the squared error."""
+def _ref_group(w: np.ndarray, bits: int, symmetric: bool, cost: np.ndarray | None = None) -> np.ndarray:
+    """Direct form of the grid: w ≈ (code − zero)·scale, the clip c of CLIP_FRACTIONS with least weighted error."""
+    cost = np.ones_like(w) if cost is None else cost
+    top = 2 ** bits - 1
     best, best_err = None, np.inf
     for c in CLIP_FRACTIONS:
-        lo, hi = c * w.min(), c * w.max()
-        step = max((hi - lo) / (2 ** bits - 1), 1e-12)
-        q = lo + np.clip(np.round((w - lo) / step), 0, 2 ** bits - 1) * step
-        err = ((q - w) ** 2).sum()
+        if symmetric:
+            zero = 2 ** (bits - 1)
+            scale = max(c * np.abs(w).max() / (2 ** (bits - 1) - 1), 1e-30)
+        else:
+            low, high = min(c * w.min(), 0.0), max(c * w.max(), 0.0)
+            scale = max((high - low) / top, 1e-30)
+            zero = np.clip(np.round(-low / scale), 0, top)
+        code = np.clip(np.round(w / scale + zero), 0, top)
+        q = (code - zero) * scale
+        err = (cost * (q - w) ** 2).sum()
         if err < best_err:
             best, best_err = q, err
     return best
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("granularity, group_size", [("tensor", None), ("channel", None), ("group", 5)])
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_uniform_matches_the_reference_grid(granularity, group_size, bits):
+def test_uniform_matches_the_numpy_reference(granularity, group_size, bits, symmetric):
     layer = _layer()
-    q = uniform(layer, bits=bits, granularity=granularity, group_size=group_size)
+    q = uniform(layer, bits=bits, granularity=granularity, group_size=group_size, symmetric=symmetric)
     W = layer.weight.detach().double().numpy()
-    size = {"tensor": 12, "channel": 1, "group": 5}[granularity]
-    expected = np.concatenate([_ref_uniform_group(W[r:r + size], bits) for r in range(0, 12, size)])
-    np.testing.assert_allclose(q.weight.detach().double().numpy(), expected, atol=1e-6)
-    assert q.codebook.shape == (-(-12 // size), 2 ** bits)
-    assert len(torch.unique(q.weight.detach()[:size])) <= 2 ** bits
+    if granularity == "tensor":
+        expected = _ref_group(W, bits, symmetric)
+    elif granularity == "channel":
+        expected = np.stack([_ref_group(row, bits, symmetric) for row in W])
+    else:  # groups of 5 consecutive inputs of each output row (GPTQ/AWQ layout)
+        expected = np.stack([np.concatenate([_ref_group(row[j:j + 5], bits, symmetric) for j in range(0, 20, 5)])
+                             for row in W])
+    np.testing.assert_allclose(q.weight.detach().double().numpy(), expected, rtol=1e-6, atol=1e-7)
+    scales = {"tensor": (1, 1), "channel": (12, 1), "group": (12, 4)}[granularity]
+    assert tuple(q.scale.shape) == scales and q.codes.dtype == torch.uint8
+    assert (q.zero_point is None) == symmetric
+    assert q.bits == pytest.approx(bits + (32 + 8 * (not symmetric)) * np.prod(scales) / 240)
+
+
+def test_zero_is_exact_and_the_data_weighted_clip_follows_the_reference():
+    layer = _layer(8, 32)
+    with torch.no_grad():
+        layer.weight[:, :4] = 0.0
+        layer.weight[0] += 0.5  # a row far from zero-centred: the asymmetric grid still holds zero
+    x = torch.randn(200, 32) * torch.linspace(0.1, 3.0, 32)
+    stats = nc.collect(nn.Sequential(layer), x, progress=False)
+    for symmetric in (True, False):
+        q = uniform(layer, stats["0"], bits=3, symmetric=symmetric)
+        assert (q.weight.detach()[1:, :4] == 0).all()
+        cost = clip_weights(stats["0"], layer.weight.detach().double()).numpy()
+        W = layer.weight.detach().double().numpy()
+        expected = np.stack([_ref_group(W[r], 3, symmetric, cost[r]) for r in range(8)])
+        np.testing.assert_allclose(q.weight.detach().double().numpy(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_clip_weights_shrink_towards_uniform_when_samples_are_few():
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 4)
+    scales = torch.ones(64)
+    scales[0] = 10.0  # one feature carries most of the energy
+    for samples in (8, 64, 4096):
+        stats = nc.collect(nn.Sequential(layer), torch.randn(samples, 64) * scales, progress=False)["0"]
+        energy = stats.input_energy / stats.count
+        energy = energy / energy.mean()
+        alpha = 64 / (samples + 64)  # the uniform weighting is a prior worth d = 64 pseudo-samples
+        expected = (1 - alpha) * energy + alpha
+        got = clip_weights(stats, layer.weight.detach().double())
+        torch.testing.assert_close(got, expected.expand(4, 64))
+    assert got[0, 0] > 30  # with many samples the energetic feature dominates the clip
 
 
 def test_clipping_beats_min_max_and_finer_groups_beat_coarser():
@@ -45,13 +105,44 @@ def test_clipping_beats_min_max_and_finer_groups_beat_coarser():
     with torch.no_grad():
         layer.weight[0, 0] = 3.0  # one outlier: min/max would waste the grid on it
     W = layer.weight.detach()
-    err = {g: (uniform(layer, bits=3, granularity=g, group_size=8).weight - W).pow(2).sum().item()
-           for g in ("tensor", "group", "channel")}
-    lo, hi = W.min(), W.max()
-    step = (hi - lo) / 7
-    minmax = (lo + ((W - lo) / step).round() * step - W).pow(2).sum().item()
-    assert err["tensor"] < minmax
-    assert err["channel"] <= err["group"] <= err["tensor"]
+    err = {g: (uniform(layer, bits=3, granularity=g, group_size=16 if g == "group" else None).weight - W
+               ).pow(2).sum().item() for g in ("tensor", "group", "channel")}
+    extent = W.abs().max()
+    step = extent / 3
+    minmax = ((W / step).round().clamp(-4, 3) * step - W).pow(2).sum().item()
+    assert err["tensor"] <= minmax
+    assert err["group"] <= err["channel"] <= err["tensor"]
+    heavy = nn.Linear(1000, 1, bias=False)  # heavy tails: a clipped grid beats the full range
+    with torch.no_grad():
+        heavy.weight.copy_(torch.distributions.Laplace(0.0, 1.0).sample((1, 1000)))
+    W = heavy.weight.detach()
+    step = W.abs().max() / 3
+    minmax = ((W / step).round().clamp(-4, 3) * step - W).pow(2).sum().item()
+    assert (uniform(heavy, bits=3).weight - W).pow(2).sum().item() < 0.8 * minmax
+
+
+def test_quantized_layers_are_plain_scriptable_modules_that_rebuild_from_their_description():
+    torch.manual_seed(0)
+    x, tokens = torch.randn(3, 2, 6, 6), torch.randint(0, 30, (2, 5))
+    layers = [
+        (uniform(nn.Conv2d(2, 4, 3), bits=4, granularity="group", group_size=9), x),
+        (uniform(nn.Conv2d(4, 4, 3, groups=2), bits=8, symmetric=False), torch.randn(3, 4, 6, 6)),
+        (kmeans(nn.Linear(6, 3), bits=2), torch.randn(3, 6)),
+        (uniform(nn.Embedding(30, 16, padding_idx=1), bits=4, granularity="group", group_size=8), tokens),
+        (kmeans(nn.Embedding(30, 16), bits=3), tokens),
+        (uniform(nc.prune.magnitude(nn.Linear(6, 3), sparsity=0.5), bits=3, granularity="tensor"), torch.randn(3, 6)),
+    ]
+    for module, inputs in layers:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.script(module)
+        torch.testing.assert_close(scripted(inputs), module(inputs))
+        rebuilt = build(describe(module), "test")
+        rebuilt.load_state_dict(module.state_dict())
+        assert torch.equal(rebuilt(inputs), module(inputs))
+    embedding = layers[3][0]
+    assert isinstance(embedding, QuantizedEmbedding)
+    assert torch.equal(embedding(tokens), embedding.weight[tokens])
 
 
 def test_binary_and_ternary_follow_their_formulas():
@@ -118,27 +209,43 @@ def test_centroid_gradient_is_the_sum_over_shared_weights():
 
 def test_quantizing_a_pruned_layer_keeps_it_pruned():
     pruned = nc.prune.magnitude(_layer(20, 30), sparsity=0.8)
-    for q in (kmeans(pruned, bits=4), uniform(pruned, bits=4), binary(pruned), ternary(pruned)):
+    for q in (kmeans(pruned, bits=4), uniform(pruned, bits=4), uniform(pruned, bits=4, symmetric=False),
+              binary(pruned), ternary(pruned)):
         assert (q.weight.detach()[~pruned.mask] == 0).all()
+
+
+def test_an_entirely_pruned_group_quantizes_to_zeros():
+    layer = nc.prune.magnitude(nn.Linear(10, 8), sparsity=0.5)
+    with torch.no_grad():
+        layer.mask[:2] = False  # the first two output channels lose every weight
+    q = uniform(layer, bits=4, granularity="group", group_size=5)
+    assert (q.weight.detach()[:2] == 0).all() and torch.isfinite(q.scale).all()
 
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(method="uniform", bits=0), "bits must be an integer from 1 to 8"),
     (dict(method="kmeans", bits=9), "bits must be an integer from 1 to 8"),
     (dict(method="uniform", bits=4, granularity="group"), "needs group_size"),
-    (dict(method="uniform", bits=4, granularity="group", group_size=50), "exceeds the layer's"),
+    (dict(method="uniform", bits=4, granularity="group", group_size=16), "group_size 16 does not divide .* 40 inputs"),
     (dict(method="uniform", bits=4, granularity="row"), "granularity must be"),
+    (dict(method="uniform", bits=1), "symmetric 1-bit"),
+    (dict(method="uniform", bits=4, symmetric="yes"), "symmetric must be True or False"),
     (dict(method="kmeans", bits=4, init="kmeans++"), "init must be"),
 ])
 def test_bad_quantization_settings(kwargs, message):
+    model = nn.Sequential(nn.Linear(40, 8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=message):
-        nc.compress(nn.Sequential(nn.Linear(8, 40)), progress=False, **kwargs)
+        nc.compress(model, progress=False, **kwargs)
+    assert type(model[0]) is nn.Linear and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-def test_an_entirely_pruned_group_is_refused():
-    layer = nc.prune.magnitude(nn.Linear(10, 8), sparsity=0.5)
-    with torch.no_grad():
-        layer.mask[:2] = False  # the first two output channels lose every weight
-    with pytest.raises(ValueError, match="entirely pruned"):
-        uniform(layer, bits=4, granularity="group", group_size=2)
-    assert uniform(layer, bits=4, granularity="group", group_size=4).weight.shape == (8, 10)
+def test_check_refuses_before_anything_is_built():
+    layer = nn.Linear(40, 8)
+    with pytest.raises(ValueError, match="does not divide this layer's 40 inputs per output row; choose a divisor"):
+        check_uniform(layer, bits=4, granularity="group", group_size=32)
+    with pytest.raises(TypeError, match="needs bits"):
+        check_uniform(layer)
+    with pytest.raises(ValueError, match="max_norm"):
+        check_uniform(nn.Embedding(10, 4, max_norm=1.0), bits=4)
+    check_uniform(layer, bits=4, granularity="group", group_size=20)

@@ -85,8 +85,10 @@ def test_model_is_left_in_its_mode_and_without_hooks():
 
 
 def test_empty_data_is_rejected():
-    with pytest.raises(ValueError, match="saw no samples"):
+    with pytest.raises(ValueError, match="data yielded no samples"):
         nc.collect(SmallNet(), [], progress=False)
+    with pytest.raises(ValueError, match="empty tensor"):
+        nc.collect(SmallNet(), torch.zeros(0, 3, 8, 8), progress=False)
 
 
 def test_non_finite_activations_name_the_layer():
@@ -102,7 +104,7 @@ def test_unknown_and_unsupported_layers_are_named():
     with pytest.raises(ValueError, match="layer 'fc9' does not exist"):
         nc.collect(net, torch.randn(1, 3, 8, 8), layers=["fc9"], progress=False)
     seq = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
-    with pytest.raises(ValueError, match="layer '1' is a ReLU"):
+    with pytest.raises(ValueError, match="layer '1'.*a ReLU"):
         nc.collect(seq, torch.randn(2, 3), layers=["1"], progress=False)
 
 

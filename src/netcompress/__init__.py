@@ -15,12 +15,13 @@ The public surface (everything else is an implementation detail)::
 from .compress import METHODS, compress, sweep
 from .container import load_compressed, save_compressed, storage_table
 from .io import load, read_report, save
+from ._layers import Padded
 from .lowrank import Factorization, LowRankConv2d, LowRankLinear, dalr, dalr_bc, svd, svd_bc
 from .pipeline import read_recipe, run_pipeline
 from .prune import MaskedConv2d, MaskedLinear
 from .quantize import QuantizedConv2d, QuantizedLinear
 from .report import LayerRow, Report
-from .stats import LayerStats, Moments, collect
+from .stats import LayerStats, Moments, collect, relative_output_error
 from .train import finetune
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "MaskedConv2d",
     "MaskedLinear",
     "Moments",
+    "Padded",
     "QuantizedConv2d",
     "QuantizedLinear",
     "Report",
@@ -47,6 +49,7 @@ __all__ = [
     "load_compressed",
     "read_recipe",
     "read_report",
+    "relative_output_error",
     "run_pipeline",
     "save",
     "save_compressed",

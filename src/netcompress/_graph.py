@@ -80,13 +80,24 @@ def _flattened(space, shape_in, shape_out):
     return None
 
 
-def trace_channels(model: nn.Module, example: torch.Tensor) -> ChannelGraph:
-    """Trace ``model`` on ``example`` and build its :class:`ChannelGraph`."""
+def _placeholder_values(traced: fx.GraphModule, example) -> list:
+    """The example as positional values of the traced graph's inputs (a dict is matched by argument name)."""
+    if not isinstance(example, dict):
+        return [example]
+    values = []
+    for node in traced.graph.nodes:
+        if node.op == "placeholder":
+            values.append(example.get(node.target, node.args[0] if node.args else None))
+    return values
+
+
+def trace_channels(model: nn.Module, example) -> ChannelGraph:
+    """Trace ``model`` on ``example`` (a tensor, or a dict of keyword inputs) and build its :class:`ChannelGraph`."""
     from torch.fx.passes.shape_prop import ShapeProp
 
     try:
         traced = fx.symbolic_trace(model)
-        ShapeProp(traced).propagate(example)
+        ShapeProp(traced).propagate(*_placeholder_values(traced, example))
     except Exception as error:  # fx raises many types; any of them means "cannot follow"
         raise ValueError(
             f"structured pruning needs a model torch.fx can trace ({type(error).__name__}: "

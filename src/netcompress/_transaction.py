@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["all_or_nothing"]
+__all__ = ["all_or_nothing", "evaluating"]
 
 
 @contextmanager
@@ -47,3 +47,15 @@ def all_or_nothing(model: nn.Module) -> Iterator[None]:
                 for key, flag in saved["requires_grad"].items():
                     module._parameters[key].requires_grad_(flag)
         raise
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Run the block with every module in eval mode, then give each module back its own mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training

@@ -1,27 +1,45 @@
-"""The ``netcompress`` command: parses arguments, calls the public API, prints.
+"""The ``netcompress`` command (also ``python -m netcompress``): parses arguments, calls the public API, prints.
 
     netcompress compress --model pkg.module:factory --weights W.safetensors --data D \\
         --method dalr --budget 0.1 -o OUT
-    netcompress compress ... --method kmeans --setting bits=5 -o OUT --ncz OUT.ncz
+    netcompress compress --model models.py:build --weights W.pth --data photos/ --preset imagenet \\
+        --image-size 224 224 --method kmeans --setting bits=5 --exclude classifier -o OUT --ncz OUT.ncz
     netcompress compress ... --recipe deep-compression.yaml --labels Y.npy -o OUT --ncz OUT.ncz
     netcompress report OUT
     netcompress demo [domain-transfer | deep-compression] [--out DIR]
+
+``compress`` checks everything it can before it reads the data (the outputs may be written,
+the method takes its settings and their types are right), writes nothing until compression
+succeeded, and then writes ``-o`` and ``--ncz`` together: if either cannot be written, neither
+is. Every failure is one sentence on stderr and exit status 2 (``--debug`` adds the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"{text} is not a fraction in (0, 1]")
     return value
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be numbers such as 0.485,0.456,0.406") from None
 
 
 def _rank(text: str) -> int | dict[str, int]:
@@ -37,13 +55,19 @@ def _rank(text: str) -> int | dict[str, int]:
 
 def _parser() -> argparse.ArgumentParser:
     from .compress import METHODS
+    from .inputs import PRESETS
 
-    parser = argparse.ArgumentParser(prog="netcompress", description="Compress a trained PyTorch network for its target domain.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
+    parser = argparse.ArgumentParser(prog="netcompress", parents=[common],
+                                     description="Compress a trained PyTorch network for its target domain.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("compress", help="compress a model with target-domain data")
-    run.add_argument("--model", required=True, help="factory building the original architecture, package.module:function")
-    run.add_argument("--weights", help="the trained weights, a .safetensors file")
+    run = commands.add_parser("compress", parents=[common], help="compress a model with target-domain data")
+    run.add_argument("--model", required=True,
+                     help="factory building the original architecture: package.module:function (importable from "
+                          "the current directory) or path/to/file.py:function")
+    run.add_argument("--weights", help="the trained weights: .safetensors, or a torch.save'd state dict (.pt/.pth)")
     run.add_argument("--data", required=True, help="target inputs: .pt, .npy, .npz or a folder of images")
     run.add_argument("--method", default="dalr", choices=sorted(METHODS))
     size = run.add_mutually_exclusive_group()
@@ -55,19 +79,28 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                      help="a method setting, e.g. sparsity=0.9 or bits=5 (repeatable; values read as YAML)")
     run.add_argument("--labels", help="labels for fine-tuning steps: .npy/.pt (or 'y' in an .npz --data file)")
-    run.add_argument("--ncz", help="also write the entropy-coded .ncz container to this file")
-    run.add_argument("--layers", help="comma-separated layer names or re:patterns (default: all Linear/Conv2d)")
+    run.add_argument("--layers", help="comma-separated layer names or re:patterns (default: every layer the method takes)")
+    run.add_argument("--exclude", help="comma-separated layer names or re:patterns to leave as they are")
     run.add_argument("--lam", type=float, help="DALR's ridge λ relative to trace(XXᵀ)/in")
     run.add_argument("--batch-size", type=int, default=64)
     run.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images of a data folder")
+    run.add_argument("--mean", type=_floats, help="per-channel mean subtracted from images, e.g. 0.485,0.456,0.406")
+    run.add_argument("--std", type=_floats, help="per-channel standard deviation images are divided by")
+    run.add_argument("--preset", choices=sorted(PRESETS), help="--mean/--std of a known training set")
     run.add_argument("--positions", type=int, help="spatial positions sampled per image for Conv2d statistics")
     run.add_argument("-o", "--output", required=True, help="output directory (weights, manifest, report)")
+    run.add_argument("--ncz", help="also write the entropy-coded .ncz container to this file")
+    run.add_argument("--force", action="store_true",
+                     help="write into a directory (or onto a file) netcompress did not write; only netcompress's "
+                          "own files there are replaced")
 
-    report = commands.add_parser("report", help="print the report of a compressed model or an .ncz file's storage")
+    report = commands.add_parser("report", parents=[common],
+                                 help="print the report of a compressed model or an .ncz file's storage")
     report.add_argument("path", help="directory written by `netcompress compress`, or an .ncz file")
     report.add_argument("--json", action="store_true", help="print the JSON record instead of the table")
 
-    demo = commands.add_parser("demo", help="reproduce the seeds' tables on real data shipped with Python packages")
+    demo = commands.add_parser("demo", parents=[common],
+                               help="reproduce the seeds' tables on real data shipped with Python packages")
     demo.add_argument("name", nargs="?", default="domain-transfer",
                       choices=["domain-transfer", "deep-compression", "students", "low-bit", "recovery"])
     demo.add_argument("--out", help="where results.json and the plots go (default netcompress-<name>)")
@@ -84,40 +117,118 @@ def _settings(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--setting {pair!r} must look like key=value, e.g. sparsity=0.9")
-        settings[key.strip()] = yaml.safe_load(value)
+        try:
+            settings[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError(f"--setting {pair!r} has a value that is not a number, word or list") from None
     return settings
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+def _normalisation(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    from .inputs import PRESETS
+
+    if args.preset and (args.mean or args.std):
+        raise ValueError("give either --preset or --mean/--std, not both")
+    if args.preset:
+        return PRESETS[args.preset]
+    if bool(args.mean) != bool(args.std):
+        raise ValueError("--mean and --std go together; give both (or --preset imagenet)")
+    if args.mean and len(args.mean) != len(args.std):
+        raise ValueError(f"--mean has {len(args.mean)} values and --std {len(args.std)}; give one per channel to each")
+    if args.std and any(s <= 0 for s in args.std):
+        raise ValueError(f"--std values must be positive, got {','.join(map(str, args.std))}")
+    return (args.mean, args.std) if args.mean else None
+
+
+def _check_ncz_target(path: Path, output: Path, force: bool) -> None:
+    from .container import MAGIC
+
+    if path.resolve() == output.resolve():
+        raise ValueError(f"--ncz {path} is the -o directory; give the container a file name of its own")
+    if path.is_dir():
+        raise ValueError(f"--ncz {path} is a directory; give a file name such as model.ncz")
+    if path.exists() and not force:
+        with open(path, "rb") as handle:
+            ours = handle.read(len(MAGIC)) == MAGIC
+        if not ours:
+            raise ValueError(f"{path} exists and is not a netcompress container; choose another --ncz path, "
+                             "or pass --force to replace it")
+
+
+def _steps(args: argparse.Namespace) -> list[dict]:
+    """The compression as checked steps (a recipe, or one --method step): no data read yet."""
+    from .pipeline import check_steps, read_recipe
+
+    layers, exclude = _names(args.layers), _names(args.exclude)
+    if args.recipe:
+        steps = read_recipe(args.recipe)
+        for step in steps:
+            if "method" in step:
+                if layers is not None:
+                    step.setdefault("layers", layers)
+                if exclude is not None:
+                    step.setdefault("exclude", exclude)
+        return check_steps(steps)
+    step = {"method": args.method, **_settings(args.setting)}
+    options = dict(rank=args.rank, keep=args.keep, energy=args.energy, budget=args.budget, layers=layers,
+                   exclude=exclude, lam=args.lam, positions=args.positions)
+    for key, value in options.items():
+        if value is not None:
+            if key in step:
+                raise ValueError(f"--setting {key}=… repeats --{key}; give it once")
+            step[key] = value
+    return check_steps([step])
 
 
 def _compress(args: argparse.Namespace) -> None:
     import netcompress as nc
 
-    from .inputs import batches, build_model, read_data, read_labels
+    from ._atomic import made_directories, staged_file
+    from .inputs import batches, build_model, normalize, read_data, read_labels
+    from .io import check_save_target
+
+    # Everything that can be checked without the model and the data, before they are read.
+    output, ncz = Path(args.output), Path(args.ncz) if args.ncz else None
+    check_save_target(output, args.force)
+    if ncz is not None:
+        _check_ncz_target(ncz, output, args.force)
+    normalisation = _normalisation(args)
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    steps = _steps(args)
 
     model = build_model(args.model, args.weights)
     data = read_data(args.data, tuple(args.image_size) if args.image_size else None)
-    layers = [name.strip() for name in args.layers.split(",")] if args.layers else None
+    if normalisation is not None:
+        data = normalize(data, *normalisation)
     if args.recipe:
-        steps = nc.read_recipe(args.recipe)
         labels = read_labels(args.labels, args.data, len(data)) if any("finetune" in s for s in steps) else None
         reports = nc.run_pipeline(model, steps, data=list(batches(data, args.batch_size)),
                                   train=(data.float(), labels) if labels is not None else None)
         report = nc.Report([row for r in reports for row in r.rows])
     else:
-        sizing = dict(rank=args.rank, keep=args.keep, energy=args.energy, budget=args.budget)
-        report = nc.compress(model, batches(data, args.batch_size), method=args.method, layers=layers, lam=args.lam,
-                             positions=args.positions, **{k: v for k, v in sizing.items() if v is not None},
-                             **_settings(args.setting))
-    nc.save(model, args.output, report)
+        settings = {k: v for k, v in steps[0].items() if k != "method"}
+        report = nc.compress(model, batches(data, args.batch_size), method=args.method, **settings)
+
+    # Both outputs together: the container goes to a temporary name first, renamed only once -o is written.
+    if ncz is None:
+        nc.save(model, output, report, overwrite=args.force)
+    else:
+        with made_directories(ncz.parent), staged_file(ncz) as staged:
+            size = nc.save_compressed(model, staged)
+            nc.save(model, output, report, overwrite=args.force)
     print(report)
-    print(f"\nwrote {args.output}: {report.params_before:,} → {report.params_after:,} parameters in the compressed layers")
-    if args.ncz:
-        size = nc.save_compressed(model, args.ncz)
-        print(f"wrote {args.ncz}: {size:,} bytes")
+    print(f"\nwrote {output}: {report.params_before:,} → {report.params_after:,} parameters in the compressed layers")
+    if ncz is not None:
+        print(f"wrote {ncz}: {size:,} bytes")
 
 
 def _report(args: argparse.Namespace) -> None:
     import json
-    from pathlib import Path
 
     import netcompress as nc
 
@@ -127,6 +238,8 @@ def _report(args: argparse.Namespace) -> None:
         rows = nc.storage_table(args.path)
         print(json.dumps(rows, indent=1) if args.json else format_storage_table(rows, Path(args.path).stat().st_size))
         return
+    if not Path(args.path).exists():
+        raise ValueError(f"{args.path} does not exist; give a directory written by `netcompress compress` or an .ncz file")
     report = nc.read_report(args.path)
     print(report.to_json() if args.json else report)
 
@@ -135,10 +248,9 @@ def _demo(args: argparse.Namespace) -> None:
     out = args.out or ("netcompress-demo" if args.name == "domain-transfer" else f"netcompress-{args.name}")
     if args.name in ("students", "low-bit", "recovery"):
         import json
-        from pathlib import Path
 
+        from ._atomic import atomic_write_bytes
         from .experiments import distillation
-        from .io import atomic_write_bytes
 
         run = {"students": distillation.students, "low-bit": distillation.low_bit, "recovery": distillation.recovery}
         result = run[args.name](seed=args.seed)
@@ -154,13 +266,39 @@ def _demo(args: argparse.Namespace) -> None:
         run(out, seed=args.seed, plots=not args.no_plots)
 
 
+def _sentence(error: BaseException) -> str:
+    """One line saying what failed: the message of a user error, else the kind of failure and a hint."""
+    if isinstance(error, KeyError) and error.args:
+        text = str(error.args[0])
+    else:
+        text = str(error).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    if isinstance(error, (ValueError, TypeError, ImportError, KeyError)) and first:
+        return first
+    if isinstance(error, MemoryError):
+        return "ran out of memory; use fewer or smaller inputs (--image-size, --batch-size) or a smaller model"
+    if isinstance(error, RecursionError):
+        return "an input is nested too deeply to be read"
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror}"
+    return f"{type(error).__name__}: {first or 'no message'} (run with --debug for the traceback)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status (0, or 2 on an error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
     args = _parser().parse_args(argv)
     try:
         {"compress": _compress, "report": _report, "demo": _demo}[args.command](args)
-    except (ValueError, TypeError, ImportError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"netcompress: error: {message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("netcompress: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as error:  # every failure ends in one sentence; --debug shows where
+        if debug:
+            traceback.print_exc()
+        print(f"netcompress: error: {_sentence(error)}", file=sys.stderr)
         return 2
     return 0
 

@@ -8,6 +8,9 @@
 * :func:`relative_indices` / :func:`absolute_positions`: Deep Compression's sparse format
   (seed 003, Figure 2): each kept weight stores the number of zeros before it in
   ``index_bits`` bits; a longer run is bridged by a *filler* entry.
+
+Decoders read hostile data: they check lengths before allocating and work in chunks of
+:data:`CHUNK_BITS`, so their memory is the output plus one chunk.
 """
 
 from __future__ import annotations
@@ -17,17 +20,20 @@ import heapq
 import numpy as np
 
 __all__ = [
+    "CHUNK_BITS",
     "MAX_CODE_LENGTH",
     "absolute_positions",
     "code_lengths",
     "huffman_decode",
     "huffman_encode",
+    "index_mask",
     "pack_fixed",
     "relative_indices",
     "unpack_fixed",
 ]
 
 MAX_CODE_LENGTH = 16
+CHUNK_BITS = 1 << 20  # bits decoded per step: bounds the decoders' working memory
 
 
 def code_lengths(counts: np.ndarray) -> np.ndarray:
@@ -75,13 +81,17 @@ def _canonical_codes(lengths: np.ndarray) -> np.ndarray:
 
 
 def _write_bits(words: np.ndarray, widths: np.ndarray, width_max: int) -> tuple[bytes, int]:
-    """Concatenate each ``words[i]``'s ``widths[i]`` low bits, most significant first."""
+    """Concatenate each ``words[i]``'s ``widths[i]`` low bits, most significant first (a chunk at a time)."""
     if len(words) == 0:
         return b"", 0
     shifts = np.arange(width_max - 1, -1, -1, dtype=np.uint32)
-    aligned = words.astype(np.uint32) << (width_max - widths.astype(np.uint32))
-    bits = ((aligned[:, None] >> shifts) & 1).astype(np.uint8)
-    bits = bits[np.arange(width_max) < widths[:, None]]
+    pieces = []
+    for start in range(0, len(words), CHUNK_BITS // 8):
+        w = widths[start:start + CHUNK_BITS // 8].astype(np.uint32)
+        aligned = words[start:start + CHUNK_BITS // 8].astype(np.uint32) << (width_max - w)
+        bits = ((aligned[:, None] >> shifts) & 1).astype(np.uint8)
+        pieces.append(bits[np.arange(width_max) < w[:, None]])
+    bits = np.concatenate(pieces)
     return np.packbits(bits).tobytes(), len(bits)
 
 
@@ -94,40 +104,68 @@ def huffman_encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int
     return _write_bits(codes[symbols], lengths[symbols].astype(np.uint32), MAX_CODE_LENGTH)
 
 
+def _kraft_ok(lengths: np.ndarray) -> bool:
+    """Whether code lengths fit a prefix code (Kraft: Σ 2^−l ≤ 1), so canonical codes stay in range."""
+    used = lengths[lengths > 0].astype(np.int64)
+    return bool(((1 << (MAX_CODE_LENGTH - used)).sum()) <= 1 << MAX_CODE_LENGTH)
+
+
+def _smallest_unsigned(alphabet: int) -> type:
+    return np.uint8 if alphabet <= 1 << 8 else np.uint16 if alphabet <= 1 << 16 else np.uint32
+
+
 def huffman_decode(payload: bytes, bit_count: int, count: int, lengths: np.ndarray) -> np.ndarray:
     """The ``count`` symbols coded in the first ``bit_count`` bits of ``payload``.
 
-    Raises ``ValueError`` when the bits do not decode to exactly ``count`` symbols.
+    Decodes :data:`CHUNK_BITS` bits at a time, so the working memory is a few arrays of one
+    chunk plus the output (uint8 or uint16), whatever the stream's length. Raises
+    ``ValueError`` when the lengths are not a prefix code or the bits do not decode to
+    exactly ``count`` symbols.
     """
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
     lengths = np.asarray(lengths, dtype=np.int64)
-    if lengths.max(initial=0) > MAX_CODE_LENGTH or bit_count > 8 * len(payload):
+    if count < 0 or bit_count < 0 or bit_count > 8 * len(payload) or (count and count > bit_count):
         raise ValueError("the Huffman stream's header does not fit its data")
+    if lengths.min(initial=0) < 0 or lengths.max(initial=0) > MAX_CODE_LENGTH or not _kraft_ok(lengths):
+        raise ValueError("the Huffman stream's code lengths do not form a prefix code")
+    out = np.empty(count, dtype=_smallest_unsigned(len(lengths)))
+    if count == 0:
+        return out
     codes = _canonical_codes(lengths.astype(np.uint8))
-    table_symbol = np.full(1 << MAX_CODE_LENGTH, -1, dtype=np.int64)
-    table_length = np.zeros(1 << MAX_CODE_LENGTH, dtype=np.int64)
+    table_symbol = np.zeros(1 << MAX_CODE_LENGTH, dtype=np.int64)
+    table_length = np.zeros(1 << MAX_CODE_LENGTH, dtype=np.int64)  # 0: no code word starts with these bits
     for symbol in np.flatnonzero(lengths):
         spare = MAX_CODE_LENGTH - lengths[symbol]
         start = int(codes[symbol]) << spare
         table_symbol[start:start + (1 << spare)] = symbol
         table_length[start:start + (1 << spare)] = lengths[symbol]
-    bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))[:bit_count]
-    bits = np.concatenate([bits, np.zeros(MAX_CODE_LENGTH, dtype=np.uint8)])
+    data = np.frombuffer(payload, dtype=np.uint8)
     weights = 1 << np.arange(MAX_CODE_LENGTH - 1, -1, -1, dtype=np.int64)
-    windows = np.lib.stride_tricks.sliding_window_view(bits, MAX_CODE_LENGTH)[:bit_count] @ weights
-    step = table_length[windows]
-    # next[p]: where the code word starting at bit p ends; bit_count is the terminal sentinel.
-    following = np.minimum(np.arange(bit_count) + np.where(step > 0, step, bit_count), bit_count)
-    following = np.append(following, bit_count)
-    chain, jump = np.zeros(1, dtype=np.int64), following
-    while len(chain) < count:  # pointer doubling: the next len(chain) starts are jump[chain]
-        chain = np.concatenate([chain, jump[chain]])
-        jump = jump[jump]
-    chain = chain[:count]
-    if chain[-1] >= bit_count or following[chain[-1]] != bit_count or (table_symbol[windows[chain]] < 0).any():
+    position, done = 0, 0
+    while done < count:
+        if position >= bit_count:
+            raise ValueError("the Huffman stream is corrupt: it ends before its recorded symbols")
+        span = min(CHUNK_BITS, bit_count - position)
+        first = position // 8
+        bits = np.unpackbits(data[first:(position + span + MAX_CODE_LENGTH + 7) // 8])[position - 8 * first:]
+        bits[max(bit_count - position, 0):] = 0  # bits past the stream's end are padding
+        bits = np.concatenate([bits, np.zeros(MAX_CODE_LENGTH, dtype=np.uint8)])
+        windows = np.lib.stride_tricks.sliding_window_view(bits, MAX_CODE_LENGTH)[:span] @ weights
+        step = table_length[windows]
+        # following[p]: where the code word starting at local bit p ends; span is the exit sentinel.
+        jump = np.append(np.minimum(np.arange(span) + np.where(step > 0, step, span), span), span)
+        chain = np.zeros(1, dtype=np.int64)
+        while len(chain) < count - done and chain[-1] != span:  # pointer doubling
+            chain = np.concatenate([chain, jump[chain]])
+            jump = jump[jump]
+        starts = chain[chain < span][: count - done]
+        if (step[starts] == 0).any():
+            raise ValueError("the Huffman stream is corrupt: its bits do not decode to the recorded symbols")
+        out[done:done + len(starts)] = table_symbol[windows[starts]]
+        done += len(starts)
+        position += int(starts[-1] + step[starts[-1]])
+    if position != bit_count:
         raise ValueError("the Huffman stream is corrupt: its bits do not decode to the recorded symbols")
-    return table_symbol[windows[chain]]
+    return out
 
 
 def pack_fixed(values: np.ndarray, bits: int) -> bytes:
@@ -137,26 +175,38 @@ def pack_fixed(values: np.ndarray, bits: int) -> bytes:
 
 
 def unpack_fixed(payload: bytes, bits: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_fixed`."""
-    if count * bits > 8 * len(payload):
+    """Inverse of :func:`pack_fixed`, as uint8 (``bits`` ≤ 8) or uint16, decoded a chunk at a time."""
+    if not 1 <= bits <= 16 or count < 0 or count * bits > 8 * len(payload):
         raise ValueError("the packed stream is shorter than its recorded length")
-    flat = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))[: count * bits].reshape(count, bits)
-    return flat.astype(np.int64) @ (1 << np.arange(bits - 1, -1, -1, dtype=np.int64))
+    data = np.frombuffer(payload, dtype=np.uint8)
+    if bits == 8:
+        return data[:count].copy()
+    out = np.empty(count, dtype=np.uint8 if bits <= 8 else np.uint16)
+    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.uint32)
+    chunk = CHUNK_BITS // 8  # symbols per chunk, a multiple of 8 so every chunk starts on a byte
+    for start in range(0, count, chunk):
+        n = min(chunk, count - start)
+        flat = np.unpackbits(data[start * bits // 8:-(-(start + n) * bits // 8)])[: n * bits].reshape(n, bits)
+        out[start:start + n] = flat.astype(np.uint32) @ weights
+    return out
 
 
-def relative_indices(positions: np.ndarray, index_bits: int) -> np.ndarray:
+def relative_indices(positions: np.ndarray, index_bits: int, length: int | None = None) -> np.ndarray:
     """Deep Compression's relative index stream for sorted kept ``positions``.
 
     Symbol ``g < 2**index_bits`` places the next kept entry ``g + 1`` places after the
     previous one (the first after position -1). A longer run of zeros is bridged by the
     *skip* symbol ``2**index_bits``, which advances ``2**index_bits`` places and stores no
-    weight (the seed's filler zero, without the filler's weight).
+    weight (the seed's filler zero, without the filler's weight). With ``length``, skips are
+    appended until fewer than ``2**index_bits`` entries are left uncovered, so that a reader
+    can bound ``length`` by the stream (see :func:`index_mask`).
     """
     positions = np.asarray(positions, dtype=np.int64)
     span = 1 << index_bits
     gaps = np.diff(positions, prepend=-1) - 1
     skips = gaps // span
-    symbols = np.full(len(positions) + int(skips.sum()), span, dtype=np.int64)
+    tail = 0 if length is None else (length - (int(positions[-1]) + 1 if len(positions) else 0)) // span
+    symbols = np.full(len(positions) + int(skips.sum()) + tail, span, dtype=np.int64)
     kept_at = np.arange(len(positions)) + np.cumsum(skips)
     symbols[kept_at] = gaps - skips * span
     return symbols
@@ -169,3 +219,25 @@ def absolute_positions(symbols: np.ndarray, index_bits: int) -> np.ndarray:
     skip = symbols == span
     ends = np.cumsum(np.where(skip, span, symbols + 1)) - 1
     return ends[~skip]
+
+
+def index_mask(symbols: np.ndarray, index_bits: int, length: int) -> np.ndarray:
+    """The boolean mask of ``length`` entries whose kept positions ``symbols`` code (with a tail, see above).
+
+    Raises ``ValueError`` when a position falls outside ``length`` or the stream leaves
+    ``2**index_bits`` or more entries uncovered (a forged length). Works a chunk at a time.
+    """
+    span = 1 << index_bits
+    mask = np.zeros(length, dtype=bool)
+    advance = 0
+    for start in range(0, len(symbols), CHUNK_BITS):
+        chunk = np.asarray(symbols[start:start + CHUNK_BITS], dtype=np.int64)
+        skip = chunk == span
+        ends = advance + np.cumsum(np.where(skip, span, chunk + 1))
+        advance = int(ends[-1])
+        if advance > length:
+            raise ValueError(f"its indices run past its {length} entries")
+        mask[ends[~skip] - 1] = True
+    if length - advance >= span:
+        raise ValueError(f"its index stream covers {advance} of {length} entries")
+    return mask

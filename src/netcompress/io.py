@@ -1,152 +1,275 @@
 """Saving a compressed model as safetensors weights plus a JSON manifest, and loading it back.
 
-``save(model, path)`` makes a directory ``path`` holding
+``save(model, path)`` writes into the directory ``path``
 
 * ``model.safetensors``: the whole ``state_dict`` of the compressed model;
-* ``manifest.json``: the type and shape of every layer (see :mod:`netcompress.modules`),
-  so that replaced, factorized, pruned-to-size and quantized layers can be rebuilt;
+* ``manifest.json``: the type and shape of every layer (see :mod:`netcompress.modules`), so that
+  replaced, factorized, pruned-to-size and quantized layers can be rebuilt; a fingerprint of the
+  *original* architecture (see :mod:`netcompress._architecture`); the SHA-256 of the weights;
 * ``report.json`` (when a report is given).
 
-``load(model, path)`` takes a freshly built *original* architecture, rebuilds every
-layer whose description differs from the manifest's, and loads the weights strictly. Nothing is
-unpickled. The directory is written under a temporary name and renamed into
-place, so an interrupted save never leaves a half-written result.
+These three names are netcompress's own files; ``save`` never deletes or overwrites any other
+file. Each file is written under a temporary name and renamed into place, the manifest last, so
+a reader sees either the old save or the new one (a crash between renames leaves weights whose
+checksum the old manifest refuses).
+
+``load(model, path)`` takes a freshly built *original* architecture, checks it against the
+fingerprint, rebuilds every layer whose description differs from the manifest's (in the dtype
+and on the device of the layer it replaces), and loads the weights strictly: all or nothing.
+Nothing is unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
-import tempfile
+import re
+from contextlib import ExitStack
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import _architecture
+from ._atomic import atomic_write_bytes, made_directories, staged_file
 from ._layers import replace_module
+from ._transaction import all_or_nothing
 from .modules import build, describe
 from .report import Report
 
-__all__ = ["apply_manifest", "atomic_write_bytes", "load", "manifest", "read_report", "save"]
+__all__ = ["apply_manifest", "atomic_write_bytes", "check_save_target", "load", "manifest", "read_report", "save"]
 
 FORMAT = "netcompress.manifest"
-VERSION = 2
+VERSION = 3
+READABLE = (2, 3)  # version 2 has no architecture fingerprint: only its layer names are checked
 WEIGHTS, MANIFEST, REPORT = "model.safetensors", "manifest.json", "report.json"
-
-
-def _umask_mode(full: int) -> int:
-    """``full`` (0o666 for files, 0o777 for directories) under the process umask, as open() would give."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return full & ~mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
-    """Write ``payload`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.chmod(tmp, _umask_mode(0o666))  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+OWN_FILES = (WEIGHTS, MANIFEST, REPORT)
+MAX_JSON_BYTES = 64 << 20  # a manifest or report of a model with a million layers is far smaller
 
 
 def manifest(model: nn.Module) -> dict:
-    """The architecture record of ``model``: a description of every layer netcompress knows."""
+    """The architecture record of ``model``: every layer netcompress knows, and the original's fingerprint."""
     layers = {name: d for name, m in model.named_modules() if name and (d := describe(m)) is not None}
-    return {"format": FORMAT, "version": VERSION, "layers": layers}
+    return {"format": FORMAT, "version": VERSION, "layers": layers, "architecture": _architecture.fingerprint(model)}
 
 
-def apply_manifest(model: nn.Module, record: object, source: str) -> None:
-    """Rebuild, in ``model``, every layer whose description differs from ``record`` (parents first)."""
+def _read_json(file: Path, what: str) -> object:
+    """The JSON value in ``file``, refusing huge, empty, non-UTF-8 and too deeply nested files in one sentence."""
+    try:
+        size = file.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise ValueError(f"{file} is {size:,} bytes, more than a {what} can be ({MAX_JSON_BYTES:,})")
+        text = file.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise ValueError(f"{file} cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{file} is corrupt: a {what} is UTF-8 JSON text") from None
+    if not text.strip():
+        raise ValueError(f"{file} is empty; write it again with netcompress")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{file} is corrupt: not valid JSON ({error})") from None
+    except RecursionError:
+        raise ValueError(f"{file} is corrupt: its JSON is nested too deeply to be a {what}") from None
+
+
+def _check_record(record: object, source: str) -> dict:
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError(f"{source} is not a netcompress manifest (its 'format' is not {FORMAT!r})")
-    if record.get("version") != VERSION:
-        raise ValueError(f"{source} has version {record.get('version')!r}; this netcompress reads version {VERSION}")
-    layers = record.get("layers")
-    if not isinstance(layers, dict):
+    if record.get("version") not in READABLE:
+        raise ValueError(f"{source} has version {record.get('version')!r}; this netcompress reads versions "
+                         f"{', '.join(map(str, READABLE))}, so save the model again with it")
+    if not isinstance(record.get("layers"), dict):
         raise ValueError(f"{source} is corrupt: 'layers' must be an object of layer name → description")
-    for name, entry in layers.items():
+    return record
+
+
+def _like(new: nn.Module, old: nn.Module) -> nn.Module:
+    """``new`` moved to the device and floating dtype of ``old`` (integer codes and masks keep their dtype)."""
+    tensors = [*old.parameters(), *old.buffers()]
+    floating = [t for t in tensors if t.is_floating_point()]
+    if floating:
+        return new.to(device=floating[0].device, dtype=floating[0].dtype)
+    return new.to(device=tensors[0].device) if tensors else new
+
+
+def _outermost(planned: dict[str, nn.Module], name: str) -> str | None:
+    parts = name.split(".")
+    return next((p for i in range(1, len(parts)) if (p := ".".join(parts[:i])) in planned), None)
+
+
+def _plan(model: nn.Module, record: object, source: str) -> dict[str, nn.Module]:
+    """Check ``record`` against ``model`` and build every replacement layer, changing nothing in ``model``."""
+    record = _check_record(record, source)
+    originals = None
+    if record["version"] >= 3:
+        originals = _architecture.check(model, record.get("architecture"), source)
+    planned: dict[str, nn.Module] = {}
+    for name, entry in record["layers"].items():
+        if not name:
+            raise ValueError(f"{source} is corrupt: a layer has an empty name")
+        parent = _outermost(planned, name)
         try:
-            current = model.get_submodule(name) if isinstance(name, str) and name else None
+            current = planned[parent].get_submodule(name[len(parent) + 1:]) if parent else model.get_submodule(name)
         except AttributeError:
             current = None
         if current is None:
-            raise ValueError(f"{source} describes layer {name!r}, which this model does not have; build the original architecture")
-        if describe(current) != entry:
-            replace_module(model, name, build(entry, f"{source}, layer {name!r}"))
+            raise ValueError(f"{source} describes layer {name!r}, which this model does not have; "
+                             "build the original architecture")
+        if describe(current) == entry:
+            continue
+        new = _like(build(entry, f"{source}, layer {name!r}"), current)
+        if parent:
+            replace_module(planned[parent], name[len(parent) + 1:], new)
+        else:
+            planned[name] = new
+    if originals is not None:  # a rebuilt layer knows exactly what it replaced, so a re-save records it exactly
+        for name, new in planned.items():
+            if name in originals:
+                setattr(new, _architecture.ORIGINAL, {**originals[name], "exact": True})
+    return planned
 
 
-def save(model: nn.Module, path: str | os.PathLike, report: Report | None = None) -> Path:
-    """Write ``model`` (compressed in place by :func:`compress`) to the directory ``path``.
+def apply_manifest(model: nn.Module, record: object, source: str) -> None:
+    """Rebuild, in ``model``, every layer whose description differs from ``record``.
 
-    An existing directory at ``path`` is replaced only once the new one is complete.
-    Returns the path.
+    Everything is checked and built first (the architecture fingerprint, every description),
+    so on an error ``model`` is unchanged. Loading the weights is the caller's part; wrap both
+    in :func:`netcompress._transaction.all_or_nothing` to undo the swap if the weights fail.
+    """
+    for name, new in _plan(model, record, source).items():
+        replace_module(model, name, new)
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _ignorable(entry: Path) -> bool:
+    """A temporary file of a netcompress write (``.name.XXXXXXXX.tmp``): never deleted, never counted as the user's."""
+    return re.fullmatch(r"\..+\.[A-Za-z0-9_]{8}\.tmp", entry.name) is not None and entry.is_file()
+
+
+def _previous_files(path: Path) -> tuple[str, ...] | None:
+    """The files an earlier ``save`` wrote in ``path`` (from its manifest), or None if ``path`` is not its output."""
+    file = path / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        record = _read_json(file, "manifest")
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        return None
+    files = record.get("files")
+    if not isinstance(files, list):  # version 2 wrote the weights, the manifest and maybe a report
+        return OWN_FILES
+    return tuple(f for f in files if f in OWN_FILES)
+
+
+def check_save_target(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raise ``ValueError`` unless :func:`save` may write to ``path``; writes nothing.
+
+    ``path`` may be new, an empty directory or an earlier netcompress output; another non-empty
+    directory only with ``overwrite=True``, and then only netcompress's own files in it are replaced.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} exists and is not a directory; choose another output path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, staging / WEIGHTS, metadata={"format": FORMAT})
-        (staging / MANIFEST).write_text(json.dumps(manifest(model), indent=2))
-        if report is not None:
-            (staging / REPORT).write_text(report.to_json())
-        os.chmod(staging, _umask_mode(0o777))  # mkdtemp makes 0700 directories
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(staging, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    if not path.is_dir():
+        return
+    for own in OWN_FILES:
+        if (path / own).exists() and not (path / own).is_file():
+            raise ValueError(f"{path / own} exists and is not a file; choose another output directory")
+    foreign = any(not _ignorable(entry) for entry in path.iterdir())
+    if foreign and not overwrite and _previous_files(path) is None:
+        raise ValueError(
+            f"{path} is a non-empty directory that netcompress did not write; choose a new or empty directory, "
+            f"or pass overwrite=True (--force) to replace only {', '.join(OWN_FILES)} in it"
+        )
+
+
+def save(model: nn.Module, path: str | os.PathLike, report: Report | None = None, *, overwrite: bool = False) -> Path:
+    """Write ``model`` (compressed in place by :func:`compress`) to the directory ``path``; returns the path.
+
+    ``path`` may be new, empty, or an earlier output of ``save`` (its files are replaced). A
+    non-empty directory that netcompress did not write is refused unless ``overwrite=True``,
+    and even then only ``model.safetensors``, ``manifest.json`` and ``report.json`` are replaced:
+    no other file is ever deleted or overwritten. On any error the directory is left as it was.
+    """
+    path = Path(path)
+    check_save_target(path, overwrite)
+    previous = (_previous_files(path) or ()) if path.is_dir() else ()
+    record = manifest(model)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}  # tied weights need copies
+    report_text = report.to_json() if report is not None else None
+    with made_directories(path), ExitStack() as stack:
+        # Renamed into place in reverse order of entering: weights, report, then the manifest that vouches for them.
+        manifest_tmp = stack.enter_context(staged_file(path / MANIFEST))
+        report_tmp = stack.enter_context(staged_file(path / REPORT)) if report_text is not None else None
+        weights_tmp = stack.enter_context(staged_file(path / WEIGHTS))
+        save_file(state, weights_tmp, metadata={"format": FORMAT})
+        if report_tmp is not None:
+            report_tmp.write_text(report_text)
+        files = [WEIGHTS, MANIFEST] + ([REPORT] if report_tmp is not None else [])
+        record.update(files=files, weights_sha256=_sha256(weights_tmp))
+        manifest_tmp.write_text(json.dumps(record, indent=2))
+    if report_text is None and REPORT in previous:  # a report of the earlier save would describe another model
+        (path / REPORT).unlink(missing_ok=True)
     return path
 
 
-def _read_manifest(path: Path) -> dict:
-    file = path / MANIFEST
-    if not file.is_file():
-        raise ValueError(f"{path} has no {MANIFEST}; it was not written by netcompress.save")
-    try:
-        return json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{file} is corrupt: not valid JSON ({error})") from None
-
-
 def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Re-apply the replacements saved at ``path`` to ``model`` (a fresh original architecture) and load the weights."""
+    """Re-apply the compression saved at ``path`` to ``model``, a fresh original architecture; returns ``model``.
+
+    The manifest's architecture fingerprint is checked first (an error names the first layer
+    that differs); on any error ``model`` is left exactly as it was. Rebuilt layers take the
+    dtype and device of the layers they replace.
+    """
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path} is not a directory written by netcompress.save")
-    apply_manifest(model, _read_manifest(path), str(path / MANIFEST))
+    file = path / MANIFEST
+    if not file.is_file():
+        raise ValueError(f"{path} has no {MANIFEST}; it was not written by netcompress.save")
+    record = _read_json(file, "manifest")
+    planned = _plan(model, record, str(file))
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise ValueError(f"{path} has no {WEIGHTS}; save the model again")
+    expected = record.get("weights_sha256")
+    if expected is not None and expected != _sha256(weights):
+        raise ValueError(f"{weights} is not the file {file} was written with (its SHA-256 differs); save the model again")
     try:
-        state = load_file(path / WEIGHTS)
-    except (SafetensorError, FileNotFoundError, OSError) as error:
-        raise ValueError(f"{path / WEIGHTS} cannot be read as safetensors ({error})") from None
+        state = load_file(weights)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{weights} cannot be read as safetensors ({error})") from None
+    with all_or_nothing(model):
+        for name, new in planned.items():
+            replace_module(model, name, new)
+        _load_state(model, state, weights)
+    return model
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1].strip()
-        raise ValueError(f"{path / WEIGHTS} does not fit the model ({first}); build the same original architecture") from None
+        raise ValueError(f"{source} does not fit the model ({first}); build the same original architecture") from None
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
-            f"{path / WEIGHTS} does not match the model (missing: {result.missing_keys[:5]}, "
+            f"{source} does not match the model (missing: {result.missing_keys[:5]}, "
             f"unexpected: {result.unexpected_keys[:5]}); build the same original architecture"
         )
-    return model
 
 
 def read_report(path: str | os.PathLike) -> Report:
@@ -154,4 +277,11 @@ def read_report(path: str | os.PathLike) -> Report:
     file = Path(path) / REPORT
     if not file.is_file():
         raise ValueError(f"{path} holds no {REPORT}; save it with netcompress.save(model, path, report)")
-    return Report.from_json(file.read_text())
+    data = _read_json(file, "report")
+    rows = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{file} is not a netcompress report (it needs a list of layer rows); save it again")
+    try:
+        return Report.from_dict(data)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ValueError(f"{file} cannot be read as a report ({error})") from None

@@ -1,7 +1,8 @@
 """Low-bit quantization with limited data: group-wise grids and two-stage distillation (seed 004).
 
-1. Group-wise uniform quantization of every layer (``quantize.uniform``), calibrated on
-   the target statistics of the few samples available.
+1. Group-wise uniform quantization of every layer (:func:`shared_grid`: one grid per group
+   of output channels, kept as a codebook), calibrated on the target statistics of the few
+   samples available.
 2. **Independent stage**: each quantized layer alone is fitted to reproduce the full-precision
    layer's output on the full-precision network's inputs to it (layer-wise supervision). With
    the codes fixed the weights are linear in the codebook, so this stage is solved in closed
@@ -16,18 +17,27 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from .compress import compress
+from ._layers import replace_module
 from .distill import Logits
-from .quantize import QuantizedConv2d, QuantizedLinear
-from .stats import LayerStats, collect, input_columns
+from .quantize import (
+    QuantizedConv2d,
+    QuantizedLinear,
+    _affine_grid,
+    _check_bits,
+    _codebook_module,
+    _weight_and_mask,
+    clip_weights,
+)
+from .stats import LayerStats, Moments, collect, input_columns
 from .train import finetune
 
-__all__ = ["fit_codebooks", "quantize_low_bit"]
+__all__ = ["fit_codebooks", "quantize_low_bit", "shared_grid"]
 
 RIDGE = 1e-3  # relative to the mean diagonal of each group's normal matrix
 
@@ -45,14 +55,15 @@ def _fit_layer(layer: nn.Module, reference: nn.Module, moments) -> None:
     levels = layer.levels
     books = layer.codebook.detach().to(torch.float64).cpu().clone()
     for g in range(books.shape[0]):
-        rows = range(g * layer.group_size, min((g + 1) * layer.group_size, out))
+        rows = range(g * layer.codebook_rows, min((g + 1) * layer.codebook_rows, out))
         normal = torch.zeros(levels, levels, dtype=torch.float64)
         rhs = torch.zeros(levels, dtype=torch.float64)
         for r in rows:
             live = mask[r] if mask is not None else torch.ones(codes.shape[1], dtype=torch.bool)
             E = torch.zeros(codes.shape[1], levels, dtype=torch.float64)
             E[live.nonzero().squeeze(1), codes[r][live]] = 1.0
-            C_r = C[columns[r]][:, columns[r]]
+            # A grouped conv's statistics hold one (f, f) block per group; row r reads its group's block.
+            C_r = C if C.dim() == 2 else C[r // (out // C.shape[0])]
             CE = C_r @ E
             normal += E.T @ CE
             rhs += CE.T @ W[r]
@@ -67,11 +78,32 @@ def _fit_layer(layer: nn.Module, reference: nn.Module, moments) -> None:
             layer.bias.copy_((b + shift).to(layer.bias.dtype))
 
 
+def shared_grid(layer: nn.Module, moments: Moments | None, *, bits: int, rows: int) -> nn.Module:
+    """Stage 1: one calibrated ``bits``-bit affine grid per ``rows`` consecutive output channels, kept as a codebook.
+
+    The grid is ``quantize.uniform``'s asymmetric one (clip searched on the target statistics);
+    it is stored as ``2^bits`` free code words per group so that the independent stage can move
+    each of them (the seed groups output channels, not inputs).
+    """
+    matrix, mask = _weight_and_mask(layer)
+    out, per_row = matrix.shape
+    groups = math.ceil(out / rows)
+    live = mask if mask is not None else torch.ones_like(matrix, dtype=torch.bool)
+    values = torch.full((groups * rows, per_row), float("nan"), dtype=matrix.dtype)
+    values[:out] = torch.where(live, matrix, torch.nan)
+    cost = torch.zeros_like(values)
+    cost[:out] = clip_weights(moments, matrix, getattr(layer, "groups", 1))
+    scale, zero, codes = _affine_grid(values.reshape(groups, -1), cost.reshape(groups, -1), bits, symmetric=False)
+    codebook = (torch.arange(1 << bits, dtype=scale.dtype) - zero[:, None]) * scale[:, None]
+    codes = codes.reshape(groups * rows, per_row)[:out].to(torch.uint8)
+    return _codebook_module(layer, codebook, codes, rows, mask)
+
+
 def fit_codebooks(quantized: nn.Module, reference: nn.Module, stats: LayerStats) -> None:
-    """The independent stage for every quantized layer whose statistics are in ``stats``."""
+    """The independent stage for every codebook-quantized layer whose statistics are in ``stats``."""
     originals = dict(reference.named_modules())
     for name, module in quantized.named_modules():
-        if isinstance(module, (QuantizedLinear, QuantizedConv2d)) and name in stats:
+        if isinstance(module, (QuantizedLinear, QuantizedConv2d)) and module.codebook is not None and name in stats:
             _fit_layer(module, originals[name], stats[name])
 
 
@@ -95,12 +127,16 @@ def quantize_low_bit(
     With ``independent=False`` and ``joint_epochs=0`` this is plain calibrated group-wise
     quantization, the baseline of the seed's comparison.
     """
+    _check_bits(bits)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive number of output channels per grid, got {group_size!r}")
     teacher = copy.deepcopy(model).eval()
     student = copy.deepcopy(model).eval()
     stats = collect(teacher, samples.split(batch_size), layers, progress=progress)
-    group = {name: min(group_size, teacher.get_submodule(name).weight.shape[0]) for name in stats}
-    compress(student, stats=stats, method="uniform", bits=bits, granularity="group", group_size=group,
-             layers=list(stats), progress=progress)
+    for name in stats:
+        layer = student.get_submodule(name)
+        rows = min(group_size, layer.weight.shape[0])
+        replace_module(student, name, shared_grid(layer, stats[name], bits=bits, rows=rows))
     if independent:
         fit_codebooks(student, teacher, stats)
     if joint_epochs:

@@ -16,6 +16,7 @@ error of each rank on the target statistics comes from cumulative sums.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,7 @@ __all__ = [
     "dalr",
     "dalr_bc",
     "layer_matrix",
+    "shrinkage_intensity",
     "svd",
     "svd_bc",
 ]
@@ -121,6 +123,7 @@ class Factorization:
     moments: Moments
     compensate_bias: bool
     weighted_trace: float  # tr(W Q Wᵀ), Q the (centred, with bias compensation) second moment
+    Q: torch.Tensor  # that second moment, shrunk towards a scaled identity when samples are few
     _errors: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     @property
@@ -183,14 +186,18 @@ class Factorization:
         return self._errors
 
     def _output_error(self) -> torch.Tensor:
-        m = self.moments
-        Q = m.centered_gram if self.compensate_bias else m.gram
+        # Summed from the full computed rank backwards, starting from the error measured
+        # directly there: a forward cumulative sum from tr(WQWᵀ) loses the small errors of
+        # high ranks to cancellation.
+        Q = self.Q
         BQ = self.B @ Q
         cross = ((self.A.T @ self.weight) * BQ).sum(1)
         own = self.A.pow(2).sum(0) * (self.B * BQ).sum(1)
-        total = torch.tensor([self.weighted_trace], dtype=own.dtype, device=own.device)
-        steps = torch.cat([total, own - 2 * cross]).cumsum(0)
-        return steps.clamp_min(0)
+        D = self.weight - self.A @ self.B
+        last = ((D @ Q) * D).sum().clamp_min(0).reshape(1)
+        gains = 2 * cross - own
+        tail = torch.cat([gains.flip(0).cumsum(0).flip(0), torch.zeros_like(last)])
+        return (tail + last).clamp_min(0)
 
     def relative_error(self, rank: int) -> float:
         """``||Y − Ŷ||_F / ||Y||_F`` on the target statistics (``Y`` includes the bias)."""
@@ -215,7 +222,9 @@ def _checked_rank(layer: nn.Module, weight: torch.Tensor, rank: int) -> int:
 
 
 def _check_moments(weight: torch.Tensor, moments: Moments) -> None:
-    if moments.gram.shape[0] != weight.shape[1]:
+    if not torch.isfinite(weight).all():
+        raise ValueError("the layer has NaN or Inf weights; fix the model before compressing it")
+    if moments.gram.dim() != 2 or moments.gram.shape[0] != weight.shape[1]:
         raise ValueError(
             f"the statistics have {moments.gram.shape[0]} input features but the layer has {weight.shape[1]}; "
             "collect them on this layer"
@@ -237,7 +246,7 @@ def svd(layer: nn.Module, moments: Moments, rank: int, *, bias_compensation: boo
     SVh = S[:, None] * Vh
     weighted_trace = float(((SVh @ Q) * SVh).sum())  # tr(W Q Wᵀ) = tr(S Vᵀ Q V S)
     return Factorization(
-        layer, W, _layer_bias(layer), U[:, :rank], SVh[:rank], moments, bias_compensation, weighted_trace
+        layer, W, _layer_bias(layer), U[:, :rank], SVh[:rank], moments, bias_compensation, weighted_trace, Q
     )
 
 
@@ -253,6 +262,7 @@ def dalr(
     *,
     lam: float | None = None,
     bias_compensation: bool = False,
+    shrinkage: float | str = "auto",
 ) -> Factorization:
     """Domain-adaptive low-rank regression (seed 000, "DALR"; seed 001).
 
@@ -266,25 +276,83 @@ def dalr(
         lam: ``λ`` relative to ``trace(XXᵀ)/in`` (default :data:`DEFAULT_LAM`); 0 gives ``B = Û_kᵀW``.
         bias_compensation: regress on inputs centred at ``x̄`` and set ``b̂ = b + (W − Ŵ)x̄``,
             the best rank-``k`` affine map, never worse on the target data than SVD+BC.
+        shrinkage: weight α of the scaled identity mixed into ``XXᵀ`` before solving
+            (``"auto"``: Ledoit–Wolf's estimate, see :func:`shrinkage_intensity`). With few
+            samples α → 1 and DALR moves continuously to SVD instead of fitting the sample
+            exactly; with many samples α → 0 and it is the seed's DALR. The error curve used
+            to size ranks is measured on the same shrunk ``XXᵀ``.
     """
     W = layer_matrix(layer)
     _check_moments(W, moments)
     rank = _checked_rank(layer, W, rank)
-    lam = DEFAULT_LAM if lam is None else float(lam)
-    if not lam >= 0:
-        raise ValueError(f"lam must be >= 0 (relative to trace(XXᵀ)/in), got {lam}")
+    lam = check_lam(DEFAULT_LAM if lam is None else lam)
     moments = _on(moments, W.device)
-    Q = moments.centered_gram if bias_compensation else moments.gram
+    Q = shrunk_second_moment(moments, bias_compensation, shrinkage)
     U, wqw_trace = _leading_output_directions(W, Q, rank)
     T = U.T @ W
     ridge = lam * float(Q.diagonal().sum()) / Q.shape[0]
     B = T if ridge == 0 else T - ridge * _ridge_solve(Q, ridge, T.T).T
-    return Factorization(layer, W, _layer_bias(layer), U, B, moments, bias_compensation, wqw_trace)
+    return Factorization(layer, W, _layer_bias(layer), U, B, moments, bias_compensation, wqw_trace, Q)
 
 
-def dalr_bc(layer: nn.Module, moments: Moments, rank: int, *, lam: float | None = None) -> Factorization:
+def check_lam(lam: object) -> float:
+    """``lam`` as a float, refused unless it is a finite number ≥ 0."""
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam < math.inf:
+        raise ValueError(f"lam must be a finite number >= 0 (relative to trace(XXᵀ)/in), got {lam!r}")
+    return float(lam)
+
+
+def shrinkage_intensity(moments: Moments) -> float:
+    """Ledoit–Wolf's optimal weight of the scaled identity in the estimate of ``E[xxᵀ]``.
+
+    Ledoit & Wolf, "A well-conditioned estimator for large-dimensional covariance matrices",
+    J. Multivariate Analysis 2004: with ``S = XXᵀ/n``, ``μ = tr(S)/p``, the intensity is
+    ``min(b̄², d²)/d²`` where ``d² = ||S − μI||²`` and ``b̄² = Σ||x xᵀ − S||²/n² =
+    (Σ||x||⁴/n − ||S||²)/n``. It is near 0 when samples are plentiful and near 1 when
+    they are few compared with the input width: then DALR's regression on ``S`` would fit
+    the sampled subspace exactly and be arbitrary outside it.
+    """
+    n, p = moments.count, moments.gram.shape[-1]
+    if n < 2 or moments.gram.dim() != 2:
+        return 1.0
+    S = moments.gram / n
+    mu = float(S.diagonal().sum()) / p
+    s_norm = float(S.pow(2).sum())
+    d2 = s_norm - p * mu * mu
+    if d2 <= 0:
+        return 0.0
+    b2 = max((float(moments.norm4) / n - s_norm) / n, 0.0)
+    return min(b2, d2) / d2
+
+
+def check_shrinkage(shrinkage: object) -> float | str:
+    """``"auto"`` or a fraction in [0, 1]."""
+    if shrinkage == "auto":
+        return "auto"
+    if isinstance(shrinkage, bool) or not isinstance(shrinkage, (int, float)) or not 0 <= shrinkage <= 1:
+        raise ValueError(f"shrinkage must be 'auto' or a fraction in [0, 1], got {shrinkage!r}")
+    return float(shrinkage)
+
+
+def shrunk_second_moment(moments: Moments, centred: bool = False, shrinkage: float | str = "auto") -> torch.Tensor:
+    """``(1 − α)·Q + α·(tr Q / p)·I``, α given or (``"auto"``) from :func:`shrinkage_intensity`; ``Q`` centred if asked."""
+    Q = moments.centered_gram if centred else moments.gram
+    shrinkage = check_shrinkage(shrinkage)
+    if shrinkage == "auto":
+        alpha = shrinkage_intensity(moments) if float(moments.norm4) > 0 else 0.0
+    else:
+        alpha = shrinkage
+    if alpha == 0:
+        return Q
+    shrunk = (1 - alpha) * Q
+    shrunk.diagonal().add_(alpha * float(Q.diagonal().sum()) / Q.shape[0])
+    return shrunk
+
+
+def dalr_bc(layer: nn.Module, moments: Moments, rank: int, *, lam: float | None = None,
+            shrinkage: float | str = "auto") -> Factorization:
     """DALR on inputs centred at ``x̄`` with bias compensation: the best rank-``k`` affine map (see :func:`dalr`)."""
-    return dalr(layer, moments, rank, lam=lam, bias_compensation=True)
+    return dalr(layer, moments, rank, lam=lam, bias_compensation=True, shrinkage=shrinkage)
 
 
 # From this many dimensions on the cheaper side, the search for the leading output directions

@@ -11,20 +11,27 @@ as it was before the first step is the teacher. For example, Deep Compression::
       - {method: kmeans, bits: 5}
       - {finetune: {epochs: 2, lr: 0.0001}}
 
-Recipes are read with ``yaml.safe_load`` and every step is checked before the first
-one runs, so a typo fails at once instead of after an hour of fine-tuning.
+Recipes are read with a YAML safe loader that also refuses aliases (so a "billion laughs"
+file cannot expand), deep nesting and files over 1 MiB. Every step is checked before the
+first one runs: the method's name, the names of its settings (the registry's schema) and the
+type of every value (from the method's signature), so a typo fails at once instead of after
+an hour of fine-tuning.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ._transaction import all_or_nothing
 from .compress import compress
 from .distill import Logits
 from .registry import METHODS
@@ -34,13 +41,123 @@ from .train import finetune
 
 __all__ = ["check_steps", "read_recipe", "run_pipeline"]
 
-_FINETUNE_KEYS = {"epochs", "lr", "batch_size", "weight_decay", "schedule", "seed", "distill"}
+MAX_RECIPE_BYTES = 1 << 20
+MAX_RECIPE_DEPTH = 32
+_SIZING = {"rank", "keep", "energy", "budget"}
+_SELECTION = {"layers", "exclude", "lam", "positions"}  # keywords of compress beside the method's settings
+_NOT_RECIPE = {"student", "data", "teacher", "loss", "progress", "checkpoint"}  # finetune arguments a recipe cannot give
 _DISTILL_KEYS = {"temperature", "alpha", "beta"}
-_SIZING = {"rank", "keep", "energy", "budget", "layers", "lam"}
+_TYPE_NAMES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
+
+
+def _accepted(annotation: object) -> tuple[type, ...] | None:
+    """Python types a setting annotated ``annotation`` takes (None: unknown, not checked)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    kinds: tuple[type, ...] = ()
+    for part in text.split("|"):
+        known = _TYPE_NAMES.get(part.strip())
+        if known is None:
+            return None
+        kinds += known
+    return kinds
+
+
+def _describe(kinds: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    words = [names[k] for k in dict.fromkeys(kinds) if not (k is int and float in kinds)]
+    return " or ".join(words)
+
+
+def _check_value(where: str, key: str, value: object, kinds: tuple[type, ...] | None, per_layer: bool = True) -> None:
+    if per_layer and isinstance(value, Mapping):  # a value per layer name
+        for layer, item in value.items():
+            if not isinstance(layer, str):
+                raise ValueError(f"{where}: {key} maps layer names to values, got the key {layer!r}")
+            _check_value(where, f"{key} of layer {layer!r}", item, kinds, per_layer=False)
+        return
+    if kinds is None:
+        return
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if isinstance(value, float) and not math.isfinite(value):
+        ok = False
+    if not ok:
+        raise ValueError(f"{where}: {key} must be {_describe(kinds)}, got {value!r}")
+
+
+def _check_selection(where: str, step: dict) -> None:
+    for key in ("keep", "energy", "budget"):
+        if key in step:
+            value = step[key]
+            _check_value(where, key, value, (int, float), per_layer=False)
+            if not 0 < value <= 1:
+                raise ValueError(f"{where}: {key} must be a fraction in (0, 1], got {value!r}")
+    if "rank" in step:
+        _check_value(where, "rank", step["rank"], (int,))
+    for key in ("layers", "exclude"):
+        value = step.get(key)
+        names = [value] if isinstance(value, str) else value
+        if value is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"{where}: {key} must be a layer name, a 're:' pattern or a list of them, got {value!r}")
+        for name in names or ():
+            if name.startswith("re:"):
+                try:
+                    re.compile(name[3:])
+                except re.error as error:
+                    raise ValueError(f"{where}: {key} pattern {name!r} is not a valid regular expression ({error})") from None
+    if step.get("positions") is not None:
+        _check_value(where, "positions", step["positions"], (int,), per_layer=False)
+
+
+def _check_method_step(where: str, step: dict) -> None:
+    settings = {k: v for k, v in step.items() if k not in _SIZING | _SELECTION | {"method"}}
+    if not isinstance(step["method"], str):
+        raise ValueError(f"{where}: method must be a name such as dalr, got {step['method']!r}")
+    try:
+        chosen = _method(step["method"], settings)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where}: {error}") from None
+    sizing = sorted(_SIZING & set(step))
+    if chosen.family == "lowrank" and len(sizing) != 1:
+        raise ValueError(f"{where}: method {chosen.name!r} needs exactly one of rank, keep, energy or budget "
+                         f"(got {', '.join(sizing) or 'none'})")
+    if chosen.family != "lowrank" and sizing:
+        raise ValueError(f"{where}: {', '.join(sizing)} sizes low-rank methods; method {chosen.name!r} does not take it")
+    _check_selection(where, step)
+    parameters = inspect.signature(chosen.fn).parameters
+    for key, value in settings.items():
+        annotation = parameters[key].annotation if key in parameters else inspect.Parameter.empty
+        _check_value(where, key, value, None if annotation is inspect.Parameter.empty else _accepted(annotation))
+    if step.get("lam") is not None:
+        _check_value(where, "lam", step["lam"], (int, float))
+
+
+def _check_finetune_step(where: str, step: dict) -> None:
+    options = step["finetune"]
+    if len(step) != 1 or not isinstance(options, Mapping) or not {"epochs", "lr"} <= set(options):
+        raise ValueError(f"{where}: finetune takes a mapping with at least epochs and lr")
+    parameters = {k: p for k, p in inspect.signature(finetune).parameters.items() if k not in _NOT_RECIPE}
+    unknown = sorted(set(options) - set(parameters) - {"distill"}, key=str)
+    if unknown:
+        raise ValueError(f"{where}: finetune does not take {', '.join(map(str, unknown))} "
+                         f"(it takes distill, {', '.join(parameters)})")
+    for key, value in options.items():
+        if key != "distill":
+            annotation = parameters[key].annotation
+            kinds = None if annotation is inspect.Parameter.empty else _accepted(annotation)
+            _check_value(where, f"finetune's {key}", value, kinds, per_layer=False)
+    for key in ("epochs", "lr", "batch_size"):
+        if key in options and isinstance(options[key], (int, float)) and not options[key] > 0:
+            raise ValueError(f"{where}: finetune's {key} must be positive, got {options[key]!r}")
+    teach = options.get("distill")
+    if teach is not None:
+        if not isinstance(teach, Mapping) or set(teach) - _DISTILL_KEYS:
+            raise ValueError(f"{where}: finetune's distill takes a mapping of {', '.join(sorted(_DISTILL_KEYS))}")
+        for key, value in teach.items():
+            _check_value(where, f"distill's {key}", value, (int, float), per_layer=False)
 
 
 def check_steps(steps: object) -> list[dict]:
-    """Validate a list of steps; returns it as plain dicts. Errors name the step."""
+    """Validate a list of steps (names, settings and value types); returns it as plain dicts. Errors name the step."""
     if not isinstance(steps, Sequence) or isinstance(steps, (str, bytes)) or not steps:
         raise ValueError("a recipe needs a non-empty list of steps")
     checked = []
@@ -49,25 +166,39 @@ def check_steps(steps: object) -> list[dict]:
             raise ValueError(f"step {i} must be a mapping such as {{method: magnitude, sparsity: 0.9}}")
         step = dict(step)
         if "finetune" in step:
-            options = step["finetune"]
-            if len(step) != 1 or not isinstance(options, Mapping) or not {"epochs", "lr"} <= set(options):
-                raise ValueError(f"step {i}: finetune takes a mapping with at least epochs and lr")
-            unknown = set(options) - _FINETUNE_KEYS
-            if unknown:
-                raise ValueError(f"step {i}: finetune does not take {', '.join(sorted(unknown))}")
-            teach = options.get("distill")
-            if teach is not None and (not isinstance(teach, Mapping) or set(teach) - _DISTILL_KEYS):
-                raise ValueError(f"step {i}: finetune's distill takes a mapping of {', '.join(sorted(_DISTILL_KEYS))}")
+            _check_finetune_step(f"step {i}", step)
         elif "method" in step:
-            settings = {k: v for k, v in step.items() if k not in _SIZING | {"method"}}
-            try:
-                _method(step["method"], settings)
-            except (ValueError, TypeError) as error:
-                raise ValueError(f"step {i}: {error}") from None
+            _check_method_step(f"step {i}", step)
         else:
             raise ValueError(f"step {i} has neither 'method' nor 'finetune'; known methods: {', '.join(METHODS)}")
         checked.append(step)
     return checked
+
+
+def _loader():
+    """A YAML safe loader that refuses aliases and deep nesting, and reads 1e-3 as a number (YAML 1.2)."""
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.YAMLError(f"it uses the alias *{event.anchor} on line {event.start_mark.line + 1}; "
+                                     "recipes must write every value out")
+            self.depth += 1
+            try:
+                if self.depth > MAX_RECIPE_DEPTH:
+                    raise yaml.YAMLError(f"it nests deeper than {MAX_RECIPE_DEPTH} levels")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    RecipeLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+    return RecipeLoader
 
 
 def read_recipe(path: str | os.PathLike) -> list[dict]:
@@ -77,11 +208,20 @@ def read_recipe(path: str | os.PathLike) -> list[dict]:
     except ImportError:
         raise ImportError("recipes need PyYAML; pip install pyyaml") from None
     try:
-        document = yaml.safe_load(Path(path).read_text())
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_RECIPE_BYTES + 1)
     except OSError as error:
-        raise ValueError(f"recipe {path} cannot be read ({error.strerror})") from None
+        raise ValueError(f"recipe {path} cannot be read ({error.strerror or error})") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise ValueError(f"recipe {path} is larger than {MAX_RECIPE_BYTES:,} bytes; a recipe is a short list of steps")
+    try:
+        document = yaml.load(raw.decode("utf-8"), Loader=_loader())  # noqa: S506 (a SafeLoader subclass)
+    except UnicodeDecodeError:
+        raise ValueError(f"recipe {path} is not UTF-8 text") from None
     except yaml.YAMLError as error:
         raise ValueError(f"recipe {path} is not valid YAML ({str(error).splitlines()[0]})") from None
+    except RecursionError:
+        raise ValueError(f"recipe {path} is not valid YAML (it nests too deeply)") from None
     steps = document.get("steps") if isinstance(document, Mapping) else document
     try:
         return check_steps(steps)
@@ -99,26 +239,34 @@ def run_pipeline(
 ) -> list[Report]:
     """Run ``steps`` on ``model`` in place; returns the report of every compression step.
 
+    All or nothing: every step is checked before the first runs, and if a step fails the model
+    is put back as it was before the first step (the error is re-raised).
+
     Args:
         data: target inputs for steps that need statistics (a fresh pass per step,
             so each step sees the network as the previous steps left it).
         train: ``(inputs, labels)`` for fine-tuning steps.
     """
     steps = check_steps(steps)
-    if data is not None and not isinstance(data, torch.Tensor):
-        data = list(data)  # every step that needs statistics makes its own pass
     if train is None and any("finetune" in s for s in steps):
         raise ValueError("the steps fine-tune, so pass train=(inputs, labels)")
+    needs_data = [s["method"] for s in steps if "method" in s
+                  and (METHODS[s["method"]].needs_stats or METHODS[s["method"]].family == "structural")]
+    if data is None and needs_data:
+        raise ValueError(f"method {needs_data[0]!r} needs target data; pass data=...")
+    if data is not None and not isinstance(data, torch.Tensor):
+        data = list(data)  # every step that needs statistics makes its own pass
     # Fine-tuning with ``distill`` learns from the network as it was before the first step.
     original = copy.deepcopy(model).eval() if any("distill" in s.get("finetune", {}) for s in steps) else None
     reports = []
-    for step in steps:
-        if "finetune" in step:
-            options = dict(step["finetune"])
-            teach = options.pop("distill", None)
-            extra = {} if teach is None else {"teacher": original, "loss": Logits(**teach)}
-            finetune(model, tuple(train), progress=progress, **options, **extra)
-            continue
-        settings = {k: v for k, v in step.items() if k != "method"}
-        reports.append(compress(model, data, method=step["method"], progress=progress, **settings))
+    with all_or_nothing(model):
+        for step in steps:
+            if "finetune" in step:
+                options = dict(step["finetune"])
+                teach = options.pop("distill", None)
+                extra = {} if teach is None else {"teacher": original, "loss": Logits(**teach)}
+                finetune(model, tuple(train), progress=progress, **options, **extra)
+                continue
+            settings = {k: v for k, v in step.items() if k != "method"}
+            reports.append(compress(model, data, method=step["method"], progress=progress, **settings))
     return reports

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LayerCurve", "allocate_budget", "rank_for_energy", "rank_for_keep", "useful_rank_limit"]
+__all__ = ["LayerCurve", "allocate_budget", "check_fraction", "rank_for_energy", "rank_for_keep", "useful_rank_limit"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,13 @@ class LayerCurve:
         return rank * self.params_per_rank + self.fixed_params
 
 
+def check_fraction(name: str, value: object) -> float:
+    """``value`` as a float, refused unless it is a fraction in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a fraction in (0, 1], got {value!r}")
+    return float(value)
+
+
 def useful_rank_limit(out_features: int, in_features: int) -> int:
     """The largest rank whose two factors hold fewer weights than the dense matrix (at least 1)."""
     return max(1, min(out_features, in_features, (out_features * in_features - 1) // (out_features + in_features)))
@@ -45,8 +52,7 @@ def useful_rank_limit(out_features: int, in_features: int) -> int:
 
 def rank_for_keep(keep: float, params_before: int, params_per_rank: int, fixed_params: int) -> int:
     """The largest rank whose parameters are at most ``keep`` × the layer's (at least 1)."""
-    if not 0 < keep <= 1:
-        raise ValueError(f"keep must be a fraction in (0, 1], got {keep}")
+    check_fraction("keep", keep)
     return max(1, math.floor((keep * params_before - fixed_params) / params_per_rank))
 
 
@@ -55,8 +61,7 @@ def rank_for_energy(relative_error: torch.Tensor, energy: float) -> int:
 
     Returns ``len(relative_error)`` when no computed rank reaches it (the layer is then best left dense).
     """
-    if not 0 < energy <= 1:
-        raise ValueError(f"energy must be a fraction in (0, 1], got {energy}")
+    check_fraction("energy", energy)
     kept = 1 - relative_error
     reached = torch.nonzero(kept[1:] >= energy - 1e-12)
     return int(reached[0]) + 1 if len(reached) else len(relative_error)
@@ -65,11 +70,13 @@ def rank_for_energy(relative_error: torch.Tensor, energy: float) -> int:
 def allocate_budget(curves: Mapping[str, LayerCurve], budget: float) -> dict[str, int]:
     """Ranks that fit ``budget`` × the layers' parameters and minimise the summed relative output error.
 
-    Every layer starts at rank 1; each further rank is then given, greedily, to the layer
-    whose relative error falls most per parameter spent, until the budget is used up.
+    Every layer starts at rank 1; each further step is then given, greedily, to the layer
+    whose relative error falls most per parameter spent, until the budget is used up. A
+    layer's last step is to stay dense (error 0, all its parameters): it is taken only
+    where that buys more error per parameter than factoring elsewhere. A layer left dense
+    gets rank ``max_rank + 1``.
     """
-    if not 0 < budget <= 1:
-        raise ValueError(f"budget must be a fraction in (0, 1], got {budget}")
+    check_fraction("budget", budget)
     allowed = budget * sum(c.params_before for c in curves.values())
     ranks = {name: 1 for name in curves}
     spent = sum(c.params(1) for c in curves.values())
@@ -78,17 +85,25 @@ def allocate_budget(curves: Mapping[str, LayerCurve], budget: float) -> dict[str
         raise ValueError(f"budget {budget} is below {floor:.4f}, the share that rank 1 in every selected layer needs")
     heap: list[tuple[float, str]] = []
 
-    def push(name: str) -> None:
+    def step(name: str) -> tuple[float, int] | None:
+        """(error removed, parameters spent) by the layer's next step, or None at the end."""
         curve, k = curves[name], ranks[name]
         if k < curve.max_rank:
-            gain = float(curve.relative_error[k] - curve.relative_error[k + 1])
-            heapq.heappush(heap, (-gain / curve.params_per_rank, name))
+            return float(curve.relative_error[k] - curve.relative_error[k + 1]), curve.params_per_rank
+        if k == curve.max_rank and curve.params_before > curve.params(k):
+            return float(curve.relative_error[k]), curve.params_before - curve.params(k)
+        return None
+
+    def push(name: str) -> None:
+        nxt = step(name)
+        if nxt is not None:
+            heapq.heappush(heap, (-nxt[0] / nxt[1], name))
 
     for name in curves:
         push(name)
     while heap:
         _, name = heapq.heappop(heap)
-        cost = curves[name].params_per_rank
+        cost = step(name)[1]
         if spent + cost > allowed:
             continue  # a cheaper layer may still fit
         spent += cost

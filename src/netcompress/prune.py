@@ -19,7 +19,7 @@ from torch import nn
 
 from .stats import Moments
 
-__all__ = ["MaskedConv2d", "MaskedLinear", "magnitude", "magnitude_scores", "masked_like"]
+__all__ = ["MaskedConv2d", "MaskedLinear", "check_magnitude", "magnitude", "magnitude_scores", "masked_like"]
 
 
 class MaskedLinear(nn.Linear):
@@ -59,6 +59,13 @@ def _check_sparsity(sparsity: float) -> float:
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be a fraction in [0, 1) of the weights to remove, got {sparsity!r}")
     return float(sparsity)
+
+
+def check_magnitude(layer: nn.Module, *, sparsity: float, norm: int = 1, threshold: float | None = None) -> None:
+    """Refuse bad ``magnitude`` settings before any work."""
+    _check_sparsity(sparsity)
+    if norm not in (1, 2):
+        raise ValueError(f"norm must be 1 (|w|) or 2 (w²), got {norm!r}")
 
 
 def magnitude_scores(layer: nn.Module, norm: int = 1) -> torch.Tensor:

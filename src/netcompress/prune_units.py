@@ -24,7 +24,7 @@ from ._graph import ChannelGraph, Segment, trace_channels
 from .prune import MaskedConv2d, MaskedLinear, _check_sparsity
 from .stats import LayerStats
 
-__all__ = ["activation", "channel", "needed_layers", "plan_graph"]
+__all__ = ["activation", "channel", "check_activation", "check_channel", "needed_layers", "plan_graph"]
 
 REFIT_RIDGE = 1e-6  # relative to the mean diagonal of the kept second moment
 
@@ -76,7 +76,7 @@ def _output_energy_importance(name: str, graph: ChannelGraph, model: nn.Module, 
         weight = (layer.weight * layer.mask) if hasattr(layer, "mask") else layer.weight
         matrix = weight.detach().reshape(weight.shape[0], -1).to(torch.float64)
         moments = stats[reader]
-        per_feature = matrix.pow(2).sum(0).cpu() * (moments.gram.diagonal().cpu() / max(moments.count, 1))
+        per_feature = matrix.pow(2).sum(0).cpu() * (moments.input_energy.cpu() / max(moments.count, 1))
         per_feature = per_feature.reshape(-1, 1 if isinstance(layer, nn.Linear) else layer.kernel_size[0] * layer.kernel_size[1]).sum(1)
         offset = 0
         for segment in space:
@@ -198,15 +198,29 @@ def _prune(model, graph: ChannelGraph, groups, stats, sparsity, criterion, refit
     return replacements
 
 
-def activation(model, graph, groups, stats, *, sparsity: float, criterion: str = "mean") -> dict[str, nn.Module]:
-    """Remove the ``sparsity`` share of units with the weakest target-domain response."""
+def check_activation(*, sparsity: float, criterion: str = "mean") -> None:
+    """Refuse bad ``activation`` settings before any work."""
+    _check_sparsity(sparsity)
     if criterion not in ("mean", "max", "rate"):
         raise ValueError(f"criterion must be 'mean', 'max' or 'rate', got {criterion!r}")
+
+
+def check_channel(*, sparsity: float, criterion: str = "energy", refit: bool = True) -> None:
+    """Refuse bad ``channel`` settings before any work."""
+    _check_sparsity(sparsity)
+    if criterion not in ("energy", "l1"):
+        raise ValueError(f"criterion must be 'energy' or 'l1', got {criterion!r}")
+    if not isinstance(refit, bool):
+        raise ValueError(f"refit must be true or false, got {refit!r}")
+
+
+def activation(model, graph, groups, stats, *, sparsity: float, criterion: str = "mean") -> dict[str, nn.Module]:
+    """Remove the ``sparsity`` share of units with the weakest target-domain response."""
+    check_activation(sparsity=sparsity, criterion=criterion)
     return _prune(model, graph, groups, stats, sparsity, criterion, refit=False)
 
 
 def channel(model, graph, groups, stats, *, sparsity: float, criterion: str = "energy", refit: bool = True) -> dict[str, nn.Module]:
     """Remove the ``sparsity`` share of filters/units, ranked by target output energy (or L1), then re-fit readers."""
-    if criterion not in ("energy", "l1"):
-        raise ValueError(f"criterion must be 'energy' or 'l1', got {criterion!r}")
+    check_channel(sparsity=sparsity, criterion=criterion, refit=refit)
     return _prune(model, graph, groups, stats, sparsity, criterion, refit=bool(refit))

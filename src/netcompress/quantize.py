@@ -1,18 +1,27 @@
-"""Weight quantization: uniform (per tensor, per channel, group-wise), binary, ternary, k-means.
+"""Weight quantization: uniform (per tensor, per channel, per group of inputs), binary, ternary, k-means.
 
-Every quantizer produces the same thing: per group of consecutive output channels a
-small codebook, and per weight a code into its group's codebook. A
-:class:`QuantizedLinear` / :class:`QuantizedConv2d` computes its weight as
-``codebook[group, code]`` (times the pruning mask, if any), so
+Two stored forms, each where it pays:
 
-* evaluating accuracy is an ordinary forward pass (fake quantization);
-* fine-tuning trains the codebook while the codes stay fixed: the gradient of a
-  code word is the sum of the gradients of the weights that share it (Deep
-  Compression's centroid fine-tuning, seed 003, Figure 3);
-* storage packs the codes in ``bits`` bits or Huffman codes them (see ``codec``).
+* **Integer codes and a scale** (``uniform``), as GPTQ, AWQ and torchao store weights:
+  ``weight = (code − zero_point) · scale``, one ``scale`` (and, when asymmetric, one
+  integer ``zero_point``) per group of weights. A group is a whole tensor, one output row
+  (``granularity="channel"``) or ``group_size`` consecutive inputs of one output row
+  (``granularity="group"``, the GPTQ/AWQ layout). 8-bit per-channel storage therefore
+  costs 8 bits per weight plus one scale per row, not a 256-entry codebook per row.
+* **A small codebook** (``kmeans``, ``binary``, ``ternary``): ``weight = codebook[row group, code]``.
+  Fine-tuning trains the code words while the codes stay fixed; the gradient of a code word
+  is the sum of the gradients of the weights that share it (Han, Mao and Dally, "Deep
+  Compression", ICLR 2016, Figure 3).
 
-Per-channel is a group of one channel, per-tensor one group of all channels, and
-group-wise (seed 004) groups of ``group_size`` channels.
+:class:`QuantizedLinear`, :class:`QuantizedConv2d` and :class:`QuantizedEmbedding` hold either
+form (``scheme`` is ``"symmetric"``, ``"asymmetric"`` or ``"codebook"``) and compute their
+``weight`` on the fly, so evaluating accuracy is an ordinary forward pass (fake
+quantization), ``state_dict`` and ``torch.jit.script`` work, and the ``.ncz`` container
+packs the codes in ``bits`` bits or Huffman codes them (see :mod:`netcompress.codec`).
+
+Every quantizer is a pure function ``(layer, moments_or_None, **settings) → new module``;
+``check_<method>(layer, **settings)`` validates settings against a layer without building
+anything, so ``compress`` can refuse a bad setting before it changes any layer.
 """
 
 from __future__ import annotations
@@ -26,98 +35,188 @@ from .stats import Moments, input_columns
 
 __all__ = [
     "QuantizedConv2d",
+    "QuantizedEmbedding",
     "QuantizedLinear",
     "binary",
+    "check_binary",
+    "check_kmeans",
+    "check_ternary",
+    "check_uniform",
+    "clip_weights",
     "kmeans",
     "quantized_like",
     "ternary",
     "uniform",
 ]
 
-# Clipping ranges tried by the uniform quantizer, as fractions of each group's full range.
+# Clipping ranges tried by the uniform quantizer, as fractions of each group's range: an
+# MSE-optimal clip (Banner, Nahshan and Soudry, "Post training 4-bit quantization of
+# convolutional networks for rapid-deployment", NeurIPS 2019) searched on a grid.
 CLIP_FRACTIONS = tuple(1.0 - 0.025 * i for i in range(25))
 KMEANS_ITERATIONS = 30
+SCHEMES = ("symmetric", "asymmetric", "codebook")
 
 
 class _Quantized(nn.Module):
-    """Shared body of the quantized layers: ``weight = codebook[group(row), codes] · mask``."""
+    """Shared body: integer codes with per-group scales, or codes into per-row-group codebooks."""
 
-    def _init_codes(self, weight_shape: tuple[int, ...], levels: int, group_size: int, masked: bool, bias: bool):
-        out = weight_shape[0]
-        self.group_size = group_size
-        self.codebook = nn.Parameter(torch.zeros(math.ceil(out / group_size), levels))
-        self.register_buffer("codes", torch.zeros(weight_shape, dtype=torch.uint8))
-        self.register_buffer("mask", torch.ones(weight_shape, dtype=torch.bool) if masked else None)
+    # Bookkeeping properties that TorchScript need not (and cannot) compile; ``weight`` is compiled.
+    __jit_unused_properties__ = ["bits", "levels", "per_tensor"]
+
+    def _init_codes(self, shape: tuple[int, ...], scheme: str, bits: int, group_size: int | None, levels: int | None,
+                    codebook_rows: int, per_tensor: bool, masked: bool, bias: bool):
+        if scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+        out, per_row = shape[0], math.prod(shape[1:])
+        self.scheme, self.code_bits = scheme, bits
+        self.group_size = per_row if group_size is None else group_size
+        self.codebook_rows = codebook_rows
+        # The symmetric grid's zero point is the constant 2^(bits−1): zero is code 2^(bits−1).
+        self.zero_code = 1 << (bits - 1) if scheme == "symmetric" else 0
+        self.register_buffer("codes", torch.zeros(shape, dtype=torch.uint8))
+        if scheme == "codebook":
+            self.codebook = nn.Parameter(torch.zeros(math.ceil(out / codebook_rows), levels or (1 << bits)))
+            self.register_parameter("scale", None)
+            self.register_buffer("zero_point", None)
+        else:
+            if per_row % self.group_size:
+                raise ValueError(f"group_size {self.group_size} does not divide the {per_row} inputs per row")
+            groups = (1 if per_tensor else out, per_row // self.group_size)
+            self.register_parameter("codebook", None)
+            self.scale = nn.Parameter(torch.ones(groups))
+            self.register_buffer("zero_point", torch.zeros(groups, dtype=torch.uint8) if scheme == "asymmetric" else None)
+        self.register_buffer("mask", torch.ones(shape, dtype=torch.bool) if masked else None)
         self.bias = nn.Parameter(torch.zeros(out)) if bias else None
 
     @property
     def levels(self) -> int:
-        return self.codebook.shape[1]
+        """Number of distinct code values per group."""
+        return self.codebook.shape[1] if self.codebook is not None else 1 << self.code_bits
 
     @property
-    def bits(self) -> int:
-        return max(1, math.ceil(math.log2(self.levels)))
+    def per_tensor(self) -> bool:
+        return self.scale is not None and self.scale.shape[0] == 1 and self.codes.shape[0] > 1
+
+    @property
+    def bits(self) -> float:
+        """Stored bits per kept weight: the code plus its share of scales, zero points and codebooks."""
+        kept = int(self.mask.sum()) if self.mask is not None else self.codes.numel()
+        extra = 0
+        for t in (self.scale, self.zero_point, self.codebook):
+            if t is not None:
+                extra += 8 * t.numel() * t.element_size()
+        return max(1, math.ceil(math.log2(self.levels))) + extra / max(kept, 1)
+
+    def _rows(self, codes: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Dequantized values of ``codes`` (…, per_row) that belong to output rows ``rows`` (…)."""
+        codebook = self.codebook
+        if codebook is not None:
+            book = codebook[torch.div(rows, self.codebook_rows, rounding_mode="floor")]
+            return book.gather(-1, codes.long())
+        scale = self.scale
+        if scale is None:  # unreachable: the affine schemes always have a scale (refines the type for TorchScript)
+            raise RuntimeError("a quantized layer has neither a codebook nor a scale")
+        index = rows if scale.shape[0] > 1 else torch.zeros_like(rows)
+        shape = list(codes.shape[:-1]) + [int(scale.shape[1]), self.group_size]
+        values = codes.reshape(shape).to(scale.dtype)
+        zero_point = self.zero_point
+        if zero_point is not None:
+            values = values - zero_point[index].to(scale.dtype).unsqueeze(-1)
+        else:
+            values = values - self.zero_code
+        return (values * scale[index].unsqueeze(-1)).reshape(codes.shape)
 
     @property
     def weight(self) -> torch.Tensor:
         out = self.codes.shape[0]
-        rows = self.codebook.repeat_interleave(self.group_size, 0)[:out]
-        weight = rows.gather(1, self.codes.reshape(out, -1).long()).reshape(self.codes.shape)
-        return weight * self.mask if self.mask is not None else weight
+        rows = torch.arange(out, device=self.codes.device)
+        weight = self._rows(self.codes.reshape(out, -1), rows).reshape(self.codes.shape)
+        mask = self.mask
+        return weight * mask if mask is not None else weight
 
 
 class QuantizedLinear(_Quantized):
-    """A Linear layer whose weights are codes into per-group codebooks."""
+    """A Linear layer whose weights are integer codes with per-group scales, or codes into codebooks."""
 
-    def __init__(self, in_features: int, out_features: int, levels: int, group_size: int,
-                 bias: bool = True, masked: bool = False):
+    def __init__(self, in_features: int, out_features: int, *, scheme: str = "symmetric", bits: int = 8,
+                 group_size: int | None = None, levels: int | None = None, codebook_rows: int = 1,
+                 per_tensor: bool = False, bias: bool = True, masked: bool = False):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self._init_codes((out_features, in_features), levels, group_size, masked, bias)
+        self._init_codes((out_features, in_features), scheme, bits, group_size, levels, codebook_rows, per_tensor,
+                         masked, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.weight, self.bias)
 
 
 class QuantizedConv2d(_Quantized):
-    """A Conv2d layer whose weights are codes into per-group codebooks."""
+    """A Conv2d layer whose weights are integer codes with per-group scales, or codes into codebooks."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], levels: int,
-                 group_size: int, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups: int = 1,
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], *, scheme: str = "symmetric",
+                 bits: int = 8, group_size: int | None = None, levels: int | None = None, codebook_rows: int = 1,
+                 per_tensor: bool = False, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups: int = 1,
                  bias: bool = True, masked: bool = False):
         super().__init__()
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, tuple(kernel_size)
         self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
         shape = (out_channels, in_channels // groups, *self.kernel_size)
-        self._init_codes(shape, levels, group_size, masked, bias)
+        self._init_codes(shape, scheme, bits, group_size, levels, codebook_rows, per_tensor, masked, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-def quantized_like(layer: nn.Module, levels: int, group_size: int, masked: bool) -> nn.Module:
-    """An empty quantized layer with ``layer``'s shape and hyper-parameters."""
+class QuantizedEmbedding(_Quantized):
+    """An Embedding table stored as codes: each looked-up row is dequantized on its own.
+
+    Rows play the part of output channels and the embedding dimension that of inputs, so
+    ``group_size`` groups consecutive entries of one row, as torchao groups embedding tables.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, scheme: str = "symmetric", bits: int = 8,
+                 group_size: int | None = None, levels: int | None = None, codebook_rows: int = 1,
+                 per_tensor: bool = False, padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self._init_codes((num_embeddings, embedding_dim), scheme, bits, group_size, levels, codebook_rows,
+                         per_tensor, False, False)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._rows(self.codes[input], input)
+
+
+def quantized_like(layer: nn.Module, *, scheme: str, bits: int, group_size: int | None = None,
+                   levels: int | None = None, codebook_rows: int = 1, per_tensor: bool = False,
+                   masked: bool = False) -> nn.Module:
+    """An empty quantized layer with ``layer``'s shape, hyper-parameters, device and dtype."""
     factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
-    bias = layer.bias is not None
-    if isinstance(layer, nn.Conv2d) or isinstance(layer, QuantizedConv2d):
-        module = QuantizedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, levels, group_size,
-                                 layer.stride, layer.padding, layer.dilation, layer.groups, bias, masked)
+    common = dict(scheme=scheme, bits=bits, group_size=group_size, levels=levels, codebook_rows=codebook_rows,
+                  per_tensor=per_tensor)
+    if isinstance(layer, (nn.Embedding, QuantizedEmbedding)):
+        module = QuantizedEmbedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx, **common)
+    elif isinstance(layer, (nn.Conv2d, QuantizedConv2d)):
+        module = QuantizedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                                 padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                                 bias=layer.bias is not None, masked=masked, **common)
     else:
-        module = QuantizedLinear(layer.in_features, layer.out_features, levels, group_size, bias, masked)
+        module = QuantizedLinear(layer.in_features, layer.out_features, bias=layer.bias is not None, masked=masked,
+                                 **common)
     return module.to(**factory)
 
 
-def _build(layer: nn.Module, codebook: torch.Tensor, codes: torch.Tensor, group_size: int,
-           mask: torch.Tensor | None) -> nn.Module:
-    module = quantized_like(layer, codebook.shape[1], group_size, mask is not None)
-    if mask is not None:  # pruned weights carry code 0, so equal models have equal state
-        codes = torch.where(mask.reshape(codes.shape), codes, torch.zeros_like(codes))
+def _finish(module: nn.Module, layer: nn.Module, codes: torch.Tensor, mask: torch.Tensor | None,
+            **tensors: torch.Tensor) -> nn.Module:
+    """Copy codes, scales/zero points/codebook, mask and bias into ``module``."""
+    if mask is not None:  # pruned weights carry the code of zero, so equal models have equal state
+        codes = torch.where(mask.reshape(codes.shape), codes, torch.full_like(codes, module.zero_code))
     with torch.no_grad():
-        module.codebook.copy_(codebook)
         module.codes.copy_(codes.reshape(module.codes.shape))
+        for key, value in tensors.items():
+            getattr(module, key).copy_(value.reshape(getattr(module, key).shape))
         if mask is not None:
             module.mask.copy_(mask.reshape(module.mask.shape))
-        if layer.bias is not None:
+        if getattr(layer, "bias", None) is not None:
             module.bias.copy_(layer.bias)
     return module
 
@@ -132,88 +231,210 @@ def _weight_and_mask(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
     return weight.reshape(out, -1).to(torch.float64), mask
 
 
-def _check_bits(bits: int, limit: int = 8) -> int:
+# ---- validation (cheap: shapes and settings only, nothing is built) ---------------------------------------------
+
+def _check_bits(bits: object, limit: int = 8) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= limit:
         raise ValueError(f"bits must be an integer from 1 to {limit}, got {bits!r}")
     return bits
 
 
-def _group_size(out: int, granularity: str, group_size: int | None) -> int:
-    if granularity == "tensor":
-        return out
-    if granularity == "channel":
-        return 1
-    if granularity == "group":
-        if group_size is None or isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise ValueError(f"granularity='group' needs group_size, a positive number of output channels, got {group_size!r}")
-        if group_size > out:
-            raise ValueError(f"group_size {group_size} exceeds the layer's {out} output channels; use granularity='tensor'")
-        return group_size
-    raise ValueError(f"granularity must be 'tensor', 'channel' or 'group', got {granularity!r}")
+def _check_layer(layer: nn.Module) -> None:
+    if isinstance(layer, nn.Embedding) and layer.max_norm is not None:
+        raise ValueError("an nn.Embedding with max_norm renormalises its table at lookup; quantize it without max_norm")
 
 
-def _grouped(matrix: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(out, rest) → (groups, group_size·rest), padding the last group with NaN."""
-    out, rest = matrix.shape
-    groups = math.ceil(out / group_size)
-    padded = torch.full((groups * group_size, rest), float("nan"), dtype=matrix.dtype, device=matrix.device)
-    padded[:out] = matrix
-    return padded.reshape(groups, group_size * rest)
+def _per_row(layer: nn.Module) -> int:
+    stored = getattr(layer, "codes", None)  # a quantized layer: do not dequantize it just to count
+    return math.prod((stored if stored is not None else layer.weight).shape[1:])
 
 
-def _column_weights(moments: Moments | None, matrix: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """How much an error in each weight costs on the target data: E[x_j²] of its input (ones without data)."""
+def _columns_per_group(layer: nn.Module, granularity: object, group_size: object) -> int:
+    """How many consecutive inputs of one row share a scale (the whole row for 'channel' and 'tensor')."""
+    per_row = _per_row(layer)
+    if granularity in ("tensor", "channel"):
+        if group_size is not None:
+            raise ValueError(f"group_size is for granularity='group'; drop it or use granularity='group' "
+                             f"(got granularity={granularity!r})")
+        return per_row
+    if granularity != "group":
+        raise ValueError(f"granularity must be 'tensor', 'channel' or 'group', got {granularity!r}")
+    if group_size is None or isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"granularity='group' needs group_size, a positive number of inputs per scale, got {group_size!r}")
+    if per_row % group_size:
+        divisors = [d for d in range(1, per_row + 1) if per_row % d == 0 and d <= 2 * group_size][-2:]
+        raise ValueError(f"group_size {group_size} does not divide this layer's {per_row} inputs per output row; "
+                         f"choose a divisor of {per_row} (e.g. {' or '.join(map(str, divisors))}) or granularity='channel'")
+    return group_size
+
+
+def check_uniform(layer: nn.Module, bits: int | None = None, granularity: str = "channel",
+                  group_size: int | None = None, symmetric: bool = True) -> None:
+    """Raise ``ValueError``/``TypeError`` if :func:`uniform` cannot quantize ``layer`` with these settings.
+
+    Reads only shapes and settings, builds nothing, so ``compress`` can check every layer
+    before it replaces any. Messages do not name the layer; the caller prefixes it.
+    """
+    if bits is None:
+        raise TypeError("method 'uniform' needs bits, the width of a code (1 to 8)")
+    _check_bits(bits)
+    if not isinstance(symmetric, bool):
+        raise ValueError(f"symmetric must be True or False, got {symmetric!r}")
+    if symmetric and bits < 2:
+        raise ValueError("a symmetric 1-bit grid holds only zero and one sign; use method='binary' or symmetric=False")
+    _check_layer(layer)
+    _columns_per_group(layer, granularity, group_size)
+
+
+def check_kmeans(layer: nn.Module, bits: int | None = None, init: str = "linear", seed: int = 0) -> None:
+    """Raise ``ValueError``/``TypeError`` if :func:`kmeans` cannot quantize ``layer`` with these settings."""
+    if bits is None:
+        raise TypeError("method 'kmeans' needs bits, so that 2^bits shared values are kept")
+    _check_bits(bits)
+    if init not in ("linear", "random", "density"):
+        raise ValueError(f"init must be 'linear', 'random' or 'density', got {init!r}")
+    _check_layer(layer)
+
+
+def check_binary(layer: nn.Module, stochastic: bool = False, seed: int = 0) -> None:
+    """Raise ``ValueError`` if :func:`binary` cannot quantize ``layer`` with these settings."""
+    if not isinstance(stochastic, bool):
+        raise ValueError(f"stochastic must be True or False, got {stochastic!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    _check_layer(layer)
+
+
+def check_ternary(layer: nn.Module) -> None:
+    """Raise ``ValueError`` if :func:`ternary` cannot quantize ``layer``."""
+    _check_layer(layer)
+
+
+# ---- the uniform grid ---------------------------------------------------------------------------------------------
+
+def clip_weights(moments: Moments | None, matrix: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """How much an error in each weight of ``matrix`` (out, per_row) costs on the target data.
+
+    The mean square ``E[x_j²]`` of each weight's input (``moments.input_energy / count``),
+    scaled to mean 1 and shrunk towards uniform weights: ``(1 − α)·e + α`` with
+    ``α = d / (n + d)`` for ``n`` samples of ``d`` input features. The uniform (data-free)
+    weighting acts as a prior worth ``d`` pseudo-samples, one per feature being estimated:
+    with ``n ≪ d`` the inputs span a small subspace and the calibration set's energies say
+    little about new data, so the clip follows the data only as ``n`` grows past ``d``
+    (the same posterior-mean form as a conjugate prior; cf. Ledoit and Wolf, "A well-conditioned
+    estimator for large-dimensional covariance matrices", J. Multivariate Analysis 2004).
+    Ones without statistics.
+    """
     if moments is None:
         return torch.ones_like(matrix)
-    energy = moments.gram.diagonal().to(matrix.device, matrix.dtype) / max(moments.count, 1)
+    energy = moments.input_energy.to(matrix.device, torch.float64) / max(moments.count, 1)
     energy = energy / energy.mean().clamp_min(1e-30)
-    return energy[input_columns(matrix.shape[0], matrix.shape[1], groups).to(matrix.device)]
+    features = energy.numel()
+    alpha = features / (moments.count + features)
+    energy = (1 - alpha) * energy + alpha
+    return energy[input_columns(matrix.shape[0], matrix.shape[1], groups).to(matrix.device)].to(matrix.dtype)
+
+
+def _affine_grid(values: torch.Tensor, cost: torch.Tensor, bits: int, symmetric: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scale, zero point and codes of each row of ``values`` (blocks × n, NaN where pruned).
+
+    Tries each clip fraction of :data:`CLIP_FRACTIONS` and keeps, per block, the one with the
+    least ``Σ cost·(ŵ − w)²``. Symmetric: ``scale = c·max|w| / (2^(b−1) − 1)``, zero point
+    ``2^(b−1)``. Asymmetric: the range ``[min(c·min, 0), max(c·max, 0)]`` (it holds zero, so
+    zero is a code) over ``2^b − 1`` steps, zero point ``round(−low / scale)``. Blocks are
+    searched a slice at a time so the temporaries stay in cache.
+    """
+    top = (1 << bits) - 1
+    live = ~torch.isnan(values)
+    w = values.nan_to_num(0.0)
+    cost = cost * live
+    if symmetric:
+        extent = w.abs().amax(1)
+    else:
+        low = torch.where(live, w, torch.inf).amin(1).clamp(max=0.0)
+        high = torch.where(live, w, -torch.inf).amax(1).clamp(min=0.0)
+    best_error = torch.full((w.shape[0],), torch.inf, dtype=w.dtype, device=w.device)
+    best_scale = torch.ones_like(best_error)
+    best_zero = torch.zeros_like(best_error)
+    step = max(1, (1 << 16) // max(w.shape[1], 1))  # ~0.5 MB slices: faster than whole tensors or smaller slices
+    for first in range(0, w.shape[0], step):
+        rows = slice(first, first + step)
+        for fraction in CLIP_FRACTIONS:
+            if symmetric:
+                scale = (fraction * extent[rows] / ((1 << (bits - 1)) - 1)).clamp_min(1e-30)
+                zero = torch.full_like(scale, 1 << (bits - 1))
+            else:
+                scale = (fraction * (high[rows] - low[rows]) / top).clamp_min(1e-30)
+                zero = (-fraction * low[rows] / scale).round().clamp(0, top)
+            q = w[rows] / scale[:, None]
+            q.add_(zero[:, None]).round_().clamp_(0, top).sub_(zero[:, None]).mul_(scale[:, None]).sub_(w[rows])
+            error = q.square_().mul_(cost[rows]).sum(1)
+            better = error < best_error[rows]
+            best_error[rows] = torch.where(better, error, best_error[rows])
+            best_scale[rows] = torch.where(better, scale, best_scale[rows])
+            best_zero[rows] = torch.where(better, zero, best_zero[rows])
+    codes = (w / best_scale[:, None] + best_zero[:, None]).round().clamp(0, top)
+    return best_scale, best_zero, codes
 
 
 def uniform(layer: nn.Module, moments: Moments | None = None, *, bits: int, granularity: str = "channel",
-            group_size: int | None = None) -> nn.Module:
-    """Uniform affine ``bits``-bit quantization with a clipping range chosen per group.
+            group_size: int | None = None, symmetric: bool = True) -> nn.Module:
+    """Uniform ``bits``-bit quantization to integer codes with one scale per group.
 
-    Each group's grid spans ``[c·min, c·max]`` for the ``c`` in :data:`CLIP_FRACTIONS` that
-    minimises the squared weight error, weighted by the mean square of each input on the
-    target data when ``moments`` are given (data-aware calibration). Pruned weights stay pruned.
+    Args:
+        layer: ``nn.Linear``, ``nn.Conv2d``, ``nn.Embedding`` or a pruned/quantized one (pruned stays pruned).
+        moments: target statistics; when given, the clipping search weights each weight's
+            error by its input's energy (:func:`clip_weights`), else uniformly.
+        bits: code width, 1 to 8.
+        granularity: ``"tensor"`` (one scale), ``"channel"`` (one per output row) or ``"group"``
+            (one per ``group_size`` consecutive inputs of a row, the layout of GPTQ, Frantar et al.,
+            ICLR 2023, and AWQ, Lin et al., MLSys 2024; ``group_size`` must divide the row).
+        symmetric: ``True`` (default): ``w = (code − 2^(b−1))·scale``, no zero point stored.
+            Trained weights are centred near zero, so a symmetric grid wastes little range,
+            keeps zero exact and costs one number per group; ``False`` adds an integer zero
+            point per group, for groups far from zero-centred.
+
+    Returns:
+        A :class:`QuantizedLinear` / :class:`QuantizedConv2d` / :class:`QuantizedEmbedding`
+        with ``weight = (codes − zero_point)·scale``; the MSE-optimal clip fraction per group is
+        searched on :data:`CLIP_FRACTIONS`.
     """
-    _check_bits(bits)
+    check_uniform(layer, bits, granularity, group_size, symmetric)
     matrix, mask = _weight_and_mask(layer)
-    out, rest = matrix.shape
-    size = _group_size(out, granularity, group_size)
-    levels = 2 ** bits
-    importance = _column_weights(moments, matrix, getattr(layer, "groups", 1))
+    out, per_row = matrix.shape
+    size = _columns_per_group(layer, granularity, group_size)
+    cost = clip_weights(None if isinstance(layer, (nn.Embedding, QuantizedEmbedding)) else moments, matrix,
+                        getattr(layer, "groups", 1))
     live = mask if mask is not None else torch.ones_like(matrix, dtype=torch.bool)
-    values = _grouped(torch.where(live, matrix, torch.nan), size)
-    cost = _grouped(torch.where(live, importance, 0.0), size).nan_to_num(0.0)
-    low, high = values.nan_to_num(float("inf")).amin(1), values.nan_to_num(float("-inf")).amax(1)
-    if torch.isinf(low).any():
-        raise ValueError("a group of weights is entirely pruned; quantize with a larger group_size or prune less")
-    best_error = torch.full_like(low, float("inf"))
-    best = (low, high)
-    for fraction in CLIP_FRACTIONS:
-        lo, hi = low * fraction, high * fraction
-        step = ((hi - lo) / (levels - 1)).clamp_min(1e-12)
-        codes = ((values - lo[:, None]) / step[:, None]).round().clamp(0, levels - 1)
-        error = (((lo[:, None] + codes * step[:, None]) - values).nan_to_num(0.0) ** 2 * cost).sum(1)
-        better = error < best_error
-        best_error = torch.where(better, error, best_error)
-        best = (torch.where(better, lo, best[0]), torch.where(better, hi, best[1]))
-    lo, hi = best
-    step = ((hi - lo) / (levels - 1)).clamp_min(1e-12)
-    codebook = lo[:, None] + step[:, None] * torch.arange(levels, dtype=lo.dtype, device=lo.device)
-    codes = ((values - lo[:, None]) / step[:, None]).round().clamp(0, levels - 1).nan_to_num(0.0)
-    codes = codes.reshape(-1, rest)[:out].to(torch.uint8)
-    return _build(layer, codebook, codes, size, mask)
+    blocks = (1, out * per_row) if granularity == "tensor" else (out * per_row // size, size)
+    values = torch.where(live, matrix, torch.nan).reshape(blocks)
+    scale, zero, codes = _affine_grid(values, cost.reshape(blocks), bits, symmetric)
+    module = quantized_like(layer, scheme="symmetric" if symmetric else "asymmetric", bits=bits, group_size=size,
+                            per_tensor=granularity == "tensor", masked=mask is not None)
+    tensors = {"scale": scale} if symmetric else {"scale": scale, "zero_point": zero.to(torch.uint8)}
+    return _finish(module, layer, codes.reshape(out, per_row).to(torch.uint8), mask, **tensors)
+
+
+# ---- codebook quantizers ------------------------------------------------------------------------------------------
+
+def _codebook_module(layer: nn.Module, codebook: torch.Tensor, codes: torch.Tensor, rows: int,
+                     mask: torch.Tensor | None) -> nn.Module:
+    levels = codebook.shape[1]
+    module = quantized_like(layer, scheme="codebook", bits=max(1, math.ceil(math.log2(levels))), levels=levels,
+                            codebook_rows=rows, masked=mask is not None)
+    return _finish(module, layer, codes, mask, codebook=codebook)
 
 
 def binary(layer: nn.Module, moments: Moments | None = None, *, stochastic: bool = False, seed: int = 0) -> nn.Module:
-    """1-bit weights ``±α`` per output channel, ``α`` the channel's mean ``|w|`` (seed 003).
+    """1-bit weights ``±α`` per output channel, ``α`` the channel's mean ``|w|``.
 
-    ``stochastic=True`` draws ``+α`` with probability ``clip((x + 1)/2, 0, 1)`` where
-    ``x = w / max|w|`` of the channel (the seed's hard-sigmoid rule), with ``seed``.
+    Deterministic sign binarisation with a mean-magnitude scale (Rastegari et al., "XNOR-Net",
+    ECCV 2016). ``stochastic=True`` draws ``+α`` with probability ``clip((x + 1)/2, 0, 1)``,
+    ``x = w / max|w|`` of the channel, the hard-sigmoid rule of Courbariaux, Bengio and David,
+    "BinaryConnect", NeurIPS 2015, seeded by ``seed``.
     """
+    check_binary(layer, stochastic, seed)
     matrix, mask = _weight_and_mask(layer)
     live = mask if mask is not None else torch.ones_like(matrix, dtype=torch.bool)
     magnitude = torch.where(live, matrix.abs(), 0.0)
@@ -224,12 +445,15 @@ def binary(layer: nn.Module, moments: Moments | None = None, *, stochastic: bool
         positive = torch.rand(matrix.shape, generator=generator, dtype=matrix.dtype, device=matrix.device) < ((x + 1) / 2).clamp(0, 1)
     else:
         positive = matrix >= 0
-    codebook = torch.stack([-alpha, alpha], 1)
-    return _build(layer, codebook, positive.to(torch.uint8), 1, mask)
+    return _codebook_module(layer, torch.stack([-alpha, alpha], 1), positive.to(torch.uint8), 1, mask)
 
 
 def ternary(layer: nn.Module, moments: Moments | None = None) -> nn.Module:
-    """Weights in ``{−α, 0, +α}`` per output channel: threshold ``Δ = 0.7·mean|w|``, ``α`` the mean ``|w|`` above it."""
+    """Weights in ``{−α, 0, +α}`` per output channel: threshold ``Δ = 0.7·mean|w|``, ``α`` the mean ``|w|`` above it.
+
+    Li, Zhang and Liu, "Ternary Weight Networks", 2016 (their approximate optimal threshold).
+    """
+    _check_layer(layer)
     matrix, mask = _weight_and_mask(layer)
     live = mask if mask is not None else torch.ones_like(matrix, dtype=torch.bool)
     magnitude = torch.where(live, matrix.abs(), 0.0)
@@ -238,7 +462,7 @@ def ternary(layer: nn.Module, moments: Moments | None = None) -> nn.Module:
     alpha = (magnitude * kept).sum(1) / kept.sum(1).clamp_min(1)
     codes = torch.where(kept, torch.where(matrix > 0, 2, 0), 1)
     codebook = torch.stack([-alpha, torch.zeros_like(alpha), alpha], 1)
-    return _build(layer, codebook, codes.to(torch.uint8), 1, mask)
+    return _codebook_module(layer, codebook, codes.to(torch.uint8), 1, mask)
 
 
 def _initial_centroids(values: torch.Tensor, levels: int, init: str, seed: int) -> torch.Tensor:
@@ -247,20 +471,18 @@ def _initial_centroids(values: torch.Tensor, levels: int, init: str, seed: int) 
     if init == "random":
         generator = torch.Generator().manual_seed(seed)
         return values[torch.randint(len(values), (levels,), generator=generator)].sort().values
-    if init == "density":
-        return torch.quantile(values, torch.linspace(0, 1, levels + 2, dtype=values.dtype)[1:-1])
-    raise ValueError(f"init must be 'linear', 'random' or 'density', got {init!r}")
+    return torch.quantile(values, torch.linspace(0, 1, levels + 2, dtype=values.dtype)[1:-1])
 
 
 def kmeans(layer: nn.Module, moments: Moments | None = None, *, bits: int, init: str = "linear",
            seed: int = 0) -> nn.Module:
     """Deep Compression's weight sharing: ``2^bits`` shared values per layer from 1-D k-means.
 
-    Only unpruned weights are clustered. ``init`` is ``"linear"`` (evenly between min
-    and max, which the seed's Figure 8 finds best), ``"random"`` (sampled weights,
-    seeded) or ``"density"`` (evenly in the weights' CDF).
+    Only unpruned weights are clustered. ``init`` is ``"linear"`` (evenly between min and max,
+    which Han, Mao and Dally, ICLR 2016, Figure 8 find best), ``"random"`` (sampled weights,
+    seeded) or ``"density"`` (evenly in the weights' CDF). One codebook for the whole layer.
     """
-    _check_bits(bits)
+    check_kmeans(layer, bits, init, seed)
     matrix, mask = _weight_and_mask(layer)
     values = matrix[mask] if mask is not None else matrix.reshape(-1)
     if values.numel() == 0:
@@ -278,4 +500,4 @@ def kmeans(layer: nn.Module, moments: Moments | None = None, *, bits: int, init:
     codes = torch.bucketize(matrix, (centroids[1:] + centroids[:-1]) / 2)
     if mask is not None:
         codes = torch.where(mask, codes, 0)
-    return _build(layer, centroids[None, :], codes.to(torch.uint8), matrix.shape[0], mask)
+    return _codebook_module(layer, centroids[None, :], codes.to(torch.uint8), matrix.shape[0], mask)

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from torch import nn
 
 from .lowrank import dalr, dalr_bc, svd, svd_bc
-from .prune import MaskedConv2d, MaskedLinear, magnitude
-from .prune_units import activation, channel
-from .quantize import binary, kmeans, ternary, uniform
+from .prune import MaskedConv2d, MaskedLinear, check_magnitude, magnitude
+from .prune_units import activation, channel, check_activation, check_channel
+from .quantize import binary, check_binary, check_kmeans, check_ternary, check_uniform, kmeans, ternary, uniform
 
 __all__ = ["METHODS", "Method", "register", "method"]
 
 DENSE = (nn.Linear, nn.Conv2d)
 PRUNABLE = (nn.Linear, nn.Conv2d, MaskedLinear, MaskedConv2d)
+QUANTIZABLE = (*PRUNABLE, nn.Embedding)  # an embedding table quantizes row by row (QuantizedEmbedding)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class Method:
     settings: tuple[str, ...] = ()
     accepts: tuple[type[nn.Module], ...] = DENSE
     needs_stats: bool = False
+    # Validates the settings cheaply before any pass over data: check(layer, **settings) for
+    # layer methods (raising ValueError/TypeError), check(**settings) for structural ones.
+    check: Callable | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -51,15 +55,18 @@ def register(m: Method) -> Method:
 for _m in (
     Method("svd", "lowrank", svd, needs_stats=True),
     Method("svd-bc", "lowrank", svd_bc, needs_stats=True),
-    Method("dalr", "lowrank", dalr, ("lam", "bias_compensation"), needs_stats=True),
-    Method("dalr-bc", "lowrank", dalr_bc, ("lam",), needs_stats=True),
-    Method("magnitude", "layer", magnitude, ("sparsity", "norm", "scope"), PRUNABLE),
-    Method("uniform", "layer", uniform, ("bits", "granularity", "group_size"), PRUNABLE),
-    Method("binary", "layer", binary, ("stochastic", "seed"), PRUNABLE),
-    Method("ternary", "layer", ternary, (), PRUNABLE),
-    Method("kmeans", "layer", kmeans, ("bits", "init", "seed"), PRUNABLE),
-    Method("activation", "structural", activation, ("sparsity", "criterion"), (nn.Linear, MaskedLinear), True),
-    Method("channel", "structural", channel, ("sparsity", "criterion", "refit"), PRUNABLE, True),
+    Method("dalr", "lowrank", dalr, ("lam", "bias_compensation", "shrinkage"), needs_stats=True),
+    Method("dalr-bc", "lowrank", dalr_bc, ("lam", "shrinkage"), needs_stats=True),
+    Method("magnitude", "layer", magnitude, ("sparsity", "norm", "scope"), PRUNABLE, check=check_magnitude),
+    Method("uniform", "layer", uniform, ("bits", "granularity", "group_size", "symmetric"), QUANTIZABLE,
+           check=check_uniform),
+    Method("binary", "layer", binary, ("stochastic", "seed"), QUANTIZABLE, check=check_binary),
+    Method("ternary", "layer", ternary, (), QUANTIZABLE, check=check_ternary),
+    Method("kmeans", "layer", kmeans, ("bits", "init", "seed"), QUANTIZABLE, check=check_kmeans),
+    Method("activation", "structural", activation, ("sparsity", "criterion"), (nn.Linear, MaskedLinear), True,
+           check=check_activation),
+    Method("channel", "structural", channel, ("sparsity", "criterion", "refit"), PRUNABLE, True,
+           check=check_channel),
 ):
     register(_m)
 

@@ -10,9 +10,16 @@ from ._text import text_table
 __all__ = ["LayerRow", "Report"]
 
 
+STATUSES = ("compressed", "left dense", "not selected")
+
+
 @dataclass
 class LayerRow:
-    """One compressed (or deliberately untouched) layer."""
+    """One layer of the model: compressed, left dense (``note`` says why) or not selected.
+
+    ``relative_error`` is ``||Y − Ŷ||/||Y||`` on the calibration samples the method saw;
+    ``heldout_error`` the same on held-out target samples it did not see (``None`` without them).
+    """
 
     name: str
     kind: str
@@ -25,7 +32,13 @@ class LayerRow:
     note: str = ""
     setting: str = ""
     bits: float | None = None  # bits per stored weight, for quantized layers
-    replaced: bool = True  # False when the layer was deliberately left as it was
+    status: str = "compressed"
+    heldout_error: float | None = None
+
+    @property
+    def replaced(self) -> bool:
+        """Whether the layer was swapped for a compressed one."""
+        return self.status == "compressed"
 
 
 @dataclass
@@ -49,21 +62,22 @@ class Report:
         raise KeyError(f"no layer {name!r} in this report")
 
     def __str__(self) -> str:
-        header = ["layer", "type", "shape", "method", "setting", "params before", "params after", "kept %",
-                  "bits", "rel. error", "note"]
+        header = ["layer", "type", "shape", "status", "setting", "params before", "params after", "kept %",
+                  "bits", "rel. error", "held-out", "note"]
         lines = [header]
         for r in self.rows:
             kept = 100 * r.params_after / r.params_before if r.params_before else 100.0
             setting = r.setting or ("-" if r.rank is None else f"rank {r.rank}")
             lines.append([
-                r.name, r.kind, "×".join(map(str, r.shape)), r.method, setting,
+                r.name, r.kind, "×".join(map(str, r.shape)), r.status, setting,
                 f"{r.params_before:,}", f"{r.params_after:,}", f"{kept:.2f}",
                 "-" if r.bits is None else f"{r.bits:g}",
-                "-" if r.relative_error is None else f"{r.relative_error:.4f}", r.note,
+                "-" if r.relative_error is None else f"{r.relative_error:.4f}",
+                "-" if r.heldout_error is None else f"{r.heldout_error:.4f}", r.note,
             ])
         total = 100 * self.params_after / self.params_before if self.params_before else 100.0
         lines.append(["total", "", "", "", "", f"{self.params_before:,}", f"{self.params_after:,}", f"{total:.2f}",
-                      "", "", ""])
+                      "", "", "", ""])
         return text_table(lines[0], lines[1:])
 
     def to_dict(self) -> dict:
@@ -78,9 +92,13 @@ class Report:
             raise ValueError("this JSON is not a netcompress report (its 'format' is not 'netcompress.report')")
         names = {f.name for f in fields(LayerRow)}
         try:
-            return cls([LayerRow(**{k: v for k, v in row.items() if k in names}) for row in data["layers"]])
-        except (KeyError, TypeError) as error:
+            rows = [LayerRow(**{k: v for k, v in row.items() if k in names}) for row in data["layers"]]
+        except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"the report's layer rows are malformed ({error}); write it again with Report.to_json") from None
+        bad = [r.name for r in rows if r.status not in STATUSES]
+        if bad:
+            raise ValueError(f"the report's row {bad[0]!r} has an unknown status; write it again with Report.to_json")
+        return cls(rows)
 
     @classmethod
     def from_json(cls, text: str) -> Report:

@@ -14,6 +14,7 @@ image is one sample of the patch vector (``in_channels·kh·kw`` long).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -21,9 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import progress_disabled, resolve_layers
+from ._layers import explicit_padding, progress_disabled, resolve_layers
+from ._transaction import evaluating
 
-__all__ = ["LayerStats", "Moments", "collect", "input_columns", "input_matrix", "relative_output_error"]
+__all__ = [
+    "LayerStats",
+    "Moments",
+    "batch_input",
+    "batch_size",
+    "call_model",
+    "collect",
+    "input_columns",
+    "input_matrix",
+    "model_device_dtype",
+    "relative_output_error",
+]
 
 
 @dataclass
@@ -31,9 +44,13 @@ class Moments:
     """Streaming statistics of one layer on the target data.
 
     ``gram`` is ``Σ x xᵀ`` over all samples (float64), ``input_sum`` is ``Σ x``
-    and ``count`` the number of samples. Output statistics are taken after a
-    ReLU: ``positive_count[j]`` counts samples where unit ``j`` responds,
-    ``response_sum``/``response_max`` are the sum and max of ``relu(y_j)``.
+    and ``count`` the number of samples; ``norm4`` is ``Σ ||x||⁴``, which gives the
+    Ledoit–Wolf shrinkage of ``XXᵀ`` when samples are few. A grouped convolution
+    (``groups > 1``) reads only its group's inputs, so its ``gram`` holds one block per
+    group, shape ``(groups, f, f)``, never a dense matrix across groups.
+    Output statistics are taken after a ReLU: ``positive_count[j]`` counts samples
+    where unit ``j`` responds, ``response_sum``/``response_max`` are the sum and max of
+    ``relu(y_j)``.
     """
 
     gram: torch.Tensor
@@ -43,18 +60,28 @@ class Moments:
     response_sum: torch.Tensor
     response_max: torch.Tensor
     output_count: int = 0
+    norm4: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
+    groups: int = 1
 
     @classmethod
-    def empty(cls, in_features: int, out_features: int) -> Moments:
+    def empty(cls, in_features: int, out_features: int, groups: int = 1) -> Moments:
         f64 = torch.float64
+        per_group = in_features // groups
+        shape = (per_group, per_group) if groups == 1 else (groups, per_group, per_group)
         return cls(
-            gram=torch.zeros(in_features, in_features, dtype=f64),
+            gram=torch.zeros(shape, dtype=f64),
             input_sum=torch.zeros(in_features, dtype=f64),
             count=0,
             positive_count=torch.zeros(out_features, dtype=f64),
             response_sum=torch.zeros(out_features, dtype=f64),
             response_max=torch.zeros(out_features, dtype=f64),
+            groups=groups,
         )
+
+    @property
+    def features(self) -> int:
+        """The length of one input sample (all groups together)."""
+        return self.input_sum.shape[0]
 
     @property
     def mean_input(self) -> torch.Tensor:
@@ -63,9 +90,10 @@ class Moments:
 
     @property
     def centered_gram(self) -> torch.Tensor:
-        """``Σ (x - x̄)(x - x̄)ᵀ``: the scatter matrix around the mean input."""
-        mean = self.mean_input
-        return self.gram - self.count * torch.outer(mean, mean)
+        """``Σ (x - x̄)(x - x̄)ᵀ``: the scatter matrix around the mean input (per group when grouped)."""
+        mean = self.mean_input.reshape(self.groups, -1)
+        outer = mean[:, :, None] * mean[:, None, :]
+        return self.gram - self.count * (outer[0] if self.groups == 1 else outer)
 
     @property
     def input_energy(self) -> torch.Tensor:
@@ -85,6 +113,21 @@ class Moments:
     def max_response(self) -> torch.Tensor:
         return self.response_max
 
+    def times_gram(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``M · XXᵀ`` for an (out, features-per-row) weight-like matrix, group by group when grouped."""
+        if self.groups == 1:
+            return matrix @ self.gram
+        out = matrix.shape[0]
+        return (matrix.reshape(self.groups, out // self.groups, -1) @ self.gram).reshape(out, -1)
+
+    def times_sum(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``M · Σx`` per row, each row reading its own group's inputs."""
+        if self.groups == 1:
+            return matrix @ self.input_sum
+        out = matrix.shape[0]
+        sums = self.input_sum.reshape(self.groups, -1, 1)
+        return (matrix.reshape(self.groups, out // self.groups, -1) @ sums).reshape(out)
+
     def _tensors(self) -> list[tuple[torch.Tensor, str]]:
         return [
             (self.gram, "sum"),
@@ -92,14 +135,22 @@ class Moments:
             (self.positive_count, "sum"),
             (self.response_sum, "sum"),
             (self.response_max, "max"),
+            (self.norm4, "sum"),
         ]
 
 
 @dataclass
 class LayerStats(Mapping[str, Moments]):
-    """The statistics of every observed layer, by the layer's name in ``model.named_modules()``."""
+    """The statistics of every observed layer, by the layer's name in ``model.named_modules()``.
+
+    ``heldout`` holds the same statistics of the held-out part of the data (``collect(...,
+    holdout=…)``), for honest error estimates; ``skipped`` names the layers that were not
+    observed and why (e.g. a layer the data never reached).
+    """
 
     layers: dict[str, Moments] = field(default_factory=dict)
+    heldout: LayerStats | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Moments:
         try:
@@ -119,16 +170,20 @@ class LayerStats(Mapping[str, Moments]):
 
 
 def input_matrix(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as a (samples, features) matrix: rows of a Linear, im2col patches of a Conv2d."""
+    """The layer's input as a (samples, features) matrix: rows of a Linear, im2col patches of a Conv2d.
+
+    A convolution whose padding comes before the product (``"same"``, circular/reflect, a
+    static same-padding wrapper) is padded explicitly first, exactly as its forward does.
+    """
     if isinstance(layer, nn.Conv2d):
         if x.dim() == 3:
             x = x.unsqueeze(0)
         padding = layer.padding
-        if isinstance(padding, str) or layer.padding_mode != "zeros":
-            raise ValueError(
-                f"Conv2d padding={layer.padding!r}, padding_mode={layer.padding_mode!r} is not supported; "
-                "use numeric zero padding"
-            )
+        explicit = explicit_padding(layer)
+        if explicit is not None:
+            pad, mode = explicit
+            x = F.pad(x, pad) if mode == "constant" else F.pad(x, pad, mode)
+            padding = 0
         cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=padding, stride=layer.stride)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     return x.reshape(-1, x.shape[-1])
@@ -142,6 +197,11 @@ def _output_matrix(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
     return y.reshape(-1, y.shape[-1])
 
 
+# Inputs are folded in chunks of about this many float64 values, so the im2col view of a
+# large feature map is never held whole.
+CHUNK_ELEMENTS = 1 << 23
+
+
 class _Recorder:
     """Forward hook that folds one layer's inputs and outputs into its Moments."""
 
@@ -150,31 +210,48 @@ class _Recorder:
         self.layer = layer
         self.positions = positions
         self.generator = generator
+        groups = 1
         if isinstance(layer, nn.Conv2d):
             in_features = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
-            out_features = layer.out_channels
+            out_features, groups = layer.out_channels, layer.groups
         else:
             in_features, out_features = layer.in_features, layer.out_features
-        self.moments = Moments.empty(in_features, out_features)
+        self.moments = Moments.empty(in_features, out_features, groups)
+        self.heldout = Moments.empty(in_features, out_features, groups)
+        self.target = self.moments
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        x = args[0].detach()
-        y = output.detach()
+        if not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
+            return
+        x, y = args[0].detach(), output.detach()
         if not torch.isfinite(x).all():
             raise ValueError(
                 f"layer {self.name!r} received NaN or Inf inputs; check the data and the layers before it"
             )
+        images = x.shape[0] if isinstance(module, nn.Conv2d) and x.dim() == 4 else 1
+        if images == 1:
+            self._fold(module, x, y, 1)
+            return
+        per_image = y.shape[-2] * y.shape[-1] * self.moments.features  # im2col values of one image
+        step = max(1, CHUNK_ELEMENTS // max(per_image, 1))
+        for i in range(0, images, step):
+            self._fold(module, x[i:i + step], y[i:i + step], min(step, images - i))
+
+    def _fold(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor, images: int) -> None:
         rows = input_matrix(module, x).to(torch.float64)
         out = _output_matrix(module, y).to(torch.float64)
         if self.positions is not None and isinstance(module, nn.Conv2d):
-            rows, out = self._subsample(rows, out, x.shape[0] if x.dim() == 4 else 1)
-        m = self.moments
+            rows, out = self._subsample(rows, out, images)
+        if rows.shape[0] == 0:
+            return
+        m = self.target
         device = rows.device
         if m.gram.device != device:
-            for attr in ("gram", "input_sum", "positive_count", "response_sum", "response_max"):
+            for attr in ("gram", "input_sum", "positive_count", "response_sum", "response_max", "norm4"):
                 setattr(m, attr, getattr(m, attr).to(device))
-        _add_lower_gram(m.gram, rows)
+        _add_gram(m.gram, rows, m.groups)
         m.input_sum += rows.sum(0)
+        m.norm4 += rows.pow(2).sum(1).pow(2).sum()
         m.count += rows.shape[0]
         response = out.clamp_min(0)
         m.positive_count += (out > 0).sum(0)
@@ -201,8 +278,12 @@ def _block_edges(n: int) -> list[int]:
     return [round(i * n / _BLOCKS) for i in range(_BLOCKS + 1)]
 
 
-def _add_lower_gram(gram: torch.Tensor, rows: torch.Tensor) -> None:
-    """``gram += rowsᵀ rows``; for wide inputs only the diagonal and lower blocks are updated."""
+def _add_gram(gram: torch.Tensor, rows: torch.Tensor, groups: int) -> None:
+    """``gram += rowsᵀ rows`` (per group when grouped); for wide inputs only the lower blocks are updated."""
+    if groups > 1:
+        per_group = rows.reshape(rows.shape[0], groups, -1).transpose(0, 1)  # (groups, samples, f)
+        gram.baddbmm_(per_group.transpose(1, 2), per_group)
+        return
     n = rows.shape[1]
     if n < SYMMETRIC_BLOCKS_FROM:
         gram.addmm_(rows.T, rows)
@@ -216,7 +297,9 @@ def _add_lower_gram(gram: torch.Tensor, rows: torch.Tensor) -> None:
 
 
 def _mirror_lower(gram: torch.Tensor) -> None:
-    """Complete a gram matrix accumulated by :func:`_add_lower_gram` (copy the lower blocks up)."""
+    """Complete a gram matrix accumulated by :func:`_add_gram` (copy the lower blocks up)."""
+    if gram.dim() != 2:
+        return
     n = gram.shape[0]
     if n < SYMMETRIC_BLOCKS_FROM:
         return
@@ -231,29 +314,65 @@ def _batches(data: Iterable | torch.Tensor) -> Iterable:
     if isinstance(data, torch.Tensor):
         if data.dim() == 0:
             raise ValueError("data is a 0-d tensor; pass a batch of inputs or an iterable of batches")
+        if data.shape[0] == 0:
+            raise ValueError("data is an empty tensor (0 samples); pass at least one target sample")
         return (data,)
     return data
 
 
-def _call(model: nn.Module, batch, device: torch.device, dtype: torch.dtype):
+def batch_size(batch) -> int:
+    """The number of samples in a batch (its leading dimension)."""
+    first = batch_input(batch)
+    if isinstance(first, Mapping):
+        sizes = [v.shape[0] for v in first.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
+        return sizes[0] if sizes else 1
+    return first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
+
+
+def batch_input(batch):
+    """The model input of a batch: the tensor, the first item of a tuple/list, or the dict of keyword inputs."""
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise ValueError("data yielded an empty tuple/list; each batch must hold the input as its first item")
+        batch = batch[0]
+    if not isinstance(batch, (torch.Tensor, Mapping)):
+        raise TypeError(
+            f"a batch of type {type(batch).__name__} is not supported; yield a tensor, "
+            "a tuple/list whose first item is the input, or a dict of keyword inputs"
+        )
+    return batch
+
+
+def _take(batch, index: torch.Tensor):
+    """The samples ``index`` of a batch's input (every tensor of a dict sliced along its leading dimension)."""
+    first = batch_input(batch)
+    size = batch_size(batch)
+    if isinstance(first, Mapping):
+        return {k: v.index_select(0, index.to(v.device)) if isinstance(v, torch.Tensor) and v.dim() > 0
+                and v.shape[0] == size else v for k, v in first.items()}
+    return first.index_select(0, index.to(first.device))
+
+
+def call_model(model: nn.Module, batch, device: torch.device, dtype: torch.dtype):
+    """Run ``model`` on a batch's input, moved to the model's device and float dtype."""
     def move(t):
         if isinstance(t, torch.Tensor):
             t = t.to(device)
             return t.to(dtype) if t.is_floating_point() else t
         return t
 
+    batch = batch_input(batch)
     if isinstance(batch, Mapping):
         return model(**{k: move(v) for k, v in batch.items()})
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            raise ValueError("data yielded an empty tuple/list; each batch must hold the input as its first item")
-        batch = batch[0]
-    if not isinstance(batch, torch.Tensor):
-        raise TypeError(
-            f"a batch of type {type(batch).__name__} is not supported; yield a tensor, "
-            "a tuple/list whose first item is the input, or a dict of keyword inputs"
-        )
     return model(move(batch))
+
+
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device of the model's first parameter and its floating dtype (float32 if it has none)."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    return device, dtype
 
 
 def _all_reduce(stats: LayerStats) -> None:
@@ -270,6 +389,12 @@ def _all_reduce(stats: LayerStats) -> None:
         m.count, m.output_count = int(counts[0].item()), int(counts[1].item())
 
 
+def _heldout_index(start: int, size: int, holdout: float) -> torch.Tensor:
+    """Which samples of a batch are held out: every sample where ``⌊(i+1)·h⌋ > ⌊i·h⌋`` (global index i)."""
+    i = torch.arange(start, start + size, dtype=torch.float64)
+    return torch.floor((i + 1) * holdout) > torch.floor(i * holdout)
+
+
 @torch.no_grad()
 def collect(
     model: nn.Module,
@@ -277,6 +402,7 @@ def collect(
     layers: Iterable[str] | str | None = None,
     *,
     positions: int | None = None,
+    holdout: float = 0.0,
     seed: int = 0,
     progress: bool | None = None,
 ) -> LayerStats:
@@ -287,9 +413,12 @@ def collect(
         data: a tensor (one batch) or an iterable of batches; a batch is a tensor,
             a tuple/list whose first item is the input, or a dict of keyword inputs.
         layers: names of ``nn.Linear``/``nn.Conv2d`` modules (as in ``model.named_modules()``),
-            ``"re:<regex>"`` patterns, or ``None`` for all of them.
+            ``"re:<regex>"`` patterns, or ``None`` for every layer netcompress understands
+            (layers it does not, or that the data never reaches, are listed in ``stats.skipped``).
         positions: for Conv2d layers, the number of spatial positions sampled per image
             (``None`` keeps all), which bounds the cost on large feature maps.
+        holdout: fraction of the samples (spread evenly over the batches) kept apart in
+            ``stats.heldout``, so that errors can be measured on data the methods did not fit.
         seed: seed of the position sampling.
         progress: show a progress bar (``None``: only on a terminal).
 
@@ -300,45 +429,66 @@ def collect(
     """
     from tqdm.auto import tqdm
 
-    if positions is not None and positions <= 0:
-        raise ValueError(f"positions must be a positive number of spatial samples per image, got {positions}")
     from .prune import MaskedConv2d, MaskedLinear
 
-    selected = resolve_layers(model, layers, (nn.Linear, nn.Conv2d, MaskedLinear, MaskedConv2d))
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    if positions is not None and (isinstance(positions, bool) or not isinstance(positions, int) or positions <= 0):
+        raise ValueError(f"positions must be a positive number of spatial samples per image, got {positions!r}")
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be a fraction in [0, 1) of the samples to keep apart, got {holdout!r}")
+    selected, skipped = resolve_layers(model, layers, (nn.Linear, nn.Conv2d, MaskedLinear, MaskedConv2d))
+    device, dtype = model_device_dtype(model)
     generator = torch.Generator().manual_seed(seed)
     recorders = {name: _Recorder(name, layer, positions, generator) for name, layer in selected.items()}
     handles = [layer.register_forward_hook(recorders[name]) for name, layer in selected.items()]
-    was_training = model.training
-    model.eval()
-    batches = 0
+    batches = samples = 0
     try:
         for batch in tqdm(_batches(data), desc="statistics", unit="batch", disable=progress_disabled(progress)):
-            try:
-                _call(model, batch, device, dtype)
-            except RuntimeError as error:
-                reason = str(error).strip().splitlines()[0]
-                raise ValueError(
-                    f"the model failed on batch {batches} of the data ({reason}); "
-                    "check that the data's shape and type match the model's input"
-                ) from None
+            if not isinstance(batch, (torch.Tensor, Mapping, tuple, list)):
+                batch_input(batch)  # raises the sentence for an unsupported batch type
+            size = batch_size(batch)
+            held = _heldout_index(samples, size, holdout) if holdout else torch.zeros(size, dtype=torch.bool)
+            parts = [(batch, False)] if not held.any() else [
+                (p, h) for p, h in ((_take(batch, (~held).nonzero().squeeze(1)), False),
+                                    (_take(batch, held.nonzero().squeeze(1)), True)) if batch_size(p) > 0]
+            for part, is_heldout in parts:
+                for rec in recorders.values():
+                    rec.target = rec.heldout if is_heldout else rec.moments
+                try:
+                    with evaluating(model):
+                        call_model(model, part, device, dtype)
+                except RuntimeError as error:
+                    reason = str(error).strip().splitlines()[0]
+                    raise ValueError(
+                        f"the model failed on batch {batches} of the data ({reason}); "
+                        "check that the data's shape and type match the model's input"
+                    ) from None
             batches += 1
+            samples += size
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
-    stats = LayerStats({name: rec.moments for name, rec in recorders.items()})
-    for moments in stats.values():
-        _mirror_lower(moments.gram)
-    _all_reduce(stats)
-    for name, m in stats.items():
-        if m.count == 0:
-            raise ValueError(
-                f"layer {name!r} saw no samples ({batches} batches of data); "
-                "pass non-empty target data that reaches this layer"
-            )
+    if samples == 0:
+        raise ValueError("data yielded no samples; pass at least one batch of target data")
+    stats = LayerStats({name: rec.moments for name, rec in recorders.items()}, skipped=dict(skipped))
+    heldout = LayerStats({name: rec.heldout for name, rec in recorders.items()}) if holdout else None
+    for part in (stats, heldout):
+        if part is not None:
+            for moments in part.values():
+                _mirror_lower(moments.gram)
+            _all_reduce(part)
+    for name in list(stats.layers):
+        if stats.layers[name].count == 0:
+            if layers is not None and not (isinstance(layers, str) and layers.startswith("re:")) and name in (
+                    [layers] if isinstance(layers, str) else list(layers)):
+                raise ValueError(
+                    f"layer {name!r} saw no samples ({batches} batches of data); "
+                    "pass non-empty target data that reaches this layer"
+                )
+            del stats.layers[name]
+            stats.skipped[name] = "the target data never reached it"
+            if heldout is not None:
+                heldout.layers.pop(name, None)
+    stats.heldout = heldout
     return stats
 
 
@@ -350,13 +500,6 @@ def input_columns(out_features: int, per_row: int, groups: int) -> torch.Tensor:
     """
     offsets = (torch.arange(out_features) // max(out_features // groups, 1)) * per_row
     return offsets[:, None] + torch.arange(per_row)[None, :]
-
-
-def _dense(matrix: torch.Tensor, groups: int, in_features: int) -> torch.Tensor:
-    if groups == 1:
-        return matrix
-    dense = torch.zeros(matrix.shape[0], in_features, dtype=matrix.dtype, device=matrix.device)
-    return dense.scatter_(1, input_columns(matrix.shape[0], matrix.shape[1], groups).to(matrix.device), matrix)
 
 
 def relative_output_error(
@@ -371,17 +514,18 @@ def relative_output_error(
 
     With ``D = W − Ŵ`` and ``d = b − b̂``: ``Σ||Dx + d||² = tr(D XXᵀ Dᵀ) + 2 dᵀ D Σx + n||d||²``.
     Weights are (out, ...) tensors, compared through their (out, in) im2col matrix view; a
-    grouped convolution's weights are placed in the columns of their groups.
+    grouped convolution's rows read their own group's block of the statistics.
     """
     f64 = torch.float64
     device = moments.gram.device
-    features = moments.gram.shape[0]
-    W = _dense(weight.detach().reshape(weight.shape[0], -1).to(device, f64), groups, features)
-    D = W - _dense(new_weight.detach().reshape(weight.shape[0], -1).to(device, f64), groups, features)
+    W = weight.detach().reshape(weight.shape[0], -1).to(device, f64)
+    D = W - new_weight.detach().reshape(weight.shape[0], -1).to(device, f64)
     b = torch.zeros(W.shape[0], dtype=f64, device=device) if bias is None else bias.detach().to(device, f64)
     b_new = torch.zeros_like(b) if new_bias is None else new_bias.detach().to(device, f64)
     d = b - b_new
-    G, total, n = moments.gram, moments.input_sum, moments.count
-    error = float(((D @ G) * D).sum() + 2 * d @ (D @ total) + n * d @ d)
-    energy = float(((W @ G) * W).sum() + 2 * b @ (W @ total) + n * b @ b)
+    n = moments.count
+    error = float((moments.times_gram(D) * D).sum() + 2 * d @ moments.times_sum(D) + n * d @ d)
+    energy = float((moments.times_gram(W) * W).sum() + 2 * b @ moments.times_sum(W) + n * b @ b)
+    if not (math.isfinite(error) and math.isfinite(energy)):
+        raise ValueError("the compressed layer has NaN or Inf weights")
     return (max(error, 0.0) / energy) ** 0.5 if energy > 0 else 0.0

@@ -87,6 +87,7 @@ def finetune(
     schedule: str = "constant",
     seed: int = 0,
     checkpoint: str | os.PathLike | None = None,
+    freeze_batchnorm: bool = False,
     progress: bool | None = None,
 ) -> nn.Module:
     """Train ``student`` for ``epochs`` with Adam; returns it in eval mode.
@@ -100,6 +101,9 @@ def finetune(
         schedule: ``"constant"`` or ``"cosine"`` (decays the learning rate to zero over the run).
         checkpoint: a file written atomically after every epoch; if it exists, training resumes
             from it, and the result equals an uninterrupted run.
+        freeze_batchnorm: keep every BatchNorm layer in eval mode, so its running statistics
+            (estimated on the large source data set) are not overwritten by the few target
+            batches; its affine parameters still train.
     """
     from tqdm.auto import tqdm
 
@@ -144,6 +148,10 @@ def finetune(
             p.requires_grad_(False)
     try:
         student.train()
+        if freeze_batchnorm:
+            for module in student.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         for epoch in tqdm(range(first, epochs), desc="finetune", unit="epoch", disable=progress_disabled(progress)):
             for batch in _epochs_of(data, batch_size, seed, epoch):
                 x, y = _unpack(batch)
