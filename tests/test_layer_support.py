@@ -89,7 +89,7 @@ def test_padded_conv_statistics_and_full_rank_factorization_are_exact():
     for name in ("stem", "same"):
         layer = model.get_submodule(name)
         inputs = []
-        handle = layer.register_forward_hook(lambda m, a, o: inputs.append(a[0]))
+        handle = layer.register_forward_hook(lambda m, a, o, seen=inputs: seen.append(a[0]))
         model(x)
         handle.remove()
         padded = layer.static_padding(inputs[0]) if name == "stem" else F.pad(inputs[0], layer._reversed_padding_repeated_twice)

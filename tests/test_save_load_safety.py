@@ -13,14 +13,16 @@ from netcompress.io import check_save_target
 
 
 def _tree(folder):
-    """Every entry under ``folder`` with its bytes and modification time: equal trees are byte-identical."""
+    """Every entry under ``folder`` with its bytes, file modification time and mode."""
     found = {}
     for root, dirs, files in os.walk(folder):
         for name in dirs + files:
             full = os.path.join(root, name)
             stat = os.stat(full)
-            content = open(full, "rb").read() if os.path.isfile(full) else None
-            found[os.path.relpath(full, folder)] = (content, stat.st_mtime_ns, stat.st_mode)
+            if os.path.isfile(full):
+                found[os.path.relpath(full, folder)] = (open(full, "rb").read(), stat.st_mtime_ns, stat.st_mode)
+            else:  # a folder's own mtime changes when a temporary file comes and goes in it
+                found[os.path.relpath(full, folder)] = (None, None, stat.st_mode)
     return found
 
 
@@ -91,18 +93,22 @@ def test_a_file_in_place_of_the_directory_is_refused(compressed, tmp_path):
         check_save_target(tmp_path / "d", overwrite=True)
 
 
-def test_a_save_that_fails_leaves_an_earlier_output_byte_identical(compressed, tmp_path):
+def test_a_save_that_fails_leaves_an_earlier_output_byte_identical(compressed, tmp_path, monkeypatch):
     model, report = compressed
     out = nc.save(model, tmp_path / "out", report)
     before = _tree(tmp_path)
 
-    class Unsaveable(nn.Module):
-        def state_dict(self, *args, **kwargs):
-            return {"w": torch.zeros(2), "v": "not a tensor"}
+    def disk_full(state, path, metadata=None):
+        open(path, "wb").write(b"half")  # a partial write into the temporary file
+        raise OSError(28, "No space left on device")
 
-    with pytest.raises(Exception):
-        nc.save(Unsaveable(), out)
+    monkeypatch.setattr("netcompress.io.save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        nc.save(model, out)
     assert _tree(tmp_path) == before
+    with pytest.raises(OSError, match="No space left"):
+        nc.save(model, tmp_path / "new" / "deeper")
+    assert _tree(tmp_path) == before  # the folders it made are gone too
 
 
 def test_an_interrupted_save_is_caught_by_the_weights_checksum(compressed, tmp_path):
@@ -251,3 +257,20 @@ def test_a_report_with_malformed_rows_is_refused(compressed, tmp_path):
         nc.read_report(out)
     (out / "report.json").write_text('{"format": "netcompress.report", "version": 1, "layers": []}')
     assert nc.read_report(out).rows == []
+
+
+def test_a_padded_replacement_is_rebuilt_in_bfloat16_too(tmp_path):
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding="same"), nn.ReLU(), nn.Conv2d(8, 8, 3, padding="same"),
+                             nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+
+    model = build()
+    x = torch.randn(16, 3, 6, 6)
+    nc.compress(model, x, method="dalr", rank={"2": 4}, progress=False)
+    assert type(model[2]).__name__ == "Padded"
+    model = model.to(torch.bfloat16)
+    out = nc.save(model, tmp_path / "out")
+    fresh = nc.load(build().to(torch.bfloat16), out)
+    xb = x.to(torch.bfloat16)
+    assert torch.equal(fresh(xb), model(xb))

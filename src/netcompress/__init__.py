@@ -12,10 +12,10 @@ The public surface (everything else is an implementation detail)::
     netcompress.save_compressed(model, "model.ncz")                  # Huffman-coded container
 """
 
+from ._layers import Padded
 from .compress import METHODS, compress, sweep
 from .container import load_compressed, save_compressed, storage_table
 from .io import load, read_report, save
-from ._layers import Padded
 from .lowrank import Factorization, LowRankConv2d, LowRankLinear, dalr, dalr_bc, svd, svd_bc
 from .pipeline import read_recipe, run_pipeline
 from .prune import MaskedConv2d, MaskedLinear

@@ -73,6 +73,13 @@ def _is_layer(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, nn.Conv2d))
 
 
+class _LayerTracer(fx.Tracer):
+    """Keeps every Linear/Conv2d (subclasses too, such as 'same'-padding wrappers) as one call in the graph."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return _is_layer(m) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _flattened(space, shape_in, shape_out):
     if len(shape_in) == 4 and len(shape_out) == 2 and shape_out[1] == shape_in[1] * shape_in[2] * shape_in[3]:
         per_channel = shape_in[2] * shape_in[3]
@@ -96,7 +103,7 @@ def trace_channels(model: nn.Module, example) -> ChannelGraph:
     from torch.fx.passes.shape_prop import ShapeProp
 
     try:
-        traced = fx.symbolic_trace(model)
+        traced = fx.GraphModule(model, _LayerTracer().trace(model))
         ShapeProp(traced).propagate(*_placeholder_values(traced, example))
     except Exception as error:  # fx raises many types; any of them means "cannot follow"
         raise ValueError(

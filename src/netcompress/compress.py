@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
+from ._architecture import remember_original
 from ._layers import Padded, explicit_padding, plain_layer, progress_disabled, replace_module, resolve_layers
 from ._transaction import all_or_nothing, evaluating
 from .lowrank import Factorization, LowRankConv2d, LowRankLinear, check_lam, check_shrinkage, layer_matrix
@@ -83,7 +84,16 @@ def _curve(f: Factorization) -> LayerCurve:
 
 
 def _params(module: nn.Module) -> int:
-    """Parameters a layer really stores: unpruned weights plus every other parameter."""
+    """Weights a layer really stores (unpruned weights, or quantized codes) plus its bias and other parameters.
+
+    A quantizer's scales and codebooks are not counted here: they are the ``bits`` column's overhead.
+    """
+    inner = module.layer if isinstance(module, Padded) else module
+    codes = getattr(inner, "codes", None)
+    if isinstance(codes, torch.Tensor):
+        mask = getattr(inner, "mask", None)
+        bias = getattr(inner, "bias", None)
+        return (int(mask.sum()) if mask is not None else codes.numel()) + (bias.numel() if bias is not None else 0)
     total = 0
     for name, p in module.named_parameters():
         mask = getattr(module, "mask", None) if name == "weight" else None
@@ -132,7 +142,9 @@ def _row(name: str, old: nn.Module, method: str, **fields) -> LayerRow:
 def _wrapped(old: nn.Module, new: nn.Module) -> nn.Module:
     """``new`` behind the explicit padding ``old`` applied before its product, if any."""
     padding = explicit_padding(old)
-    return new if padding is None else Padded(padding[0], padding[1], new)
+    if padding is None or explicit_padding(new) is not None:  # a new conv that pads itself ('same') needs no wrapper
+        return new
+    return Padded(padding[0], padding[1], new)
 
 
 def _layer_settings(name: str, settings: Mapping[str, object]) -> dict:
@@ -214,12 +226,18 @@ def _plan_layerwise(selected, stats, chosen: Method, settings, progress) -> _Pla
         error, held = _errors(layer, new, stats, name)
         setting = ", ".join(f"{k}={v}" for k, v in per_layer[name].items() if k != "threshold")
         plan.rows[name] = _row(name, layer, chosen.name, params_after=_params(new), relative_error=error,
-                               heldout_error=held, setting=setting, bits=getattr(new, "bits", None))
+                               heldout_error=held, setting=setting,
+                               bits=getattr(new.layer if isinstance(new, Padded) else new, "bits", None))
     return plan
 
 
-def _validate(chosen: Method, selected: dict[str, nn.Module], sizing: dict, settings: dict, rank, keep) -> None:
-    """Every setting against every selected layer, before any pass over data."""
+def _validate(chosen: Method, selected: dict[str, nn.Module], skipped: dict[str, str], explicit: set[str],
+              sizing: dict, settings: dict, rank, keep) -> None:
+    """Every setting against every selected layer, before any pass over data.
+
+    A layer of the default selection that a setting does not fit (say, a group size that does
+    not divide its width) is left dense with the reason; a layer named explicitly raises.
+    """
     if chosen.family == "lowrank":
         for key in ("keep", "energy", "budget"):
             if key in sizing:
@@ -241,12 +259,18 @@ def _validate(chosen: Method, selected: dict[str, nn.Module], sizing: dict, sett
             raise ValueError("scope='global' takes one sparsity for all layers, not a dict")
     if chosen.check is None:
         return
-    for name, layer in selected.items():
+    for name, layer in list(selected.items()):
         layer_settings = {k: v for k, v in _layer_settings(name, settings).items() if k != "scope"}
         try:
             chosen.check(plain_layer(layer), **layer_settings)
         except (ValueError, TypeError) as error:
-            raise type(error)(f"layer {name!r}: {error}") from None
+            if name in explicit or len(selected) == 1:
+                raise type(error)(f"layer {name!r}: {error}") from None
+            skipped[name] = str(error)
+            del selected[name]
+    if not selected:
+        first = next(iter(skipped.items()))
+        raise ValueError(f"no layer of the model fits these settings (layer {first[0]!r}: {first[1]})")
 
 
 def _check_samples(stats: LayerStats, selected: Iterable[str], rows: dict[str, LayerRow]) -> None:
@@ -298,6 +322,7 @@ def _apply(model: nn.Module, plan: _Plan, skipped: dict[str, str], method: str, 
     with all_or_nothing(model):
         for name, new in plan.replacements.items():
             new.train(modules[name].training)  # a replacement keeps its layer's train/eval mode
+            remember_original(new, modules[name])  # so a saved file records the architecture it came from
             replace_module(model, name, new)
         if batch is not None:
             _check_runs(model, batch)
@@ -372,7 +397,7 @@ def compress(
     explicit = _explicit(layers)
     selected, skipped = resolve_layers(model, layers, chosen.accepts, exclude)
     selected, skipped = _drop_unfactorable(chosen, selected, skipped, explicit)
-    _validate(chosen, selected, sizing, settings, rank, keep)
+    _validate(chosen, selected, skipped, explicit, sizing, settings, rank, keep)
     if stats is None and (data is not None or chosen.needs_stats):
         if data is None:
             raise ValueError(f"method {method!r} needs target data or precomputed stats (netcompress.collect)")
@@ -442,8 +467,11 @@ def _run_structural(model, layers, exclude, data, stats, chosen: Method, setting
     explicit = layers is not None and not (isinstance(layers, str) and layers.startswith("re:"))
     graph = plan_graph(model, [], example)[0]
     for name in list(selected):
-        if name in graph.blocked and not explicit:
-            skipped[name] = f"its units cannot be removed: {graph.blocked[name]}"
+        reason = graph.blocked.get(name)
+        if name not in graph.producers:
+            reason = "the traced graph never calls it as a layer"
+        if reason is not None and not explicit:
+            skipped[name] = f"its units cannot be removed: {reason}"
             del selected[name]
     if not selected:
         raise ValueError(f"no layer of the model can have its units removed by {chosen.name!r}")

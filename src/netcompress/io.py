@@ -88,13 +88,19 @@ def _check_record(record: object, source: str) -> dict:
     return record
 
 
-def _like(new: nn.Module, old: nn.Module) -> nn.Module:
-    """``new`` moved to the device and floating dtype of ``old`` (integer codes and masks keep their dtype)."""
-    tensors = [*old.parameters(), *old.buffers()]
-    floating = [t for t in tensors if t.is_floating_point()]
-    if floating:
-        return new.to(device=floating[0].device, dtype=floating[0].dtype)
-    return new.to(device=tensors[0].device) if tensors else new
+def _like(new: nn.Module, *olds: nn.Module) -> nn.Module:
+    """``new`` moved to the device and floating dtype of the first of ``olds`` that has tensors.
+
+    Integer codes and boolean masks keep their dtype.
+    """
+    for old in olds:
+        tensors = [*old.parameters(), *old.buffers()]
+        floating = [t for t in tensors if t.is_floating_point()]
+        if floating:
+            return new.to(device=floating[0].device, dtype=floating[0].dtype)
+        if tensors:
+            return new.to(device=tensors[0].device)
+    return new
 
 
 def _outermost(planned: dict[str, nn.Module], name: str) -> str | None:
@@ -109,6 +115,7 @@ def _plan(model: nn.Module, record: object, source: str) -> dict[str, nn.Module]
     if record["version"] >= 3:
         originals = _architecture.check(model, record.get("architecture"), source)
     planned: dict[str, nn.Module] = {}
+    replaced: dict[str, nn.Module] = {}  # the model's layer that each planned one replaces
     for name, entry in record["layers"].items():
         if not name:
             raise ValueError(f"{source} is corrupt: a layer has an empty name")
@@ -122,11 +129,12 @@ def _plan(model: nn.Module, record: object, source: str) -> dict[str, nn.Module]
                              "build the original architecture")
         if describe(current) == entry:
             continue
-        new = _like(build(entry, f"{source}, layer {name!r}"), current)
+        # A wrapper's placeholder child (say nn.Identity) holds no tensors: then the replaced layer decides.
+        new = _like(build(entry, f"{source}, layer {name!r}"), current, replaced.get(parent, current))
         if parent:
             replace_module(planned[parent], name[len(parent) + 1:], new)
         else:
-            planned[name] = new
+            planned[name], replaced[name] = new, current
     if originals is not None:  # a rebuilt layer knows exactly what it replaced, so a re-save records it exactly
         for name, new in planned.items():
             if name in originals:

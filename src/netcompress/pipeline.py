@@ -26,7 +26,6 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,7 +43,10 @@ __all__ = ["check_steps", "read_recipe", "run_pipeline"]
 MAX_RECIPE_BYTES = 1 << 20
 MAX_RECIPE_DEPTH = 32
 _SIZING = {"rank", "keep", "energy", "budget"}
-_SELECTION = {"layers", "exclude", "lam", "positions"}  # keywords of compress beside the method's settings
+# Keywords of compress beside the method's own settings (layers, exclude, lam, positions, holdout, …).
+_SELECTION = {k for k, p in inspect.signature(compress).parameters.items()
+              if p.kind is p.KEYWORD_ONLY and k not in _SIZING | {"stats", "method", "progress"}}
+_PROBE_INPUTS = 20_643_840  # 2^16·3^2·5·7 inputs: a probe layer that any usual group size divides
 _NOT_RECIPE = {"student", "data", "teacher", "loss", "progress", "checkpoint"}  # finetune arguments a recipe cannot give
 _DISTILL_KEYS = {"temperature", "alpha", "beta"}
 _TYPE_NAMES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
@@ -127,8 +129,27 @@ def _check_method_step(where: str, step: dict) -> None:
     for key, value in settings.items():
         annotation = parameters[key].annotation if key in parameters else inspect.Parameter.empty
         _check_value(where, key, value, None if annotation is inspect.Parameter.empty else _accepted(annotation))
-    if step.get("lam") is not None:
-        _check_value(where, "lam", step["lam"], (int, float))
+    keywords = inspect.signature(compress).parameters
+    for key in _SELECTION - {"layers", "exclude", "positions"}:
+        if step.get(key) is not None and keywords[key].annotation is not inspect.Parameter.empty:
+            _check_value(where, key, step[key], _accepted(keywords[key].annotation), per_layer=False)
+    _run_check(where, chosen, settings)
+
+
+def _run_check(where: str, chosen, settings: dict) -> None:
+    """The method's own settings check (ranges, choices), on a shape-less probe layer for layer methods."""
+    if chosen.check is None or any(isinstance(v, Mapping) for v in settings.values()):
+        return  # per-layer values are checked by compress, layer by layer, before its statistics pass
+    parameters = inspect.signature(chosen.check).parameters
+    given = {k: v for k, v in settings.items() if k in parameters}
+    missing = [k for k, p in parameters.items() if p.kind is p.KEYWORD_ONLY and p.default is p.empty and k not in given]
+    if missing:
+        raise ValueError(f"{where}: method {chosen.name!r} needs {', '.join(missing)}")
+    args = () if chosen.family == "structural" else (nn.Linear(_PROBE_INPUTS, 1, device="meta"),)
+    try:
+        chosen.check(*args, **given)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def _check_finetune_step(where: str, step: dict) -> None:

@@ -174,7 +174,7 @@ def _crop(image, short_side: int, left: int, top: int, size: int, flip: bool) ->
     width, height = image.size
     scale = short_side / min(width, height)
     resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))),
-                           Image.BILINEAR, reducing_gap=None)
+                           Image.Resampling.BILINEAR)
     w, h = resized.size
     left, top = min(left, w - size), min(top, h - size)
     crop = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
