@@ -215,3 +215,16 @@ def test_nothing_is_left_when_writing_fails(tmp_path):
     with pytest.raises(ValueError, match="does not store"):
         nc.save_compressed(model, tmp_path / "m.ncz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_compressed_never_replaces_a_file_it_did_not_write(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    model = nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="not a netcompress container"):
+        nc.save_compressed(model, notes)
+    assert notes.read_text() == "mine"
+    first = nc.save_compressed(model, tmp_path / "m.ncz")
+    assert nc.save_compressed(model, tmp_path / "m.ncz") == first  # its own file is replaced
+    nc.save_compressed(model, notes, overwrite=True)
+    assert notes.read_bytes().startswith(MAGIC)

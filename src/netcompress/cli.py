@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -219,7 +220,7 @@ def _compress(args: argparse.Namespace) -> None:
         nc.save(model, output, report, overwrite=args.force)
     else:
         with made_directories(ncz.parent), staged_file(ncz) as staged:
-            size = nc.save_compressed(model, staged)
+            size = nc.save_compressed(model, staged, overwrite=True)  # our own temporary file
             nc.save(model, output, report, overwrite=args.force)
     print(report)
     print(f"\nwrote {output}: {report.params_before:,} → {report.params_after:,} parameters in the compressed layers")
@@ -285,13 +286,19 @@ def _sentence(error: BaseException) -> str:
     return f"{type(error).__name__}: {first or 'no message'} (run with --debug for the traceback)"
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"netcompress: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status (0, or 2 on an error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     args = _parser().parse_args(argv)
     try:
-        {"compress": _compress, "report": _report, "demo": _demo}[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            {"compress": _compress, "report": _report, "demo": _demo}[args.command](args)
     except KeyboardInterrupt:
         print("netcompress: interrupted; nothing was written", file=sys.stderr)
         return 130

@@ -38,6 +38,7 @@ import math
 import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -158,8 +159,22 @@ def _masked_records(name: str, module: nn.Module, payload: _Payload) -> list[dic
     ]
 
 
-def save_compressed(model: nn.Module, path: str | os.PathLike) -> int:
+def _check_target(path: Path, overwrite: bool) -> None:
+    """Refuse to replace a file netcompress did not write (anything that is not an ``.ncz``)."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give save_compressed a file path such as model.ncz")
+    if path.exists() and not overwrite:
+        with open(path, "rb") as handle:
+            if handle.read(len(MAGIC)) != MAGIC:
+                raise ValueError(f"{path} exists and is not a netcompress container; choose another path, "
+                                 "or pass overwrite=True to replace it")
+
+
+def save_compressed(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = False) -> int:
     """Write ``model`` as an ``.ncz`` container and return the bytes written.
+
+    An existing ``.ncz`` at ``path`` is replaced; any other existing file is refused unless
+    ``overwrite=True``.
 
     Quantized layers store codes (sparse when pruned) beside their scales, zero points or
     codebooks; pruned float layers store their kept weights and relative indices; every other
@@ -167,6 +182,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike) -> int:
     dtype. ``load_compressed`` rebuilds exactly the same tensors, dtypes included. The file is
     written to a temporary name and renamed into place, so nothing is left when a check fails.
     """
+    _check_target(Path(path), overwrite)
     payload, records, handled = _Payload(), [], set()
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""

@@ -131,6 +131,7 @@ def _plan(model: nn.Module, record: object, source: str) -> dict[str, nn.Module]
             continue
         # A wrapper's placeholder child (say nn.Identity) holds no tensors: then the replaced layer decides.
         new = _like(build(entry, f"{source}, layer {name!r}"), current, replaced.get(parent, current))
+        new.train(current.training)  # a rebuilt layer keeps the train/eval mode of the one it replaces
         if parent:
             replace_module(planned[parent], name[len(parent) + 1:], new)
         else:
