@@ -29,14 +29,16 @@ def test_the_settings_cover_every_registered_method():
     assert set(SETTINGS) == set(nc.METHODS)
 
 
-def _compress(model, data, method):
+def _compress(model, data, method, **options):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # few samples: the held-out column is what the test reads
-        return nc.compress(model, data, method=method, positions=8, progress=False, **SETTINGS[method])
+        return nc.compress(model, data, method=method, positions=8, progress=False, **SETTINGS[method], **options)
 
 
 def _check_report(report, layers):
-    assert {r.name for r in report.rows} == set(layers), "every weight layer has a row"
+    names = {r.name for r in report.rows}
+    assert set(layers) <= names, "every weight layer has a row"
+    assert all("bn" in n for n in names - set(layers)), "extra rows only for BatchNorms resized by pruning"
     for row in report.rows:
         assert row.status in ("compressed", "left dense", "not selected")
         if row.status == "left dense":
@@ -96,7 +98,9 @@ def test_every_method_on_minilm(method, minilm, minilm_batches, tmp_path):
         return m(**heldout).last_hidden_state
 
     try:
-        report = _compress(model, calibration, method)
+        # The 30,522-row word table alone is 11.7 M weights: quantizing it is tested in
+        # test_quantize_minilm.py; here it is excluded to keep the suite fast.
+        report = _compress(model, calibration, method, exclude=["embeddings.word_embeddings"])
     except ValueError as error:
         assert nc.METHODS[method].family == "structural", error
         assert "trace" in str(error)
