@@ -230,6 +230,13 @@ def fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _write(results: dict) -> None:
+    RESULTS.parent.mkdir(exist_ok=True)
+    partial = RESULTS.with_suffix(".json.partial")
+    partial.write_text(json.dumps(results, indent=1) + "\n")
+    partial.replace(RESULTS)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer crops and sentences (a smoke run)")
@@ -238,7 +245,7 @@ def main() -> None:
     import netcompress as nc
 
     started = time.perf_counter()
-    results = {"models": {}, "positions": POSITIONS, "quick": args.quick}
+    results = {"models": {}, "positions": POSITIONS, "quick": args.quick, "complete": False}
     with tempfile.TemporaryDirectory() as tmp:
         for key in [args.only] if args.only else list(MODELS):
             title, _, fidelity = MODELS[key]
@@ -258,15 +265,16 @@ def main() -> None:
                               fmt(record.get("in_sample"), ".3f"), fmt(record.get("save_mb"), ".2f"),
                               fmt(record.get("ncz_mb"), ".2f"), fmt(record.get("seconds"), ".1f"),
                               fmt(record.get("peak_mb"), ".0f"), record.get("error") or ""])
+                results["models"][key] = {"title": title, "fidelity": fidelity, "rows": records}
+                _write(results)  # after every row, so that an interrupted run still leaves its figures
                 wall = record.get("wall_s", 0)
                 print(f"  {key}: {record['method']} {settings_text(settings)}: {wall:.0f} s", file=sys.stderr, flush=True)
             results["models"][key] = {"title": title, "fidelity": fidelity, "rows": records}
             print(f"\n{title}: held-out and in-sample {fidelity} against the uncompressed model")
             print_table(["method", "settings", "layers", "params", f"held-out {fidelity}", "in-sample",
                          "save MB", ".ncz MB", "time s", "peak MB", "error"], table)
-    results["seconds"] = time.perf_counter() - started
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    results.update(seconds=time.perf_counter() - started, complete=True)
+    _write(results)
     print(f"\n{results['seconds']:.0f} s in all; written to {RESULTS.relative_to(HERE)}")
 
 
