@@ -142,11 +142,11 @@ def run_one(model_key: str, method: str | None, settings: dict, data_path: str) 
             stats = nc.collect(model, batches, positions=POSITIONS, progress=False)
             row["seconds"] = time.perf_counter() - start
             row["layers"] = str(len(stats))
-            torch.save(stats, stats_path)
+            stats.save(stats_path)
             return row
         if method is not None:
-            # One statistics pass serves every configuration (our own file, hence weights_only=False).
-            stats = torch.load(stats_path, weights_only=False) if stats_path.exists() else None
+            # One statistics pass serves every configuration (safetensors: nothing is unpickled).
+            stats = nc.LayerStats.load(stats_path) if stats_path.exists() else None
             start = time.perf_counter()
             report = nc.compress(model, batches, stats=stats, method=method, positions=POSITIONS, progress=False,
                                  **settings)

@@ -122,3 +122,19 @@ def test_wide_inputs_accumulate_the_symmetric_gram_by_blocks():
     X = x.double().numpy()
     np.testing.assert_allclose(stats.gram.numpy(), X.T @ X, rtol=1e-10, atol=1e-10)
     assert torch.equal(stats.gram, stats.gram.T)
+
+
+def test_statistics_round_trip_through_safetensors(tmp_path):
+    net = SmallNet()
+    stats = nc.collect(net, torch.randn(10, 3, 8, 8), holdout=0.2, progress=False)
+    stats.save(tmp_path / "stats.safetensors")
+    again = nc.LayerStats.load(tmp_path / "stats.safetensors")
+    assert list(again) == list(stats) and again.skipped == stats.skipped
+    for part, other in ((stats, again), (stats.heldout, again.heldout)):
+        for name, m in part.items():
+            o = other[name]
+            assert (o.count, o.output_count, o.groups) == (m.count, m.output_count, m.groups)
+            assert torch.equal(o.gram, m.gram) and torch.equal(o.norm4, m.norm4)
+    (tmp_path / "other.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(Exception):
+        nc.LayerStats.load(tmp_path / "other.safetensors")

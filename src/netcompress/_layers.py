@@ -26,6 +26,7 @@ from torch import nn
 __all__ = [
     "Padded",
     "candidate_layers",
+    "explicit_names",
     "explicit_padding",
     "plain_layer",
     "progress_disabled",
@@ -216,6 +217,13 @@ def _match(modules: dict[str, nn.Module], requests: Iterable[str] | str, what: s
         else:
             raise ValueError(f"{what} names layer {request!r}, which the model does not have")
     return names
+
+
+def explicit_names(layers: Iterable[str] | str | None) -> set[str]:
+    """The layer names requested one by one (not by ``"re:"`` pattern)."""
+    if layers is None:
+        return set()
+    return {n for n in ([layers] if isinstance(layers, str) else list(layers)) if not n.startswith("re:")}
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

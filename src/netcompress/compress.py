@@ -24,7 +24,15 @@ import torch
 from torch import nn
 
 from ._architecture import remember_original
-from ._layers import Padded, explicit_padding, plain_layer, progress_disabled, replace_module, resolve_layers
+from ._layers import (
+    Padded,
+    explicit_names,
+    explicit_padding,
+    plain_layer,
+    progress_disabled,
+    replace_module,
+    resolve_layers,
+)
 from ._transaction import all_or_nothing, evaluating
 from .lowrank import Factorization, LowRankConv2d, LowRankLinear, check_lam, check_shrinkage, layer_matrix
 from .plan import (
@@ -40,7 +48,7 @@ from .prune_units import needed_layers, plan_graph
 from .registry import METHODS, Method
 from .registry import method as _method
 from .report import LayerRow, Report
-from .stats import LayerStats, Moments, batch_input, call_model, collect, model_device_dtype, relative_output_error
+from .stats import LayerStats, Moments, call_model, collect, model_device_dtype, model_input, relative_output_error
 
 __all__ = ["METHODS", "compress", "sweep"]
 
@@ -394,7 +402,7 @@ def compress(
         layers = list(by_layer[0]) if by_layer else None
     if chosen.family == "structural":
         return _run_structural(model, layers, exclude, data, stats, chosen, settings, positions, progress)
-    explicit = _explicit(layers)
+    explicit = explicit_names(layers)
     selected, skipped = resolve_layers(model, layers, chosen.accepts, exclude)
     selected, skipped = _drop_unfactorable(chosen, selected, skipped, explicit)
     _validate(chosen, selected, skipped, explicit, sizing, settings, rank, keep)
@@ -423,13 +431,6 @@ def compress(
     return _apply(model, plan, skipped, chosen.name, data)
 
 
-def _explicit(layers) -> set[str]:
-    """The layer names requested one by one (not by pattern)."""
-    if layers is None:
-        return set()
-    return {n for n in ([layers] if isinstance(layers, str) else list(layers)) if not n.startswith("re:")}
-
-
 def _drop_unfactorable(chosen: Method, selected: dict, skipped: dict, explicit: set[str]) -> tuple[dict, dict]:
     """Low rank leaves grouped convolutions dense: their weight is not one matrix."""
     if chosen.family != "lowrank":
@@ -450,10 +451,7 @@ def _drop_unfactorable(chosen: Method, selected: dict, skipped: dict, explicit: 
 def _example_input(batches: list, model: nn.Module):
     if not batches:
         raise ValueError("data yielded no batches; structured pruning needs target data")
-    example = batch_input(batches[0])
-    device, dtype = model_device_dtype(model)
-    move = lambda t: t.to(device, dtype if t.is_floating_point() else t.dtype) if isinstance(t, torch.Tensor) else t  # noqa: E731
-    return {k: move(v) for k, v in example.items()} if isinstance(example, Mapping) else move(example)
+    return model_input(batches[0], *model_device_dtype(model))
 
 
 def _run_structural(model, layers, exclude, data, stats, chosen: Method, settings, positions, progress) -> Report:
@@ -464,13 +462,13 @@ def _run_structural(model, layers, exclude, data, stats, chosen: Method, setting
     selected, skipped = resolve_layers(model, layers, chosen.accepts, exclude)
     batches = [data] if isinstance(data, torch.Tensor) else list(data)
     example = _example_input(batches, model)
-    explicit = layers is not None and not (isinstance(layers, str) and layers.startswith("re:"))
+    explicit = explicit_names(layers)
     graph = plan_graph(model, [], example)[0]
     for name in list(selected):
         reason = graph.blocked.get(name)
         if name not in graph.producers:
             reason = "the traced graph never calls it as a layer"
-        if reason is not None and not explicit:
+        if reason is not None and name not in explicit:
             skipped[name] = f"its units cannot be removed: {reason}"
             del selected[name]
     if not selected:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import explicit_padding, progress_disabled, resolve_layers
+from ._layers import explicit_names, explicit_padding, progress_disabled, resolve_layers
 from ._transaction import evaluating
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "input_columns",
     "input_matrix",
     "model_device_dtype",
+    "model_input",
     "relative_output_error",
 ]
 
@@ -168,6 +169,50 @@ class LayerStats(Mapping[str, Moments]):
     def __len__(self) -> int:
         return len(self.layers)
 
+    def save(self, path) -> None:
+        """Write the statistics (held-out part included) as one safetensors file, to reuse a pass over data."""
+        import json
+
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for part, stats in (("fit", self), ("heldout", self.heldout)):
+            for name, m in (stats.layers.items() if stats is not None else ()):
+                for field_name in _TENSOR_FIELDS:
+                    tensors[f"{part}/{name}/{field_name}"] = getattr(m, field_name).detach().cpu().contiguous()
+                tensors[f"{part}/{name}/counts"] = torch.tensor([m.count, m.output_count, m.groups])
+        save_file(tensors, str(path), metadata={"format": "netcompress.stats", "skipped": json.dumps(self.skipped)})
+
+    @classmethod
+    def load(cls, path) -> LayerStats:
+        """Statistics written by :meth:`save` (safetensors: nothing is unpickled)."""
+        import json
+
+        from safetensors import safe_open
+
+        parts: dict[str, dict[str, dict[str, torch.Tensor]]] = {"fit": {}, "heldout": {}}
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != "netcompress.stats":
+                raise ValueError(f"{path} is not a statistics file written by LayerStats.save")
+            for key in handle.keys():
+                part, rest = key.split("/", 1)
+                name, field_name = rest.rsplit("/", 1)
+                parts.setdefault(part, {}).setdefault(name, {})[field_name] = handle.get_tensor(key)
+
+        def moments(fields: dict[str, torch.Tensor]) -> Moments:
+            count, output_count, groups = (int(v) for v in fields.pop("counts"))
+            return Moments(**fields, count=count, output_count=output_count, groups=groups)
+
+        stats = cls({name: moments(f) for name, f in parts["fit"].items()},
+                    skipped=json.loads(metadata.get("skipped", "{}")))
+        if parts["heldout"]:
+            stats.heldout = cls({name: moments(f) for name, f in parts["heldout"].items()})
+        return stats
+
+
+_TENSOR_FIELDS = ("gram", "input_sum", "positive_count", "response_sum", "response_max", "norm4")
+
 
 def input_matrix(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's input as a (samples, features) matrix: rows of a Linear, im2col patches of a Conv2d.
@@ -247,7 +292,7 @@ class _Recorder:
         m = self.target
         device = rows.device
         if m.gram.device != device:
-            for attr in ("gram", "input_sum", "positive_count", "response_sum", "response_max", "norm4"):
+            for attr in _TENSOR_FIELDS:
                 setattr(m, attr, getattr(m, attr).to(device))
         _add_gram(m.gram, rows, m.groups)
         m.input_sum += rows.sum(0)
@@ -353,8 +398,8 @@ def _take(batch, index: torch.Tensor):
     return first.index_select(0, index.to(first.device))
 
 
-def call_model(model: nn.Module, batch, device: torch.device, dtype: torch.dtype):
-    """Run ``model`` on a batch's input, moved to the model's device and float dtype."""
+def model_input(batch, device: torch.device, dtype: torch.dtype):
+    """A batch's input moved to the model's device, floating tensors cast to its dtype (every value of a dict)."""
     def move(t):
         if isinstance(t, torch.Tensor):
             t = t.to(device)
@@ -362,9 +407,13 @@ def call_model(model: nn.Module, batch, device: torch.device, dtype: torch.dtype
         return t
 
     batch = batch_input(batch)
-    if isinstance(batch, Mapping):
-        return model(**{k: move(v) for k, v in batch.items()})
-    return model(move(batch))
+    return {k: move(v) for k, v in batch.items()} if isinstance(batch, Mapping) else move(batch)
+
+
+def call_model(model: nn.Module, batch, device: torch.device, dtype: torch.dtype):
+    """Run ``model`` on a batch's input, moved to the model's device and float dtype."""
+    inputs = model_input(batch, device, dtype)
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -476,10 +525,10 @@ def collect(
             for moments in part.values():
                 _mirror_lower(moments.gram)
             _all_reduce(part)
+    explicit = explicit_names(layers)
     for name in list(stats.layers):
         if stats.layers[name].count == 0:
-            if layers is not None and not (isinstance(layers, str) and layers.startswith("re:")) and name in (
-                    [layers] if isinstance(layers, str) else list(layers)):
+            if name in explicit:
                 raise ValueError(
                     f"layer {name!r} saw no samples ({batches} batches of data); "
                     "pass non-empty target data that reaches this layer"
