@@ -138,6 +138,28 @@ def test_error_curve_equals_the_measured_output_error(name):
     assert f.output_energy == pytest.approx(np.linalg.norm(Y) ** 2, rel=1e-10)
 
 
+@pytest.mark.parametrize("name", ["svd", "svd_bc", "dalr", "dalr_bc"])
+def test_heldout_error_curve_equals_the_error_measured_on_new_samples(name):
+    # Fit on one sample, measure on another: the curve must match the factors applied to the new
+    # inputs directly (with bias compensation, the bias keeps the *fitted* mean).
+    layer = _layer(15, 11)
+    fit, new = correlated_inputs(40, 11, seed=1), correlated_inputs(70, 11, seed=2) + 0.3
+    f = getattr(nc, name)(layer, _stats(layer, fit), 11)
+    X = new.numpy().T
+    Y = layer.weight.detach().numpy() @ X + layer.bias.detach().numpy()[:, None]
+    curve = f.relative_error_on(_stats(layer, new)).numpy()
+    for k in range(0, 12):
+        A, B, bias = f.factors(max(k, 1))
+        measured = np.linalg.norm(Y - _outputs(A[:, :k], B[:k], bias if k else _bias_at_rank_zero(f), X)) ** 2
+        assert curve[k] == pytest.approx(measured / np.linalg.norm(Y) ** 2, rel=1e-6, abs=1e-9)
+
+
+def _bias_at_rank_zero(f):
+    """Rank 0 predicts the (compensated) bias alone: ``b + W x̄`` with bias compensation, else ``b``."""
+    b = f.bias if f.bias is not None else torch.zeros(f.weight.shape[0], dtype=torch.float64)
+    return b + f.weight @ f.moments.mean_input if f.compensate_bias else b
+
+
 @pytest.mark.parametrize("method", [nc.svd, nc.dalr])
 def test_conv_factorization_equals_the_conv_at_full_rank(method):
     torch.manual_seed(0)

@@ -136,5 +136,5 @@ def test_statistics_round_trip_through_safetensors(tmp_path):
             assert (o.count, o.output_count, o.groups) == (m.count, m.output_count, m.groups)
             assert torch.equal(o.gram, m.gram) and torch.equal(o.norm4, m.norm4)
     (tmp_path / "other.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="not a statistics file"):
         nc.LayerStats.load(tmp_path / "other.safetensors")

@@ -85,8 +85,19 @@ def _initial_rank(name: str, layer: nn.Module, rank, keep: float | None) -> int:
     return useful_rank_limit(out_features, in_features)
 
 
-def _curve(f: Factorization) -> LayerCurve:
-    relative = f.output_error() / f.output_energy if f.output_energy > 0 else torch.zeros(f.max_rank + 1)
+def _curve(f: Factorization, heldout: Moments | None = None) -> LayerCurve:
+    """The layer's relative error for every rank: on held-out samples where there are some.
+
+    Ranks are sized on data the factorization did not fit: on the fitted samples a data-aware
+    method's error looks smaller than it will be on new target data, and a budget spent on
+    those in-sample curves goes to the layers that overfit most.
+    """
+    if heldout is not None and heldout.count > 0:
+        relative = f.relative_error_on(heldout)
+    elif f.output_energy > 0:
+        relative = f.output_error() / f.output_energy
+    else:
+        relative = torch.zeros(f.max_rank + 1)
     out_features, in_features = f.weight.shape
     return LayerCurve(relative.cpu(), in_features + out_features, f.params_after(0), f.params_before())
 
@@ -189,11 +200,13 @@ def _plan_lowrank(selected, stats, chosen: Method, sizing: dict, settings, progr
         except ValueError as error:
             raise ValueError(f"layer {name!r}: {error}") from None
         ranks[name] = request
+    heldout = stats.heldout.layers if stats.heldout is not None else {}
+    curves = {name: _curve(f, heldout.get(name)) for name, f in factorizations.items()} if energy or budget else {}
     if energy is not None:
-        for name, f in factorizations.items():
-            ranks[name] = rank_for_energy(_curve(f).relative_error, energy)
+        for name, curve in curves.items():
+            ranks[name] = rank_for_energy(curve.relative_error, energy)
     elif budget is not None:
-        ranks = allocate_budget({name: _curve(f) for name, f in factorizations.items()}, budget)
+        ranks = allocate_budget(curves, budget)
     plan = _Plan()
     for name, f in factorizations.items():
         layer, k = selected[name], ranks[name]

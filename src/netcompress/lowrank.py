@@ -185,11 +185,11 @@ class Factorization:
             self._errors = self._output_error()
         return self._errors
 
-    def _output_error(self) -> torch.Tensor:
+    def _output_error(self, Q: torch.Tensor | None = None) -> torch.Tensor:
         # Summed from the full computed rank backwards, starting from the error measured
         # directly there: a forward cumulative sum from tr(WQWᵀ) loses the small errors of
         # high ranks to cancellation.
-        Q = self.Q
+        Q = self.Q if Q is None else Q
         BQ = self.B @ Q
         cross = ((self.A.T @ self.weight) * BQ).sum(1)
         own = self.A.pow(2).sum(0) * (self.B * BQ).sum(1)
@@ -198,6 +198,26 @@ class Factorization:
         gains = 2 * cross - own
         tail = torch.cat([gains.flip(0).cumsum(0).flip(0), torch.zeros_like(last)])
         return (tail + last).clamp_min(0)
+
+    def relative_error_on(self, moments: Moments) -> torch.Tensor:
+        """``||Y − Ŷ_k||² / ||Y||²`` for ``k = 0 … max_rank`` on other samples, e.g. held-out ones.
+
+        Nothing is refitted: the factors (and, with bias compensation, the bias computed from
+        the fitted mean ``x̄``) are those of this factorization, so ``Ŷ_k − Y = D_k (x − c)``
+        with ``c = x̄`` or 0, and the error is ``tr(D_k G_c D_kᵀ)``, ``G_c = Σ(x − c)(x − c)ᵀ``.
+        """
+        moments = _on(moments, self.weight.device)
+        _check_moments(self.weight, moments)
+        G = moments.gram
+        if self.compensate_bias:
+            c, s = self.moments.mean_input, moments.input_sum
+            G = G - torch.outer(c, s) - torch.outer(s, c) + moments.count * torch.outer(c, c)
+        W, b = self.weight, self.bias
+        energy = float((W @ moments.gram * W).sum())
+        if b is not None:
+            energy += 2 * float(b @ (W @ moments.input_sum)) + moments.count * float(b @ b)
+        errors = self._output_error(G)
+        return errors / energy if energy > 0 else torch.zeros_like(errors)
 
     def relative_error(self, rank: int) -> float:
         """``||Y − Ŷ||_F / ||Y||_F`` on the target statistics (``Y`` includes the bias)."""
