@@ -31,9 +31,9 @@ def trained(network: str, seed: int = 0):
     """
     import torch
 
-    from netcompress.data import mnist, uci_digits
-    from netcompress.models import LeNet5, WideMLP
-    from netcompress.train import finetune
+    from netcompress.distill.finetune import finetune
+    from netcompress.prototype.data import mnist, uci_digits
+    from netcompress.prototype.models import LeNet5, WideMLP
 
     torch.manual_seed(seed)
     if network == "lenet5":

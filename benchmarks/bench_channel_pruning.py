@@ -12,7 +12,7 @@ import copy
 import netcompress as nc
 from _common import print_table, trained
 from bench_inference import multiply_adds
-from netcompress.train import accuracy
+from netcompress.distill.finetune import accuracy
 
 
 def main() -> None:

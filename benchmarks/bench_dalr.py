@@ -15,7 +15,7 @@ from torch import nn
 
 import netcompress as nc
 from _common import best_time, print_table
-from netcompress.lowrank import DEFAULT_LAM
+from netcompress.lowrank.methods import DEFAULT_LAM
 
 
 def inputs(samples: int, features: int, seed: int = 0) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 
 import netcompress as nc
 from _common import print_table
-from netcompress.models import WideMLP
+from netcompress.prototype.models import WideMLP
 
 
 def multiply_adds(model: nn.Module, example: torch.Tensor) -> int:

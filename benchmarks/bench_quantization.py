@@ -12,7 +12,7 @@ import copy
 
 import netcompress as nc
 from _common import print_table, trained
-from netcompress.train import accuracy
+from netcompress.distill.finetune import accuracy
 
 GRANULARITIES = [("tensor", None), ("group", 64), ("group", 16), ("group", 4), ("channel", None)]
 

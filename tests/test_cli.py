@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 import netcompress as nc
-from netcompress.cli import main
-from netcompress.models import WideMLP
+from netcompress.cli.main import main
+from netcompress.prototype.models import WideMLP
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def _factory_args(tmp_path, *extra):
 @pytest.fixture(autouse=True)
 def _factory_module(tmp_path, monkeypatch):
     (tmp_path / "tests_factory.py").write_text(
-        "from netcompress.models import WideMLP\n\ndef small_mlp():\n    return WideMLP(width=64)\n"
+        "from netcompress.prototype.models import WideMLP\n\ndef small_mlp():\n    return WideMLP(width=64)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
 

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import netcompress as nc
-from netcompress.cli import main
+from netcompress.cli.main import main
 
 FACTORY = "from torch import nn\n\n" \
           "def build():\n    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), " \
@@ -149,7 +149,7 @@ def test_image_folders_are_normalised_like_the_api(work, capsys):
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     assert main(["compress", "--model", "mynet:build", "--weights", "w.safetensors", "--data", "photos",
                  "--preset", "imagenet", "--method", "dalr", "--rank", "3", "-o", "out"]) == 0
-    from netcompress.inputs import normalize, read_data
+    from netcompress.cli.inputs import normalize, read_data
 
     x = normalize(read_data(folder), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert abs(float(x.mean())) < 1.0 and float(x.std()) > 1.0  # really normalised, not in [0, 1]

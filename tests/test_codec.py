@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from netcompress.codec import (
+from netcompress.storage.codec import (
     MAX_CODE_LENGTH,
     absolute_positions,
     code_lengths,
@@ -76,7 +76,7 @@ def test_relative_indices_follow_the_papers_figure_2():
 
 
 def test_decoders_work_across_chunks_and_refuse_lying_streams(monkeypatch):
-    import netcompress.codec as codec
+    import netcompress.storage.codec as codec
 
     monkeypatch.setattr(codec, "CHUNK_BITS", 64)  # many chunks, code words straddling their borders
     rng = np.random.default_rng(2)

@@ -11,8 +11,9 @@ from torch import nn
 
 import netcompress as nc
 from conftest import SmallNet
-from netcompress.container import MAGIC, VERSION, format_storage_table
-from netcompress.quantize import uniform
+from netcompress.quantize.methods import uniform
+from netcompress.storage.container import MAGIC, VERSION
+from netcompress.storage.tables import format_storage_table
 
 GROUPS = {"conv1": 9, "conv2": 8, "fc1": 32, "fc2": 8}  # a divisor of each layer's inputs per row
 PIPELINES = {

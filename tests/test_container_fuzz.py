@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(r"""
     import torch
     from torch import nn
     import netcompress as nc
-    from netcompress.container import MAGIC, VERSION
+    from netcompress.storage._header import MAGIC, VERSION
 
     torch.manual_seed(0)
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from netcompress.data import mnist, uci_digits
-from netcompress.experiments.domain_transfer import run
+from netcompress.prototype.data import mnist, uci_digits
+from netcompress.prototype.experiments.domain_transfer import run
 
 
 def test_real_datasets_load():

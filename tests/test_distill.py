@@ -10,7 +10,7 @@ from torch import nn
 
 import netcompress as nc
 from conftest import SmallNet
-from netcompress import distill
+from netcompress.distill import losses as distill
 
 
 def _softmax(z, axis=-1):
@@ -175,14 +175,14 @@ def test_codistilled_models_agree_more_than_independently_trained_ones():
     def pair(burn_in):
         torch.manual_seed(0)
         models = [SmallNet(), SmallNet()]
-        nc.train.codistill(models, (x, y), epochs=6, lr=1e-2, burn_in_epochs=burn_in, weight=2.0, batch_size=16,
+        nc.distill.codistill(models, (x, y), epochs=6, lr=1e-2, burn_in_epochs=burn_in, weight=2.0, batch_size=16,
                            progress=False)
         outs = [m(x).detach() for m in models]
         return (F.softmax(outs[0], 1) - F.softmax(outs[1], 1)).abs().mean().item()
 
     assert pair(burn_in=1) < pair(burn_in=6)  # burn-in for the whole run = independent training
     with pytest.raises(ValueError, match="at least two models"):
-        nc.train.codistill([SmallNet()], (x, y), epochs=1, lr=1e-3)
+        nc.distill.codistill([SmallNet()], (x, y), epochs=1, lr=1e-3)
 
 
 def test_recipes_can_distil_from_the_uncompressed_network():

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from netcompress.data import uci_digits
-from netcompress.inputs import batches, read_data
+from netcompress.cli.inputs import batches, read_data
+from netcompress.prototype.data import uci_digits
 
 
 def test_folder_of_real_digit_images(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from netcompress.lowbit import fit_codebooks, quantize_low_bit, shared_grid
+from netcompress.quantize.lowbit import fit_codebooks, quantize_low_bit, shared_grid
 
 
 def test_independent_stage_solves_the_layerwise_least_squares():

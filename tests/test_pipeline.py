@@ -6,11 +6,11 @@ import torch
 
 import netcompress as nc
 from conftest import SmallNet
-from netcompress.cli import main
-from netcompress.data import mnist
-from netcompress.experiments.deep_compression import run as deep_compression
-from netcompress.models import LeNet300100
-from netcompress.train import accuracy
+from netcompress.cli.main import main
+from netcompress.distill.finetune import accuracy
+from netcompress.prototype.data import mnist
+from netcompress.prototype.experiments.deep_compression import run as deep_compression
+from netcompress.prototype.models import LeNet300100
 
 RECIPE = """
 steps:

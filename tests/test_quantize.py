@@ -8,17 +8,9 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from netcompress.modules import build, describe
-from netcompress.quantize import (
-    CLIP_FRACTIONS,
-    QuantizedEmbedding,
-    binary,
-    check_uniform,
-    clip_weights,
-    kmeans,
-    ternary,
-    uniform,
-)
+from netcompress.quantize.methods import CLIP_FRACTIONS, binary, check_uniform, clip_weights, kmeans, ternary, uniform
+from netcompress.quantize.modules import QuantizedEmbedding
+from netcompress.storage.manifest import build, describe
 
 
 def _layer(out=12, inp=20, seed=0):
@@ -182,7 +174,7 @@ def _ref_kmeans(values: np.ndarray, k: int, iterations: int) -> np.ndarray:
 
 
 def test_kmeans_matches_lloyd_and_shares_weights():
-    from netcompress.quantize import KMEANS_ITERATIONS
+    from netcompress.quantize.methods import KMEANS_ITERATIONS
 
     layer = _layer(30, 40)
     q = kmeans(layer, bits=3, init="linear")

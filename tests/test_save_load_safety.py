@@ -9,7 +9,7 @@ from torch import nn
 
 import netcompress as nc
 from conftest import SmallNet
-from netcompress.io import check_save_target
+from netcompress.storage.io import check_save_target
 
 
 def _tree(folder):
@@ -102,7 +102,7 @@ def test_a_save_that_fails_leaves_an_earlier_output_byte_identical(compressed, t
         open(path, "wb").write(b"half")  # a partial write into the temporary file
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("netcompress.io.save_file", disk_full)
+    monkeypatch.setattr("netcompress.storage.io.save_file", disk_full)
     with pytest.raises(OSError, match="No space left"):
         nc.save(model, out)
     assert _tree(tmp_path) == before

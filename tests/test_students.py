@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from netcompress.experiments.distillation import low_bit
-from netcompress.models import CompactNet, InvertedResidual, LeNet5, depthwise_separable
+from netcompress.prototype.experiments.distillation import low_bit
+from netcompress.prototype.models import CompactNet, InvertedResidual, LeNet5, depthwise_separable
 
 
 @pytest.mark.parametrize("block", ["inverted", "separable"])

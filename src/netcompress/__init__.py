@@ -12,19 +12,25 @@ The public surface (everything else is an implementation detail)::
     netcompress.save_compressed(model, "model.ncz")                  # Huffman-coded container
 """
 
-from ._layers import Padded
-from .compress import METHODS, compress, sweep
-from .container import load_compressed, save_compressed, storage_table
-from .io import load, read_report, save
-from .lowrank import Factorization, LowRankConv2d, LowRankLinear, dalr, dalr_bc, svd, svd_bc
-from .pipeline import read_recipe, run_pipeline
-from .prune import MaskedConv2d, MaskedLinear
-from .quantize import QuantizedConv2d, QuantizedLinear
-from .report import LayerRow, Report
-from .stats import LayerStats, Moments, collect, relative_output_error
-from .train import finetune
+from netcompress import _compat
+from netcompress._layers import Padded
+from netcompress.compress import METHODS, compress, sweep
+from netcompress.distill.finetune import finetune
+from netcompress.lowrank.methods import Factorization, dalr, dalr_bc, svd, svd_bc
+from netcompress.lowrank.modules import LowRankConv2d, LowRankLinear
+from netcompress.moments import Moments, relative_output_error
+from netcompress.pipeline import read_recipe, run_pipeline
+from netcompress.prune.modules import MaskedConv2d, MaskedLinear
+from netcompress.quantize.modules import QuantizedConv2d, QuantizedLinear
+from netcompress.report import LayerRow, Report
+from netcompress.stats import LayerStats, collect
+from netcompress.storage.container import load_compressed, save_compressed
+from netcompress.storage.io import load, read_report, save
+from netcompress.storage.tables import storage_table
 
 __version__ = "0.1.0"
+
+_compat.install()
 
 __all__ = [
     "METHODS",

@@ -76,9 +76,9 @@ def explicit_padding(module: nn.Module) -> tuple[tuple[int, int, int, int], str]
 
 
 def _own_types() -> tuple[type[nn.Module], ...]:
-    from .lowrank import LowRankConv2d, LowRankLinear
-    from .prune import MaskedConv2d, MaskedLinear
-    from .quantize import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
+    from netcompress.lowrank.modules import LowRankConv2d, LowRankLinear
+    from netcompress.prune.modules import MaskedConv2d, MaskedLinear
+    from netcompress.quantize.modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
 
     return (LowRankLinear, LowRankConv2d, MaskedLinear, MaskedConv2d, QuantizedLinear, QuantizedConv2d,
             QuantizedEmbedding, Padded)

@@ -23,8 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from ._architecture import remember_original
-from ._layers import (
+from netcompress._layers import (
     Padded,
     explicit_names,
     explicit_padding,
@@ -33,9 +32,11 @@ from ._layers import (
     replace_module,
     resolve_layers,
 )
-from ._transaction import all_or_nothing, evaluating
-from .lowrank import Factorization, LowRankConv2d, LowRankLinear, check_lam, check_shrinkage, layer_matrix
-from .plan import (
+from netcompress._tensors import call_model, model_device_dtype, model_input
+from netcompress._transaction import all_or_nothing, evaluating
+from netcompress.lowrank.methods import Factorization, check_lam, check_shrinkage, layer_matrix
+from netcompress.lowrank.modules import LowRankConv2d, LowRankLinear
+from netcompress.lowrank.plan import (
     LayerCurve,
     allocate_budget,
     check_fraction,
@@ -43,12 +44,14 @@ from .plan import (
     rank_for_keep,
     useful_rank_limit,
 )
-from .prune import global_threshold
-from .prune_units import needed_layers, plan_graph
-from .registry import METHODS, Method
-from .registry import method as _method
-from .report import LayerRow, Report
-from .stats import LayerStats, Moments, call_model, collect, model_device_dtype, model_input, relative_output_error
+from netcompress.moments import Moments, relative_output_error
+from netcompress.prune.structured import needed_layers, plan_graph
+from netcompress.prune.unstructured import global_threshold
+from netcompress.registry import METHODS, Method
+from netcompress.registry import method as _method
+from netcompress.report import LayerRow, Report
+from netcompress.stats import LayerStats, collect
+from netcompress.storage._architecture import remember_original
 
 __all__ = ["METHODS", "compress", "sweep"]
 

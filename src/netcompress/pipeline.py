@@ -30,13 +30,13 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ._transaction import all_or_nothing
-from .compress import compress
-from .distill import Logits
-from .registry import METHODS
-from .registry import method as _method
-from .report import Report
-from .train import finetune
+from netcompress._transaction import all_or_nothing
+from netcompress.compress import compress
+from netcompress.distill.finetune import finetune
+from netcompress.distill.losses import Logits
+from netcompress.registry import METHODS
+from netcompress.registry import method as _method
+from netcompress.report import Report
 
 __all__ = ["check_steps", "read_recipe", "run_pipeline"]
 

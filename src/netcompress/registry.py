@@ -17,10 +17,20 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .lowrank import dalr, dalr_bc, svd, svd_bc
-from .prune import MaskedConv2d, MaskedLinear, check_magnitude, magnitude
-from .prune_units import activation, channel, check_activation, check_channel
-from .quantize import binary, check_binary, check_kmeans, check_ternary, check_uniform, kmeans, ternary, uniform
+from netcompress.lowrank.methods import dalr, dalr_bc, svd, svd_bc
+from netcompress.prune.modules import MaskedConv2d, MaskedLinear
+from netcompress.prune.structured import activation, channel, check_activation, check_channel
+from netcompress.prune.unstructured import check_magnitude, magnitude
+from netcompress.quantize.methods import (
+    binary,
+    check_binary,
+    check_kmeans,
+    check_ternary,
+    check_uniform,
+    kmeans,
+    ternary,
+    uniform,
+)
 
 __all__ = ["METHODS", "Method", "register", "method"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from ._text import text_table
+from netcompress._text import text_table
 
 __all__ = ["LayerRow", "Report"]
 

@@ -14,130 +14,33 @@ image is one sample of the patch vector (``in_channels·kh·kw`` long).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ._layers import explicit_names, explicit_padding, progress_disabled, resolve_layers
-from ._transaction import evaluating
+from netcompress._layers import explicit_names, progress_disabled, resolve_layers
+from netcompress._tensors import (
+    _output_matrix,
+    _take,
+    batch_input,
+    batch_size,
+    call_model,
+    input_matrix,
+    model_device_dtype,
+)
+from netcompress._transaction import evaluating
+from netcompress.moments import Moments
 
 __all__ = [
+    "CHUNK_ELEMENTS",
     "LayerStats",
-    "Moments",
-    "batch_input",
-    "batch_size",
-    "call_model",
+    "SYMMETRIC_BLOCKS_FROM",
     "collect",
-    "input_columns",
-    "input_matrix",
-    "model_device_dtype",
-    "model_input",
-    "relative_output_error",
 ]
 
 
-@dataclass
-class Moments:
-    """Streaming statistics of one layer on the target data.
-
-    ``gram`` is ``Σ x xᵀ`` over all samples (float64), ``input_sum`` is ``Σ x``
-    and ``count`` the number of samples; ``norm4`` is ``Σ ||x||⁴``, which gives the
-    Ledoit–Wolf shrinkage of ``XXᵀ`` when samples are few. A grouped convolution
-    (``groups > 1``) reads only its group's inputs, so its ``gram`` holds one block per
-    group, shape ``(groups, f, f)``, never a dense matrix across groups.
-    Output statistics are taken after a ReLU: ``positive_count[j]`` counts samples
-    where unit ``j`` responds, ``response_sum``/``response_max`` are the sum and max of
-    ``relu(y_j)``.
-    """
-
-    gram: torch.Tensor
-    input_sum: torch.Tensor
-    count: int
-    positive_count: torch.Tensor
-    response_sum: torch.Tensor
-    response_max: torch.Tensor
-    output_count: int = 0
-    norm4: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
-    groups: int = 1
-
-    @classmethod
-    def empty(cls, in_features: int, out_features: int, groups: int = 1) -> Moments:
-        f64 = torch.float64
-        per_group = in_features // groups
-        shape = (per_group, per_group) if groups == 1 else (groups, per_group, per_group)
-        return cls(
-            gram=torch.zeros(shape, dtype=f64),
-            input_sum=torch.zeros(in_features, dtype=f64),
-            count=0,
-            positive_count=torch.zeros(out_features, dtype=f64),
-            response_sum=torch.zeros(out_features, dtype=f64),
-            response_max=torch.zeros(out_features, dtype=f64),
-            groups=groups,
-        )
-
-    @property
-    def features(self) -> int:
-        """The length of one input sample (all groups together)."""
-        return self.input_sum.shape[0]
-
-    @property
-    def mean_input(self) -> torch.Tensor:
-        """``x̄``, the mean input (used by bias compensation)."""
-        return self.input_sum / max(self.count, 1)
-
-    @property
-    def centered_gram(self) -> torch.Tensor:
-        """``Σ (x - x̄)(x - x̄)ᵀ``: the scatter matrix around the mean input (per group when grouped)."""
-        mean = self.mean_input.reshape(self.groups, -1)
-        outer = mean[:, :, None] * mean[:, None, :]
-        return self.gram - self.count * (outer[0] if self.groups == 1 else outer)
-
-    @property
-    def input_energy(self) -> torch.Tensor:
-        """``Σ x_i²`` per input feature, a flat vector over the layer's whole (im2col) input."""
-        return self.gram.diagonal(dim1=-2, dim2=-1).reshape(-1)
-
-    @property
-    def activation_rate(self) -> torch.Tensor:
-        """Fraction of samples in which each output unit has a non-zero ReLU response."""
-        return self.positive_count / max(self.output_count, 1)
-
-    @property
-    def mean_response(self) -> torch.Tensor:
-        return self.response_sum / max(self.output_count, 1)
-
-    @property
-    def max_response(self) -> torch.Tensor:
-        return self.response_max
-
-    def times_gram(self, matrix: torch.Tensor) -> torch.Tensor:
-        """``M · XXᵀ`` for an (out, features-per-row) weight-like matrix, group by group when grouped."""
-        if self.groups == 1:
-            return matrix @ self.gram
-        out = matrix.shape[0]
-        return (matrix.reshape(self.groups, out // self.groups, -1) @ self.gram).reshape(out, -1)
-
-    def times_sum(self, matrix: torch.Tensor) -> torch.Tensor:
-        """``M · Σx`` per row, each row reading its own group's inputs."""
-        if self.groups == 1:
-            return matrix @ self.input_sum
-        out = matrix.shape[0]
-        sums = self.input_sum.reshape(self.groups, -1, 1)
-        return (matrix.reshape(self.groups, out // self.groups, -1) @ sums).reshape(out)
-
-    def _tensors(self) -> list[tuple[torch.Tensor, str]]:
-        return [
-            (self.gram, "sum"),
-            (self.input_sum, "sum"),
-            (self.positive_count, "sum"),
-            (self.response_sum, "sum"),
-            (self.response_max, "max"),
-            (self.norm4, "sum"),
-        ]
 
 
 @dataclass
@@ -214,32 +117,8 @@ class LayerStats(Mapping[str, Moments]):
 _TENSOR_FIELDS = ("gram", "input_sum", "positive_count", "response_sum", "response_max", "norm4")
 
 
-def input_matrix(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as a (samples, features) matrix: rows of a Linear, im2col patches of a Conv2d.
-
-    A convolution whose padding comes before the product (``"same"``, circular/reflect, a
-    static same-padding wrapper) is padded explicitly first, exactly as its forward does.
-    """
-    if isinstance(layer, nn.Conv2d):
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        padding = layer.padding
-        explicit = explicit_padding(layer)
-        if explicit is not None:
-            pad, mode = explicit
-            x = F.pad(x, pad) if mode == "constant" else F.pad(x, pad, mode)
-            padding = 0
-        cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=padding, stride=layer.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    return x.reshape(-1, x.shape[-1])
 
 
-def _output_matrix(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    if isinstance(layer, nn.Conv2d):
-        if y.dim() == 3:
-            y = y.unsqueeze(0)
-        return y.transpose(0, 1).reshape(y.shape[1], -1).T
-    return y.reshape(-1, y.shape[-1])
 
 
 # Inputs are folded in chunks of about this many float64 values, so the im2col view of a
@@ -365,63 +244,16 @@ def _batches(data: Iterable | torch.Tensor) -> Iterable:
     return data
 
 
-def batch_size(batch) -> int:
-    """The number of samples in a batch (its leading dimension)."""
-    first = batch_input(batch)
-    if isinstance(first, Mapping):
-        sizes = [v.shape[0] for v in first.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
-        return sizes[0] if sizes else 1
-    return first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
 
 
-def batch_input(batch):
-    """The model input of a batch: the tensor, the first item of a tuple/list, or the dict of keyword inputs."""
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            raise ValueError("data yielded an empty tuple/list; each batch must hold the input as its first item")
-        batch = batch[0]
-    if not isinstance(batch, (torch.Tensor, Mapping)):
-        raise TypeError(
-            f"a batch of type {type(batch).__name__} is not supported; yield a tensor, "
-            "a tuple/list whose first item is the input, or a dict of keyword inputs"
-        )
-    return batch
 
 
-def _take(batch, index: torch.Tensor):
-    """The samples ``index`` of a batch's input (every tensor of a dict sliced along its leading dimension)."""
-    first = batch_input(batch)
-    size = batch_size(batch)
-    if isinstance(first, Mapping):
-        return {k: v.index_select(0, index.to(v.device)) if isinstance(v, torch.Tensor) and v.dim() > 0
-                and v.shape[0] == size else v for k, v in first.items()}
-    return first.index_select(0, index.to(first.device))
 
 
-def model_input(batch, device: torch.device, dtype: torch.dtype):
-    """A batch's input moved to the model's device, floating tensors cast to its dtype (every value of a dict)."""
-    def move(t):
-        if isinstance(t, torch.Tensor):
-            t = t.to(device)
-            return t.to(dtype) if t.is_floating_point() else t
-        return t
-
-    batch = batch_input(batch)
-    return {k: move(v) for k, v in batch.items()} if isinstance(batch, Mapping) else move(batch)
 
 
-def call_model(model: nn.Module, batch, device: torch.device, dtype: torch.dtype):
-    """Run ``model`` on a batch's input, moved to the model's device and float dtype."""
-    inputs = model_input(batch, device, dtype)
-    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
 
 
-def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """The device of the model's first parameter and its floating dtype (float32 if it has none)."""
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    return device, dtype
 
 
 def _all_reduce(stats: LayerStats) -> None:
@@ -478,7 +310,7 @@ def collect(
     """
     from tqdm.auto import tqdm
 
-    from .prune import MaskedConv2d, MaskedLinear
+    from netcompress.prune.modules import MaskedConv2d, MaskedLinear
 
     if positions is not None and (isinstance(positions, bool) or not isinstance(positions, int) or positions <= 0):
         raise ValueError(f"positions must be a positive number of spatial samples per image, got {positions!r}")
@@ -541,40 +373,5 @@ def collect(
     return stats
 
 
-def input_columns(out_features: int, per_row: int, groups: int) -> torch.Tensor:
-    """For each (row, column) of a weight matrix, its input feature in the layer's im2col vector.
-
-    With ``groups > 1`` (a grouped or depthwise Conv2d) row ``r`` reads only the inputs of its
-    group, the ``per_row`` features starting at ``(r // (out / groups)) · per_row``.
-    """
-    offsets = (torch.arange(out_features) // max(out_features // groups, 1)) * per_row
-    return offsets[:, None] + torch.arange(per_row)[None, :]
 
 
-def relative_output_error(
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    new_weight: torch.Tensor,
-    new_bias: torch.Tensor | None,
-    moments: Moments,
-    groups: int = 1,
-) -> float:
-    """``||Y − Ŷ||_F / ||Y||_F`` of a layer on the target statistics, for any new weights and bias.
-
-    With ``D = W − Ŵ`` and ``d = b − b̂``: ``Σ||Dx + d||² = tr(D XXᵀ Dᵀ) + 2 dᵀ D Σx + n||d||²``.
-    Weights are (out, ...) tensors, compared through their (out, in) im2col matrix view; a
-    grouped convolution's rows read their own group's block of the statistics.
-    """
-    f64 = torch.float64
-    device = moments.gram.device
-    W = weight.detach().reshape(weight.shape[0], -1).to(device, f64)
-    D = W - new_weight.detach().reshape(weight.shape[0], -1).to(device, f64)
-    b = torch.zeros(W.shape[0], dtype=f64, device=device) if bias is None else bias.detach().to(device, f64)
-    b_new = torch.zeros_like(b) if new_bias is None else new_bias.detach().to(device, f64)
-    d = b - b_new
-    n = moments.count
-    error = float((moments.times_gram(D) * D).sum() + 2 * d @ moments.times_sum(D) + n * d @ d)
-    energy = float((moments.times_gram(W) * W).sum() + 2 * b @ moments.times_sum(W) + n * b @ b)
-    if not (math.isfinite(error) and math.isfinite(energy)):
-        raise ValueError("the compressed layer has NaN or Inf weights")
-    return (max(error, 0.0) / energy) ** 0.5 if energy > 0 else 0.0

@@ -3,7 +3,7 @@
 ``save(model, path)`` writes into the directory ``path``
 
 * ``model.safetensors``: the whole ``state_dict`` of the compressed model;
-* ``manifest.json``: the type and shape of every layer (see :mod:`netcompress.modules`), so that
+* ``manifest.json``: the type and shape of every layer (see :mod:`netcompress.storage.manifest`), so that
   replaced, factorized, pruned-to-size and quantized layers can be rebuilt; a fingerprint of the
   *original* architecture (see :mod:`netcompress._architecture`); the SHA-256 of the weights;
 * ``report.json`` (when a report is given).
@@ -33,12 +33,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import _architecture
-from ._atomic import atomic_write_bytes, made_directories, staged_file
-from ._layers import replace_module
-from ._transaction import all_or_nothing
-from .modules import build, describe
-from .report import Report
+from netcompress._layers import replace_module
+from netcompress._transaction import all_or_nothing
+from netcompress.report import Report
+from netcompress.storage import _architecture
+from netcompress.storage._atomic import atomic_write_bytes, made_directories, staged_file
+from netcompress.storage.manifest import build, describe
 
 __all__ = ["apply_manifest", "atomic_write_bytes", "check_save_target", "load", "manifest", "read_report", "save"]
 

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .._text import text_table
-from ..container import format_storage_table, save_compressed, storage_table
-from ..data import mnist
-from ..io import atomic_write_bytes
-from ..models import LeNet5, LeNet300100
-from ..pipeline import run_pipeline
-from ..train import accuracy, finetune
+from netcompress._text import text_table
+from netcompress.distill.finetune import accuracy, finetune
+from netcompress.pipeline import run_pipeline
+from netcompress.prototype.data import mnist
+from netcompress.prototype.models import LeNet5, LeNet300100
+from netcompress.storage._atomic import atomic_write_bytes
+from netcompress.storage.container import save_compressed
+from netcompress.storage.tables import format_storage_table, storage_table
 
 __all__ = ["NETWORKS", "PAPER", "recipe", "run"]
 

@@ -20,13 +20,12 @@ import copy
 import torch
 
 import netcompress as nc
-
-from .._text import text_table
-from ..data import mnist, uci_digits
-from ..distill import Logits
-from ..lowbit import quantize_low_bit
-from ..models import CompactNet, LeNet5, WideMLP
-from ..train import accuracy, finetune
+from netcompress._text import text_table
+from netcompress.distill.finetune import accuracy, finetune
+from netcompress.distill.losses import Logits
+from netcompress.prototype.data import mnist, uci_digits
+from netcompress.prototype.models import CompactNet, LeNet5, WideMLP
+from netcompress.quantize.lowbit import quantize_low_bit
 
 __all__ = ["DISTILLATION", "low_bit", "recovery", "students"]
 

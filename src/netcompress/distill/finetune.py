@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._layers import progress_disabled
-from .distill import Batch, FeatureTaps, Logits, codistillation_losses
+from netcompress._layers import progress_disabled
+from netcompress.distill.losses import Batch, FeatureTaps, Logits, codistillation_losses
 
 __all__ = ["accuracy", "batches", "codistill", "finetune"]
 
@@ -63,7 +63,7 @@ def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
 def _save_checkpoint(path: Path, student, losses, optimizer, decay, epoch: int) -> None:
     import io
 
-    from .io import atomic_write_bytes
+    from netcompress.storage._atomic import atomic_write_bytes
 
     state = {"epoch": epoch, "student": student.state_dict(), "losses": losses.state_dict(),
              "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}

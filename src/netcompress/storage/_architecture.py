@@ -27,7 +27,7 @@ _PLAIN = {nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d}
 
 
 def _plain_types() -> set[type]:
-    from .prune import MaskedConv2d, MaskedLinear
+    from netcompress.prune.modules import MaskedConv2d, MaskedLinear
 
     return _PLAIN | {MaskedLinear, MaskedConv2d}
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ._layers import Padded
-from .lowrank import LowRankConv2d, LowRankLinear
-from .prune import MaskedConv2d, MaskedLinear
-from .quantize import SCHEMES, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
+from netcompress._layers import Padded
+from netcompress.lowrank.modules import LowRankConv2d, LowRankLinear
+from netcompress.prune.modules import MaskedConv2d, MaskedLinear
+from netcompress.quantize.modules import SCHEMES, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
 
 __all__ = ["build", "describe"]
 

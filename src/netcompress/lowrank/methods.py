@@ -22,17 +22,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .stats import Moments
+from netcompress.lowrank.modules import build_low_rank
+from netcompress.moments import Moments
 
 __all__ = [
     "DEFAULT_LAM",
+    "FLOAT32_SEARCH_FROM",
     "Factorization",
-    "LowRankConv2d",
-    "LowRankLinear",
+    "check_lam",
+    "check_shrinkage",
     "dalr",
     "dalr_bc",
     "layer_matrix",
     "shrinkage_intensity",
+    "shrunk_second_moment",
     "svd",
     "svd_bc",
 ]
@@ -43,40 +46,8 @@ __all__ = [
 DEFAULT_LAM = 1e-6
 
 
-class LowRankLinear(nn.Module):
-    """``y = up(down(x))``: ``in → rank`` without bias, then ``rank → out`` with the bias."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
-        super().__init__()
-        self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.down = nn.Linear(in_features, rank, bias=False)
-        self.up = nn.Linear(rank, out_features, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(x))
 
 
-class LowRankConv2d(nn.Module):
-    """A ``rank``-channel convolution with the original kernel, stride, padding and dilation, then a 1×1 convolution."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: tuple[int, int],
-        rank: int,
-        stride: tuple[int, int] = (1, 1),
-        padding: tuple[int, int] = (0, 0),
-        dilation: tuple[int, int] = (1, 1),
-        bias: bool = True,
-    ):
-        super().__init__()
-        self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
-        self.down = nn.Conv2d(in_channels, rank, kernel_size, stride, padding, dilation, bias=False)
-        self.up = nn.Conv2d(rank, out_channels, 1, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(x))
 
 
 def layer_matrix(layer: nn.Module) -> torch.Tensor:
@@ -93,17 +64,6 @@ def layer_matrix(layer: nn.Module) -> torch.Tensor:
     raise ValueError(f"a {type(layer).__name__} cannot be factorized; only nn.Linear and nn.Conv2d can")
 
 
-def build_low_rank(layer: nn.Module, rank: int, bias: bool) -> nn.Module:
-    """An empty (uninitialised) low-rank replacement for ``layer`` with the given rank."""
-    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
-    if isinstance(layer, nn.Conv2d):
-        module = LowRankConv2d(
-            layer.in_channels, layer.out_channels, layer.kernel_size, rank,
-            layer.stride, layer.padding, layer.dilation, bias,
-        )
-    else:
-        module = LowRankLinear(layer.in_features, layer.out_features, rank, bias)
-    return module.to(**factory)
 
 
 @dataclass

@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 
 import netcompress as nc
-
-from ..data import Split, mnist, uci_digits
-from ..io import atomic_write_bytes
-from ..models import WideMLP
-from ..train import accuracy, finetune
+from netcompress.distill.finetune import accuracy, finetune
+from netcompress.prototype.data import Split, mnist, uci_digits
+from netcompress.prototype.models import WideMLP
+from netcompress.storage._atomic import atomic_write_bytes
 
 __all__ = ["Table", "run", "format_table"]
 
@@ -121,7 +120,7 @@ def run(out: str | Path = "netcompress-demo", *, layers: tuple[str, ...] = ("fc6
     out = Path(out)
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=1).encode())
     if plots:
-        from .plots import plot_accuracy, plot_activation_rates
+        from netcompress.prototype.experiments.plots import plot_accuracy, plot_activation_rates
 
         plot_accuracy(tables, out / "accuracy.png")
         plot_activation_rates(results["activation_rates"], out / "activation_rates.png")

@@ -23,19 +23,14 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ._layers import replace_module
-from .distill import Logits
-from .quantize import (
-    QuantizedConv2d,
-    QuantizedLinear,
-    _affine_grid,
-    _check_bits,
-    _codebook_module,
-    _weight_and_mask,
-    clip_weights,
-)
-from .stats import LayerStats, Moments, collect, input_columns
-from .train import finetune
+from netcompress._layers import replace_module
+from netcompress._tensors import input_columns
+from netcompress.distill.finetune import finetune
+from netcompress.distill.losses import Logits
+from netcompress.moments import Moments
+from netcompress.quantize.methods import _affine_grid, _check_bits, _codebook_module, _weight_and_mask, clip_weights
+from netcompress.quantize.modules import QuantizedConv2d, QuantizedLinear
+from netcompress.stats import LayerStats, collect
 
 __all__ = ["fit_codebooks", "quantize_low_bit", "shared_grid"]
 

@@ -55,8 +55,8 @@ def _rank(text: str) -> int | dict[str, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .compress import METHODS
-    from .inputs import PRESETS
+    from netcompress.cli.inputs import PRESETS
+    from netcompress.compress import METHODS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
@@ -130,7 +130,7 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def _normalisation(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    from .inputs import PRESETS
+    from netcompress.cli.inputs import PRESETS
 
     if args.preset and (args.mean or args.std):
         raise ValueError("give either --preset or --mean/--std, not both")
@@ -146,7 +146,7 @@ def _normalisation(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[f
 
 
 def _check_ncz_target(path: Path, output: Path, force: bool) -> None:
-    from .container import MAGIC
+    from netcompress.storage.container import MAGIC
 
     if path.resolve() == output.resolve():
         raise ValueError(f"--ncz {path} is the -o directory; give the container a file name of its own")
@@ -162,7 +162,7 @@ def _check_ncz_target(path: Path, output: Path, force: bool) -> None:
 
 def _steps(args: argparse.Namespace) -> list[dict]:
     """The compression as checked steps (a recipe, or one --method step): no data read yet."""
-    from .pipeline import check_steps, read_recipe
+    from netcompress.pipeline import check_steps, read_recipe
 
     layers, exclude = _names(args.layers), _names(args.exclude)
     if args.recipe:
@@ -187,10 +187,9 @@ def _steps(args: argparse.Namespace) -> list[dict]:
 
 def _compress(args: argparse.Namespace) -> None:
     import netcompress as nc
-
-    from ._atomic import made_directories, staged_file
-    from .inputs import batches, build_model, normalize, read_data, read_labels
-    from .io import check_save_target
+    from netcompress.cli.inputs import batches, build_model, normalize, read_data, read_labels
+    from netcompress.storage._atomic import made_directories, staged_file
+    from netcompress.storage.io import check_save_target
 
     # Everything that can be checked without the model and the data, before they are read.
     output, ncz = Path(args.output), Path(args.ncz) if args.ncz else None
@@ -234,7 +233,7 @@ def _report(args: argparse.Namespace) -> None:
     import netcompress as nc
 
     if Path(args.path).is_file():
-        from .container import format_storage_table
+        from netcompress.storage.tables import format_storage_table
 
         rows = nc.storage_table(args.path)
         print(json.dumps(rows, indent=1) if args.json else format_storage_table(rows, Path(args.path).stat().st_size))
@@ -250,19 +249,19 @@ def _demo(args: argparse.Namespace) -> None:
     if args.name in ("students", "low-bit", "recovery"):
         import json
 
-        from ._atomic import atomic_write_bytes
-        from .experiments import distillation
+        from netcompress.prototype.experiments import distillation
+        from netcompress.storage._atomic import atomic_write_bytes
 
         run = {"students": distillation.students, "low-bit": distillation.low_bit, "recovery": distillation.recovery}
         result = run[args.name](seed=args.seed)
         atomic_write_bytes(Path(out) / "results.json", json.dumps(result, indent=1).encode())
         print(f"wrote {Path(out) / 'results.json'}")
     elif args.name == "deep-compression":
-        from .experiments.deep_compression import run
+        from netcompress.prototype.experiments.deep_compression import run
 
         run(out, seed=args.seed)
     else:
-        from .experiments.domain_transfer import run
+        from netcompress.prototype.experiments.domain_transfer import run
 
         run(out, seed=args.seed, plots=not args.no_plots)
 

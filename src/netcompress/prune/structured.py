@@ -20,9 +20,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._graph import ChannelGraph, Segment, trace_channels
-from .prune import MaskedConv2d, MaskedLinear, _check_sparsity
-from .stats import LayerStats
+from netcompress.prune._dependency import ChannelGraph, Segment, trace_channels
+from netcompress.prune.modules import MaskedConv2d, MaskedLinear
+from netcompress.prune.unstructured import _check_sparsity
+from netcompress.stats import LayerStats
 
 __all__ = ["activation", "channel", "check_activation", "check_channel", "needed_layers", "plan_graph"]
 

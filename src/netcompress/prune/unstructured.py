@@ -14,45 +14,23 @@ Structured pruning (whole units and channels, layers physically smaller) is in
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .stats import Moments
+from netcompress.moments import Moments
+from netcompress.prune.modules import masked_like
 
-__all__ = ["MaskedConv2d", "MaskedLinear", "check_magnitude", "magnitude", "magnitude_scores", "masked_like"]
-
-
-class MaskedLinear(nn.Linear):
-    """``nn.Linear`` whose pruned weights (``mask == False``) stay zero."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        super().__init__(in_features, out_features, bias)
-        self.register_buffer("mask", torch.ones(out_features, in_features, dtype=torch.bool))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
+__all__ = [
+    "check_magnitude",
+    "global_threshold",
+    "magnitude",
+    "magnitude_scores",
+]
 
 
-class MaskedConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose pruned weights (``mask == False``) stay zero."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight * self.mask, self.bias)
 
 
-def masked_like(layer: nn.Module) -> nn.Module:
-    """An empty masked layer with ``layer``'s shape and hyper-parameters."""
-    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
-    if isinstance(layer, nn.Conv2d):
-        module = MaskedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                              layer.padding, layer.dilation, layer.groups, layer.bias is not None)
-    else:
-        module = MaskedLinear(layer.in_features, layer.out_features, layer.bias is not None)
-    return module.to(**factory)
+
+
 
 
 def _check_sparsity(sparsity: float) -> float:

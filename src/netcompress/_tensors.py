@@ -1,0 +1,120 @@
+"""Tensors as the methods see them: batches and model inputs, a layer's input columns and output rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from netcompress._layers import explicit_padding
+
+__all__ = [
+    "batch_input",
+    "batch_size",
+    "call_model",
+    "input_columns",
+    "input_matrix",
+    "model_device_dtype",
+    "model_input",
+]
+
+
+def input_matrix(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as a (samples, features) matrix: rows of a Linear, im2col patches of a Conv2d.
+
+    A convolution whose padding comes before the product (``"same"``, circular/reflect, a
+    static same-padding wrapper) is padded explicitly first, exactly as its forward does.
+    """
+    if isinstance(layer, nn.Conv2d):
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        padding = layer.padding
+        explicit = explicit_padding(layer)
+        if explicit is not None:
+            pad, mode = explicit
+            x = F.pad(x, pad) if mode == "constant" else F.pad(x, pad, mode)
+            padding = 0
+        cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=padding, stride=layer.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def _output_matrix(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, nn.Conv2d):
+        if y.dim() == 3:
+            y = y.unsqueeze(0)
+        return y.transpose(0, 1).reshape(y.shape[1], -1).T
+    return y.reshape(-1, y.shape[-1])
+
+
+def batch_size(batch) -> int:
+    """The number of samples in a batch (its leading dimension)."""
+    first = batch_input(batch)
+    if isinstance(first, Mapping):
+        sizes = [v.shape[0] for v in first.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
+        return sizes[0] if sizes else 1
+    return first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 else 1
+
+
+def batch_input(batch):
+    """The model input of a batch: the tensor, the first item of a tuple/list, or the dict of keyword inputs."""
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise ValueError("data yielded an empty tuple/list; each batch must hold the input as its first item")
+        batch = batch[0]
+    if not isinstance(batch, (torch.Tensor, Mapping)):
+        raise TypeError(
+            f"a batch of type {type(batch).__name__} is not supported; yield a tensor, "
+            "a tuple/list whose first item is the input, or a dict of keyword inputs"
+        )
+    return batch
+
+
+def _take(batch, index: torch.Tensor):
+    """The samples ``index`` of a batch's input (every tensor of a dict sliced along its leading dimension)."""
+    first = batch_input(batch)
+    size = batch_size(batch)
+    if isinstance(first, Mapping):
+        return {k: v.index_select(0, index.to(v.device)) if isinstance(v, torch.Tensor) and v.dim() > 0
+                and v.shape[0] == size else v for k, v in first.items()}
+    return first.index_select(0, index.to(first.device))
+
+
+def model_input(batch, device: torch.device, dtype: torch.dtype):
+    """A batch's input moved to the model's device, floating tensors cast to its dtype (every value of a dict)."""
+    def move(t):
+        if isinstance(t, torch.Tensor):
+            t = t.to(device)
+            return t.to(dtype) if t.is_floating_point() else t
+        return t
+
+    batch = batch_input(batch)
+    return {k: move(v) for k, v in batch.items()} if isinstance(batch, Mapping) else move(batch)
+
+
+def call_model(model: nn.Module, batch, device: torch.device, dtype: torch.dtype):
+    """Run ``model`` on a batch's input, moved to the model's device and float dtype."""
+    inputs = model_input(batch, device, dtype)
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+
+
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device of the model's first parameter and its floating dtype (float32 if it has none)."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    return device, dtype
+
+
+def input_columns(out_features: int, per_row: int, groups: int) -> torch.Tensor:
+    """For each (row, column) of a weight matrix, its input feature in the layer's im2col vector.
+
+    With ``groups > 1`` (a grouped or depthwise Conv2d) row ``r`` reads only the inputs of its
+    group, the ``per_row`` features starting at ``(r // (out / groups)) · per_row``.
+    """
+    offsets = (torch.arange(out_features) // max(out_features // groups, 1)) * per_row
+    return offsets[:, None] + torch.arange(per_row)[None, :]
+
+

@@ -1,0 +1,63 @@
+"""Factored layers: ``W ≈ A B`` as two Linear layers, or a rank-``r`` convolution then a 1×1 convolution."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LowRankConv2d",
+    "LowRankLinear",
+    "build_low_rank",
+]
+
+
+class LowRankLinear(nn.Module):
+    """``y = up(down(x))``: ``in → rank`` without bias, then ``rank → out`` with the bias."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+class LowRankConv2d(nn.Module):
+    """A ``rank``-channel convolution with the original kernel, stride, padding and dilation, then a 1×1 convolution."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int],
+        rank: int,
+        stride: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] = (0, 0),
+        dilation: tuple[int, int] = (1, 1),
+        bias: bool = True,
+    ):
+        super().__init__()
+        self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
+        self.down = nn.Conv2d(in_channels, rank, kernel_size, stride, padding, dilation, bias=False)
+        self.up = nn.Conv2d(rank, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+def build_low_rank(layer: nn.Module, rank: int, bias: bool) -> nn.Module:
+    """An empty (uninitialised) low-rank replacement for ``layer`` with the given rank."""
+    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    if isinstance(layer, nn.Conv2d):
+        module = LowRankConv2d(
+            layer.in_channels, layer.out_channels, layer.kernel_size, rank,
+            layer.stride, layer.padding, layer.dilation, bias,
+        )
+    else:
+        module = LowRankLinear(layer.in_features, layer.out_features, rank, bias)
+    return module.to(**factory)
+
+

@@ -1,0 +1,144 @@
+"""The target statistics of one layer (``XXᵀ``, ``Σx``, responses) and the output error they measure."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = [
+    "Moments",
+    "relative_output_error",
+]
+
+
+@dataclass
+class Moments:
+    """Streaming statistics of one layer on the target data.
+
+    ``gram`` is ``Σ x xᵀ`` over all samples (float64), ``input_sum`` is ``Σ x``
+    and ``count`` the number of samples; ``norm4`` is ``Σ ||x||⁴``, which gives the
+    Ledoit–Wolf shrinkage of ``XXᵀ`` when samples are few. A grouped convolution
+    (``groups > 1``) reads only its group's inputs, so its ``gram`` holds one block per
+    group, shape ``(groups, f, f)``, never a dense matrix across groups.
+    Output statistics are taken after a ReLU: ``positive_count[j]`` counts samples
+    where unit ``j`` responds, ``response_sum``/``response_max`` are the sum and max of
+    ``relu(y_j)``.
+    """
+
+    gram: torch.Tensor
+    input_sum: torch.Tensor
+    count: int
+    positive_count: torch.Tensor
+    response_sum: torch.Tensor
+    response_max: torch.Tensor
+    output_count: int = 0
+    norm4: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
+    groups: int = 1
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, groups: int = 1) -> Moments:
+        f64 = torch.float64
+        per_group = in_features // groups
+        shape = (per_group, per_group) if groups == 1 else (groups, per_group, per_group)
+        return cls(
+            gram=torch.zeros(shape, dtype=f64),
+            input_sum=torch.zeros(in_features, dtype=f64),
+            count=0,
+            positive_count=torch.zeros(out_features, dtype=f64),
+            response_sum=torch.zeros(out_features, dtype=f64),
+            response_max=torch.zeros(out_features, dtype=f64),
+            groups=groups,
+        )
+
+    @property
+    def features(self) -> int:
+        """The length of one input sample (all groups together)."""
+        return self.input_sum.shape[0]
+
+    @property
+    def mean_input(self) -> torch.Tensor:
+        """``x̄``, the mean input (used by bias compensation)."""
+        return self.input_sum / max(self.count, 1)
+
+    @property
+    def centered_gram(self) -> torch.Tensor:
+        """``Σ (x - x̄)(x - x̄)ᵀ``: the scatter matrix around the mean input (per group when grouped)."""
+        mean = self.mean_input.reshape(self.groups, -1)
+        outer = mean[:, :, None] * mean[:, None, :]
+        return self.gram - self.count * (outer[0] if self.groups == 1 else outer)
+
+    @property
+    def input_energy(self) -> torch.Tensor:
+        """``Σ x_i²`` per input feature, a flat vector over the layer's whole (im2col) input."""
+        return self.gram.diagonal(dim1=-2, dim2=-1).reshape(-1)
+
+    @property
+    def activation_rate(self) -> torch.Tensor:
+        """Fraction of samples in which each output unit has a non-zero ReLU response."""
+        return self.positive_count / max(self.output_count, 1)
+
+    @property
+    def mean_response(self) -> torch.Tensor:
+        return self.response_sum / max(self.output_count, 1)
+
+    @property
+    def max_response(self) -> torch.Tensor:
+        return self.response_max
+
+    def times_gram(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``M · XXᵀ`` for an (out, features-per-row) weight-like matrix, group by group when grouped."""
+        if self.groups == 1:
+            return matrix @ self.gram
+        out = matrix.shape[0]
+        return (matrix.reshape(self.groups, out // self.groups, -1) @ self.gram).reshape(out, -1)
+
+    def times_sum(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``M · Σx`` per row, each row reading its own group's inputs."""
+        if self.groups == 1:
+            return matrix @ self.input_sum
+        out = matrix.shape[0]
+        sums = self.input_sum.reshape(self.groups, -1, 1)
+        return (matrix.reshape(self.groups, out // self.groups, -1) @ sums).reshape(out)
+
+    def _tensors(self) -> list[tuple[torch.Tensor, str]]:
+        return [
+            (self.gram, "sum"),
+            (self.input_sum, "sum"),
+            (self.positive_count, "sum"),
+            (self.response_sum, "sum"),
+            (self.response_max, "max"),
+            (self.norm4, "sum"),
+        ]
+
+
+def relative_output_error(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    new_weight: torch.Tensor,
+    new_bias: torch.Tensor | None,
+    moments: Moments,
+    groups: int = 1,
+) -> float:
+    """``||Y − Ŷ||_F / ||Y||_F`` of a layer on the target statistics, for any new weights and bias.
+
+    With ``D = W − Ŵ`` and ``d = b − b̂``: ``Σ||Dx + d||² = tr(D XXᵀ Dᵀ) + 2 dᵀ D Σx + n||d||²``.
+    Weights are (out, ...) tensors, compared through their (out, in) im2col matrix view; a
+    grouped convolution's rows read their own group's block of the statistics.
+    """
+    f64 = torch.float64
+    device = moments.gram.device
+    W = weight.detach().reshape(weight.shape[0], -1).to(device, f64)
+    D = W - new_weight.detach().reshape(weight.shape[0], -1).to(device, f64)
+    b = torch.zeros(W.shape[0], dtype=f64, device=device) if bias is None else bias.detach().to(device, f64)
+    b_new = torch.zeros_like(b) if new_bias is None else new_bias.detach().to(device, f64)
+    d = b - b_new
+    n = moments.count
+    error = float((moments.times_gram(D) * D).sum() + 2 * d @ moments.times_sum(D) + n * d @ d)
+    energy = float((moments.times_gram(W) * W).sum() + 2 * b @ moments.times_sum(W) + n * b @ b)
+    if not (math.isfinite(error) and math.isfinite(energy)):
+        raise ValueError("the compressed layer has NaN or Inf weights")
+    return (max(error, 0.0) / energy) ** 0.5 if energy > 0 else 0.0
+
+

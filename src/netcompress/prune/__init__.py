@@ -1,0 +1,14 @@
+"""Pruning: individual weights by magnitude (masks), and whole units or channels (layers shrink).
+
+* :mod:`.modules`: masked layers (:class:`MaskedLinear`, :class:`MaskedConv2d`);
+* :mod:`.unstructured`: magnitude pruning (Han et al., "Learning both weights and connections", NIPS 2015);
+* :mod:`.structured`: removing units/channels by their target-data response, with a least-squares
+  re-fit of the next layer; :mod:`._dependency` traces which layers share a channel space.
+"""
+
+from netcompress.prune.modules import MaskedConv2d, MaskedLinear, masked_like
+from netcompress.prune.structured import activation, channel
+from netcompress.prune.unstructured import global_threshold, magnitude, magnitude_scores
+
+__all__ = ["MaskedConv2d", "MaskedLinear", "activation", "channel", "global_threshold", "magnitude",
+           "magnitude_scores", "masked_like"]

@@ -1,0 +1,48 @@
+"""Masked layers: a Linear or Conv2d whose pruned weights are held at zero by a mask buffer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "MaskedConv2d",
+    "MaskedLinear",
+    "masked_like",
+]
+
+
+class MaskedLinear(nn.Linear):
+    """``nn.Linear`` whose pruned weights (``mask == False``) stay zero."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("mask", torch.ones(out_features, in_features, dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class MaskedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose pruned weights (``mask == False``) stay zero."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+
+def masked_like(layer: nn.Module) -> nn.Module:
+    """An empty masked layer with ``layer``'s shape and hyper-parameters."""
+    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    if isinstance(layer, nn.Conv2d):
+        module = MaskedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                              layer.padding, layer.dilation, layer.groups, layer.bias is not None)
+    else:
+        module = MaskedLinear(layer.in_features, layer.out_features, layer.bias is not None)
+    return module.to(**factory)
+
+

@@ -1,0 +1,12 @@
+"""Quantization of weights: uniform (per tensor, channel or group), binary, ternary, k-means sharing.
+
+* :mod:`.modules`: quantized layers storing integer codes (:class:`QuantizedLinear`, ...);
+* :mod:`.methods`: the quantizers, calibrated on target statistics where they help;
+* :mod:`.lowbit`: low-bit networks with shared grids and two-stage distillation.
+"""
+
+from netcompress.quantize.methods import binary, clip_weights, kmeans, ternary, uniform
+from netcompress.quantize.modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, quantized_like
+
+__all__ = ["QuantizedConv2d", "QuantizedEmbedding", "QuantizedLinear", "binary", "clip_weights", "kmeans",
+           "quantized_like", "ternary", "uniform"]

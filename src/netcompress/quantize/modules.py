@@ -1,0 +1,169 @@
+"""Quantized layers: integer codes with a scale (and zero point) per tensor, channel or input group,
+or codes into shared codebooks (k-means); the float weight is rebuilt from them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = [
+    "QuantizedConv2d",
+    "QuantizedEmbedding",
+    "QuantizedLinear",
+    "SCHEMES",
+    "quantized_like",
+]
+
+SCHEMES = ("symmetric", "asymmetric", "codebook")
+
+
+class _Quantized(nn.Module):
+    """Shared body: integer codes with per-group scales, or codes into per-row-group codebooks."""
+
+    # Bookkeeping properties that TorchScript need not (and cannot) compile; ``weight`` is compiled.
+    __jit_unused_properties__ = ["bits", "levels", "per_tensor"]
+
+    def _init_codes(self, shape: tuple[int, ...], scheme: str, bits: int, group_size: int | None, levels: int | None,
+                    codebook_rows: int, per_tensor: bool, masked: bool, bias: bool):
+        if scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+        out, per_row = shape[0], math.prod(shape[1:])
+        self.scheme, self.code_bits = scheme, bits
+        self.group_size = per_row if group_size is None else group_size
+        self.codebook_rows = codebook_rows
+        # The symmetric grid's zero point is the constant 2^(bits−1): zero is code 2^(bits−1).
+        self.zero_code = 1 << (bits - 1) if scheme == "symmetric" else 0
+        self.register_buffer("codes", torch.zeros(shape, dtype=torch.uint8))
+        if scheme == "codebook":
+            self.codebook = nn.Parameter(torch.zeros(math.ceil(out / codebook_rows), levels or (1 << bits)))
+            self.register_parameter("scale", None)
+            self.register_buffer("zero_point", None)
+        else:
+            if per_row % self.group_size:
+                raise ValueError(f"group_size {self.group_size} does not divide the {per_row} inputs per row")
+            groups = (1 if per_tensor else out, per_row // self.group_size)
+            self.register_parameter("codebook", None)
+            self.scale = nn.Parameter(torch.ones(groups))
+            self.register_buffer("zero_point", torch.zeros(groups, dtype=torch.uint8) if scheme == "asymmetric" else None)
+        self.register_buffer("mask", torch.ones(shape, dtype=torch.bool) if masked else None)
+        self.bias = nn.Parameter(torch.zeros(out)) if bias else None
+
+    @property
+    def levels(self) -> int:
+        """Number of distinct code values per group."""
+        return self.codebook.shape[1] if self.codebook is not None else 1 << self.code_bits
+
+    @property
+    def per_tensor(self) -> bool:
+        return self.scale is not None and self.scale.shape[0] == 1 and self.codes.shape[0] > 1
+
+    @property
+    def bits(self) -> float:
+        """Stored bits per kept weight: the code plus its share of scales, zero points and codebooks."""
+        kept = int(self.mask.sum()) if self.mask is not None else self.codes.numel()
+        extra = 0
+        for t in (self.scale, self.zero_point, self.codebook):
+            if t is not None:
+                extra += 8 * t.numel() * t.element_size()
+        return max(1, math.ceil(math.log2(self.levels))) + extra / max(kept, 1)
+
+    def _rows(self, codes: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Dequantized values of ``codes`` (…, per_row) that belong to output rows ``rows`` (…)."""
+        codebook = self.codebook
+        if codebook is not None:
+            book = codebook[torch.div(rows, self.codebook_rows, rounding_mode="floor")]
+            return book.gather(-1, codes.long())
+        scale = self.scale
+        if scale is None:  # unreachable: the affine schemes always have a scale (refines the type for TorchScript)
+            raise RuntimeError("a quantized layer has neither a codebook nor a scale")
+        index = rows if scale.shape[0] > 1 else torch.zeros_like(rows)
+        shape = list(codes.shape[:-1]) + [int(scale.shape[1]), self.group_size]
+        values = codes.reshape(shape).to(scale.dtype)
+        zero_point = self.zero_point
+        if zero_point is not None:
+            values = values - zero_point[index].to(scale.dtype).unsqueeze(-1)
+        else:
+            values = values - self.zero_code
+        return (values * scale[index].unsqueeze(-1)).reshape(codes.shape)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        out = self.codes.shape[0]
+        rows = torch.arange(out, device=self.codes.device)
+        weight = self._rows(self.codes.reshape(out, -1), rows).reshape(self.codes.shape)
+        mask = self.mask
+        return weight * mask if mask is not None else weight
+
+
+class QuantizedLinear(_Quantized):
+    """A Linear layer whose weights are integer codes with per-group scales, or codes into codebooks."""
+
+    def __init__(self, in_features: int, out_features: int, *, scheme: str = "symmetric", bits: int = 8,
+                 group_size: int | None = None, levels: int | None = None, codebook_rows: int = 1,
+                 per_tensor: bool = False, bias: bool = True, masked: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_codes((out_features, in_features), scheme, bits, group_size, levels, codebook_rows, per_tensor,
+                         masked, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+class QuantizedConv2d(_Quantized):
+    """A Conv2d layer whose weights are integer codes with per-group scales, or codes into codebooks."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], *, scheme: str = "symmetric",
+                 bits: int = 8, group_size: int | None = None, levels: int | None = None, codebook_rows: int = 1,
+                 per_tensor: bool = False, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups: int = 1,
+                 bias: bool = True, masked: bool = False):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, tuple(kernel_size)
+        self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
+        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self._init_codes(shape, scheme, bits, group_size, levels, codebook_rows, per_tensor, masked, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class QuantizedEmbedding(_Quantized):
+    """An Embedding table stored as codes: each looked-up row is dequantized on its own.
+
+    Rows play the part of output channels and the embedding dimension that of inputs, so
+    ``group_size`` groups consecutive entries of one row, as torchao groups embedding tables.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, scheme: str = "symmetric", bits: int = 8,
+                 group_size: int | None = None, levels: int | None = None, codebook_rows: int = 1,
+                 per_tensor: bool = False, padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self._init_codes((num_embeddings, embedding_dim), scheme, bits, group_size, levels, codebook_rows,
+                         per_tensor, False, False)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._rows(self.codes[input], input)
+
+
+def quantized_like(layer: nn.Module, *, scheme: str, bits: int, group_size: int | None = None,
+                   levels: int | None = None, codebook_rows: int = 1, per_tensor: bool = False,
+                   masked: bool = False) -> nn.Module:
+    """An empty quantized layer with ``layer``'s shape, hyper-parameters, device and dtype."""
+    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    common = dict(scheme=scheme, bits=bits, group_size=group_size, levels=levels, codebook_rows=codebook_rows,
+                  per_tensor=per_tensor)
+    if isinstance(layer, (nn.Embedding, QuantizedEmbedding)):
+        module = QuantizedEmbedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx, **common)
+    elif isinstance(layer, (nn.Conv2d, QuantizedConv2d)):
+        module = QuantizedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                                 padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                                 bias=layer.bias is not None, masked=masked, **common)
+    else:
+        module = QuantizedLinear(layer.in_features, layer.out_features, bias=layer.bias is not None, masked=masked,
+                                 **common)
+    return module.to(**factory)
+
+
