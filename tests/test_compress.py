@@ -14,24 +14,14 @@ def _data():
     return torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
 
 
-# Settings for every registered method that needs some; a new method is tested once listed here.
-CONTRACT_SETTINGS = {
-    "magnitude": {"sparsity": 0.5},
-    "uniform": {"bits": 4},
-    "kmeans": {"bits": 3},
-    "activation": {"sparsity": 0.5},
-    "channel": {"sparsity": 0.5},
-}
-
-
-@pytest.mark.parametrize("method", sorted(nc.METHODS))
-def test_every_method_compresses_saves_and_loads(method, tmp_path):
+def check_contract(method: str, tmp_path) -> None:
+    """A method run with its registered example settings compresses, reports every layer, saves and loads."""
     model = SmallNet()
     original = copy.deepcopy(model)
     x = _data()
-    family = nc.METHODS[method].family
-    settings = {"rank": 2} if family == "lowrank" else CONTRACT_SETTINGS.get(method, {})
-    report = nc.compress(model, x.split(4), method=method, progress=False, **settings)
+    registered = nc.METHODS[method]
+    family = registered.family
+    report = nc.compress(model, x.split(4), method=method, progress=False, **registered.example)
     if family == "structural":  # units removed: the touched layers shrink, the model still runs
         assert report.params_after < report.params_before
         assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in original.parameters())
@@ -52,6 +42,11 @@ def test_every_method_compresses_saves_and_loads(method, tmp_path):
     nc.load(fresh, tmp_path / "out")
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
     assert str(nc.read_report(tmp_path / "out")) == str(report)
+
+
+@pytest.mark.parametrize("method", sorted(nc.METHODS))
+def test_every_method_compresses_saves_and_loads(method, tmp_path):
+    check_contract(method, tmp_path)
 
 
 def test_reported_error_is_the_layer_output_error():

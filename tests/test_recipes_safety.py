@@ -44,7 +44,7 @@ def test_huge_and_deeply_nested_recipes_are_refused(tmp_path):
     ({"method": "kmeans", "bits": "4"}, "step 2: bits must be an integer, got '4'"),
     ({"method": "kmeans", "bits": 4.5}, "step 2: bits must be an integer"),
     ({"method": "magnitude", "sparsity": True}, "step 2: sparsity must be a number, got True"),
-    ({"method": "magnitude", "sparsity": float("nan")}, "sparsity must be a number"),
+    ({"method": "magnitude", "sparsity": float("nan")}, "sparsity must be a finite number"),
     ({"method": "magnitude", "sparsity": {"fc1": 0.5, "fc2": "x"}}, "sparsity of layer 'fc2' must be a number"),
     ({"method": "binary", "stochastic": "yes"}, "stochastic must be true or false"),
     ({"method": "dalr"}, "needs exactly one of rank, keep, energy or budget"),

@@ -12,16 +12,19 @@ The public surface (everything else is an implementation detail)::
     netcompress.save_compressed(model, "model.ncz")                  # Huffman-coded container
 """
 
-from netcompress import _compat
+# Importing a family's package registers its methods.
+from netcompress import _compat, lowrank, prune, quantize  # noqa: F401
 from netcompress._layers import Padded
-from netcompress.compress import METHODS, compress, sweep
+from netcompress.compress import METHODS, Family, Request, compress
 from netcompress.distill.finetune import finetune
+from netcompress.lowrank.family import sweep
 from netcompress.lowrank.methods import Factorization, dalr, dalr_bc, svd, svd_bc
 from netcompress.lowrank.modules import LowRankConv2d, LowRankLinear
 from netcompress.moments import Moments, relative_output_error
 from netcompress.pipeline import read_recipe, run_pipeline
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedLinear
+from netcompress.registry import Method, register, register_family, unregister
 from netcompress.report import LayerRow, Report
 from netcompress.stats import LayerStats, collect
 from netcompress.storage.container import load_compressed, save_compressed
@@ -34,6 +37,9 @@ _compat.install()
 
 __all__ = [
     "METHODS",
+    "Family",
+    "Method",
+    "Request",
     "Factorization",
     "LayerRow",
     "LayerStats",
@@ -55,6 +61,8 @@ __all__ = [
     "load_compressed",
     "read_recipe",
     "read_report",
+    "register",
+    "register_family",
     "relative_output_error",
     "run_pipeline",
     "save",
@@ -63,4 +71,5 @@ __all__ = [
     "svd",
     "svd_bc",
     "sweep",
+    "unregister",
 ]

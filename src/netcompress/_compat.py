@@ -26,7 +26,6 @@ MOVED: dict[str, tuple[str, ...]] = {
     "netcompress.container": ("netcompress.storage.container", "netcompress.storage.tables",
                               "netcompress.storage._header"),
     "netcompress._atomic": ("netcompress.storage._atomic",),
-    "netcompress._architecture": ("netcompress.storage._architecture",),
     "netcompress.train": ("netcompress.distill.finetune",),
     "netcompress.inputs": ("netcompress.cli.inputs",),
     "netcompress.data": ("netcompress.prototype.data",),

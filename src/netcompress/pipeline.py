@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +33,7 @@ from netcompress._transaction import all_or_nothing
 from netcompress.compress import compress
 from netcompress.distill.finetune import finetune
 from netcompress.distill.losses import Logits
-from netcompress.registry import METHODS
+from netcompress.registry import FAMILIES, METHODS, Method, accepted_types, check_value
 from netcompress.registry import method as _method
 from netcompress.report import Report
 
@@ -49,41 +48,13 @@ _SELECTION = {k for k, p in inspect.signature(compress).parameters.items()
 _PROBE_INPUTS = 20_643_840  # 2^16·3^2·5·7 inputs: a probe layer that any usual group size divides
 _NOT_RECIPE = {"student", "data", "teacher", "loss", "progress", "checkpoint"}  # finetune arguments a recipe cannot give
 _DISTILL_KEYS = {"temperature", "alpha", "beta"}
-_TYPE_NAMES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
-
-
-def _accepted(annotation: object) -> tuple[type, ...] | None:
-    """Python types a setting annotated ``annotation`` takes (None: unknown, not checked)."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    kinds: tuple[type, ...] = ()
-    for part in text.split("|"):
-        known = _TYPE_NAMES.get(part.strip())
-        if known is None:
-            return None
-        kinds += known
-    return kinds
-
-
-def _describe(kinds: tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
-    words = [names[k] for k in dict.fromkeys(kinds) if not (k is int and float in kinds)]
-    return " or ".join(words)
 
 
 def _check_value(where: str, key: str, value: object, kinds: tuple[type, ...] | None, per_layer: bool = True) -> None:
-    if per_layer and isinstance(value, Mapping):  # a value per layer name
-        for layer, item in value.items():
-            if not isinstance(layer, str):
-                raise ValueError(f"{where}: {key} maps layer names to values, got the key {layer!r}")
-            _check_value(where, f"{key} of layer {layer!r}", item, kinds, per_layer=False)
-        return
-    if kinds is None:
-        return
-    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-    if isinstance(value, float) and not math.isfinite(value):
-        ok = False
-    if not ok:
-        raise ValueError(f"{where}: {key} must be {_describe(kinds)}, got {value!r}")
+    try:
+        check_value(key, value, kinds, per_layer)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def _check_selection(where: str, step: dict) -> None:
@@ -115,41 +86,46 @@ def _check_method_step(where: str, step: dict) -> None:
     if not isinstance(step["method"], str):
         raise ValueError(f"{where}: method must be a name such as dalr, got {step['method']!r}")
     try:
-        chosen = _method(step["method"], settings)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{where}: {error}") from None
+        chosen = _method(step["method"], settings, where)
+    except TypeError as error:
+        raise ValueError(str(error)) from None
+    family = FAMILIES[chosen.family]
     sizing = sorted(_SIZING & set(step))
-    if chosen.family == "lowrank" and len(sizing) != 1:
-        raise ValueError(f"{where}: method {chosen.name!r} needs exactly one of rank, keep, energy or budget "
+    if family.sizing and len(sizing) != 1:
+        raise ValueError(f"{where}: method {chosen.name!r} needs exactly one of {_one_of(family.sizing)} "
                          f"(got {', '.join(sizing) or 'none'})")
-    if chosen.family != "lowrank" and sizing:
+    if not family.sizing and sizing:
         raise ValueError(f"{where}: {', '.join(sizing)} sizes low-rank methods; method {chosen.name!r} does not take it")
     _check_selection(where, step)
-    parameters = inspect.signature(chosen.fn).parameters
-    for key, value in settings.items():
-        annotation = parameters[key].annotation if key in parameters else inspect.Parameter.empty
-        _check_value(where, key, value, None if annotation is inspect.Parameter.empty else _accepted(annotation))
     keywords = inspect.signature(compress).parameters
     for key in _SELECTION - {"layers", "exclude", "positions"}:
         if step.get(key) is not None and keywords[key].annotation is not inspect.Parameter.empty:
-            _check_value(where, key, step[key], _accepted(keywords[key].annotation), per_layer=False)
-    _run_check(where, chosen, settings)
+            _check_value(where, key, step[key], accepted_types(keywords[key].annotation), per_layer=False)
+    _run_checks(where, chosen, settings)
 
 
-def _run_check(where: str, chosen, settings: dict) -> None:
-    """The method's own settings check (ranges, choices), on a shape-less probe layer for layer methods."""
-    if chosen.check is None or any(isinstance(v, Mapping) for v in settings.values()):
+def _one_of(words: tuple[str, ...]) -> str:
+    return f"{', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else words[0]
+
+
+def _run_checks(where: str, chosen: Method, settings: dict) -> None:
+    """The method's own settings checks (ranges, choices), the per-layer one on a shape-less probe layer."""
+    if any(isinstance(v, Mapping) for v in settings.values()):
         return  # per-layer values are checked by compress, layer by layer, before its statistics pass
-    parameters = inspect.signature(chosen.check).parameters
-    given = {k: v for k, v in settings.items() if k in parameters}
-    missing = [k for k, p in parameters.items() if p.kind is p.KEYWORD_ONLY and p.default is p.empty and k not in given]
-    if missing:
-        raise ValueError(f"{where}: method {chosen.name!r} needs {', '.join(missing)}")
-    args = () if chosen.family == "structural" else (nn.Linear(_PROBE_INPUTS, 1, device="meta"),)
-    try:
-        chosen.check(*args, **given)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{where}: {error}") from None
+    hooks = [(hook, args) for hook, args in ((chosen.validate, ()),
+                                             (chosen.check, (nn.Linear(_PROBE_INPUTS, 1, device="meta"),)))
+             if hook is not None]
+    for hook, args in hooks:
+        parameters = inspect.signature(hook).parameters
+        given = {k: v for k, v in settings.items() if k in parameters}
+        missing = [k for k, p in parameters.items() if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+                   and k not in given]
+        if missing:
+            raise ValueError(f"{where}: method {chosen.name!r} needs {', '.join(missing)}")
+        try:
+            hook(*args, **given)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{where}: {error}") from None
 
 
 def _check_finetune_step(where: str, step: dict) -> None:
@@ -164,7 +140,7 @@ def _check_finetune_step(where: str, step: dict) -> None:
     for key, value in options.items():
         if key != "distill":
             annotation = parameters[key].annotation
-            kinds = None if annotation is inspect.Parameter.empty else _accepted(annotation)
+            kinds = None if annotation is inspect.Parameter.empty else accepted_types(annotation)
             _check_value(where, f"finetune's {key}", value, kinds, per_layer=False)
     for key in ("epochs", "lr", "batch_size"):
         if key in options and isinstance(options[key], (int, float)) and not options[key] > 0:
@@ -272,7 +248,7 @@ def run_pipeline(
     if train is None and any("finetune" in s for s in steps):
         raise ValueError("the steps fine-tune, so pass train=(inputs, labels)")
     needs_data = [s["method"] for s in steps if "method" in s
-                  and (METHODS[s["method"]].needs_stats or METHODS[s["method"]].family == "structural")]
+                  and (METHODS[s["method"]].needs_stats or FAMILIES[METHODS[s["method"]].family].needs_data)]
     if data is None and needs_data:
         raise ValueError(f"method {needs_data[0]!r} needs target data; pass data=...")
     if data is not None and not isinstance(data, torch.Tensor):

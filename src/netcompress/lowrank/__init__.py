@@ -7,6 +7,7 @@
 * :mod:`.family`: how ``compress`` sizes, validates and plans a low-rank method, and ``sweep``.
 """
 
+from netcompress.lowrank.family import LowRankFamily, sweep
 from netcompress.lowrank.methods import (
     DEFAULT_LAM,
     Factorization,
@@ -26,6 +27,7 @@ __all__ = [
     "DEFAULT_LAM",
     "Factorization",
     "LowRankConv2d",
+    "LowRankFamily",
     "LowRankLinear",
     "build_low_rank",
     "check_lam",
@@ -37,4 +39,5 @@ __all__ = [
     "shrunk_second_moment",
     "svd",
     "svd_bc",
+    "sweep",
 ]

@@ -24,6 +24,7 @@ from torch import nn
 
 from netcompress.lowrank.modules import build_low_rank
 from netcompress.moments import Moments
+from netcompress.registry import register
 
 __all__ = [
     "DEFAULT_LAM",
@@ -215,6 +216,32 @@ def _layer_bias(layer: nn.Module) -> torch.Tensor | None:
     return None if layer.bias is None else layer.bias.detach().to(torch.float64)
 
 
+def check_lam(lam: object) -> float:
+    """``lam`` as a float, refused unless it is a finite number ≥ 0."""
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam < math.inf:
+        raise ValueError(f"lam must be a finite number >= 0 (relative to trace(XXᵀ)/in), got {lam!r}")
+    return float(lam)
+
+
+def check_shrinkage(shrinkage: object) -> float | str:
+    """``"auto"`` or a fraction in [0, 1]."""
+    if shrinkage == "auto":
+        return "auto"
+    if isinstance(shrinkage, bool) or not isinstance(shrinkage, (int, float)) or not 0 <= shrinkage <= 1:
+        raise ValueError(f"shrinkage must be 'auto' or a fraction in [0, 1], got {shrinkage!r}")
+    return float(shrinkage)
+
+
+def _check_dalr(*, lam: float | None = None, bias_compensation: bool = False, shrinkage: float | str = "auto") -> None:
+    if lam is not None:
+        check_lam(lam)
+    check_shrinkage(shrinkage)
+
+
+_LOW_RANK = {"family": "lowrank", "needs_stats": True, "example": {"rank": 2}}
+
+
+@register("svd", settings=(), **_LOW_RANK)
 def svd(layer: nn.Module, moments: Moments, rank: int, *, bias_compensation: bool = False) -> Factorization:
     """Truncated SVD of the layer's weights (target data used only to measure the error)."""
     W = layer_matrix(layer)
@@ -230,11 +257,13 @@ def svd(layer: nn.Module, moments: Moments, rank: int, *, bias_compensation: boo
     )
 
 
+@register("svd-bc", **_LOW_RANK)
 def svd_bc(layer: nn.Module, moments: Moments, rank: int) -> Factorization:
     """SVD with bias compensation ``b̂ = b + (W − Ŵ)x̄`` (seed 001, "Bias compensation")."""
     return svd(layer, moments, rank, bias_compensation=True)
 
 
+@register("dalr", validate=_check_dalr, **_LOW_RANK)
 def dalr(
     layer: nn.Module,
     moments: Moments,
@@ -275,13 +304,6 @@ def dalr(
     return Factorization(layer, W, _layer_bias(layer), U, B, moments, bias_compensation, wqw_trace, Q)
 
 
-def check_lam(lam: object) -> float:
-    """``lam`` as a float, refused unless it is a finite number ≥ 0."""
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam < math.inf:
-        raise ValueError(f"lam must be a finite number >= 0 (relative to trace(XXᵀ)/in), got {lam!r}")
-    return float(lam)
-
-
 def shrinkage_intensity(moments: Moments) -> float:
     """Ledoit–Wolf's optimal weight of the scaled identity in the estimate of ``E[xxᵀ]``.
 
@@ -305,15 +327,6 @@ def shrinkage_intensity(moments: Moments) -> float:
     return min(b2, d2) / d2
 
 
-def check_shrinkage(shrinkage: object) -> float | str:
-    """``"auto"`` or a fraction in [0, 1]."""
-    if shrinkage == "auto":
-        return "auto"
-    if isinstance(shrinkage, bool) or not isinstance(shrinkage, (int, float)) or not 0 <= shrinkage <= 1:
-        raise ValueError(f"shrinkage must be 'auto' or a fraction in [0, 1], got {shrinkage!r}")
-    return float(shrinkage)
-
-
 def shrunk_second_moment(moments: Moments, centred: bool = False, shrinkage: float | str = "auto") -> torch.Tensor:
     """``(1 − α)·Q + α·(tr Q / p)·I``, α given or (``"auto"``) from :func:`shrinkage_intensity`; ``Q`` centred if asked."""
     Q = moments.centered_gram if centred else moments.gram
@@ -329,6 +342,7 @@ def shrunk_second_moment(moments: Moments, centred: bool = False, shrinkage: flo
     return shrunk
 
 
+@register("dalr-bc", validate=_check_dalr, **_LOW_RANK)
 def dalr_bc(layer: nn.Module, moments: Moments, rank: int, *, lam: float | None = None,
             shrinkage: float | str = "auto") -> Factorization:
     """DALR on inputs centred at ``x̄`` with bias compensation: the best rank-``k`` affine map (see :func:`dalr`)."""

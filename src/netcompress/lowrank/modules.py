@@ -24,6 +24,10 @@ class LowRankLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))
 
+    def effective_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (out, in·kh·kw) float64 matrix ``up · down`` this layer computes with, and its bias."""
+        return _product(self.up, self.down)
+
 
 class LowRankConv2d(nn.Module):
     """A ``rank``-channel convolution with the original kernel, stride, padding and dilation, then a 1×1 convolution."""
@@ -47,6 +51,10 @@ class LowRankConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))
 
+    def effective_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (out, in·kh·kw) float64 matrix ``up · down`` this layer computes with, and its bias."""
+        return _product(self.up, self.down)
+
 
 def build_low_rank(layer: nn.Module, rank: int, bias: bool) -> nn.Module:
     """An empty (uninitialised) low-rank replacement for ``layer`` with the given rank."""
@@ -61,3 +69,7 @@ def build_low_rank(layer: nn.Module, rank: int, bias: bool) -> nn.Module:
     return module.to(**factory)
 
 
+def _product(up: nn.Module, down: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    A = up.weight.detach().reshape(up.weight.shape[0], -1).double()
+    B = down.weight.detach().reshape(down.weight.shape[0], -1).double()
+    return A @ B, up.bias

@@ -6,9 +6,10 @@
   re-fit of the next layer; :mod:`._dependency` traces which layers share a channel space.
 """
 
+from netcompress.prune.family import StructuralFamily
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear, masked_like
 from netcompress.prune.structured import activation, channel
 from netcompress.prune.unstructured import global_threshold, magnitude, magnitude_scores
 
-__all__ = ["MaskedConv2d", "MaskedLinear", "activation", "channel", "global_threshold", "magnitude",
+__all__ = ["MaskedConv2d", "MaskedLinear", "StructuralFamily", "activation", "channel", "global_threshold", "magnitude",
            "magnitude_scores", "masked_like"]

@@ -35,6 +35,10 @@ class MaskedConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight * self.mask, self.bias)
 
 
+# Layers a pruning method takes: dense ones, and masked ones pruned again.
+PRUNABLE = (nn.Linear, nn.Conv2d, MaskedLinear, MaskedConv2d)
+
+
 def masked_like(layer: nn.Module) -> nn.Module:
     """An empty masked layer with ``layer``'s shape and hyper-parameters."""
     factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from netcompress.prune._dependency import ChannelGraph, Segment, trace_channels
-from netcompress.prune.modules import MaskedConv2d, MaskedLinear
+from netcompress.prune.modules import PRUNABLE, MaskedConv2d, MaskedLinear
 from netcompress.prune.unstructured import _check_sparsity
+from netcompress.registry import register
 from netcompress.stats import LayerStats
 
 __all__ = ["activation", "channel", "check_activation", "check_channel", "needed_layers", "plan_graph"]
@@ -215,12 +216,16 @@ def check_channel(*, sparsity: float, criterion: str = "energy", refit: bool = T
         raise ValueError(f"refit must be true or false, got {refit!r}")
 
 
+@register("activation", family="structural", accepts=(nn.Linear, MaskedLinear), needs_stats=True,
+          validate=check_activation, example={"sparsity": 0.5})
 def activation(model, graph, groups, stats, *, sparsity: float, criterion: str = "mean") -> dict[str, nn.Module]:
     """Remove the ``sparsity`` share of units with the weakest target-domain response."""
     check_activation(sparsity=sparsity, criterion=criterion)
     return _prune(model, graph, groups, stats, sparsity, criterion, refit=False)
 
 
+@register("channel", family="structural", accepts=PRUNABLE, needs_stats=True, validate=check_channel,
+          example={"sparsity": 0.5})
 def channel(model, graph, groups, stats, *, sparsity: float, criterion: str = "energy", refit: bool = True) -> dict[str, nn.Module]:
     """Remove the ``sparsity`` share of filters/units, ranked by target output energy (or L1), then re-fit readers."""
     check_channel(sparsity=sparsity, criterion=criterion, refit=refit)

@@ -13,11 +13,14 @@ Structured pruning (whole units and channels, layers physically smaller) is in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 from netcompress.moments import Moments
-from netcompress.prune.modules import masked_like
+from netcompress.prune.modules import PRUNABLE, masked_like
+from netcompress.registry import register
 
 __all__ = [
     "check_magnitude",
@@ -39,7 +42,8 @@ def _check_sparsity(sparsity: float) -> float:
     return float(sparsity)
 
 
-def check_magnitude(layer: nn.Module, *, sparsity: float, norm: int = 1, threshold: float | None = None) -> None:
+def check_magnitude(layer: nn.Module, *, sparsity: float, norm: int = 1, threshold: float | None = None,
+                    scope: str = "layer") -> None:
     """Refuse bad ``magnitude`` settings before any work."""
     _check_sparsity(sparsity)
     if norm not in (1, 2):
@@ -56,6 +60,28 @@ def magnitude_scores(layer: nn.Module, norm: int = 1) -> torch.Tensor:
     return scores.masked_fill(~mask, float("-inf")) if mask is not None else scores
 
 
+def _check_scope(*, sparsity: float | None = None, norm: int = 1, scope: str = "layer") -> None:
+    """``scope``: one threshold per layer, or one for all layers (``"global"``, a single sparsity)."""
+    if scope not in ("layer", "global"):
+        raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+    if sparsity is None:
+        raise ValueError("method 'magnitude' needs sparsity, the fraction of weights to remove")
+    if scope == "global" and isinstance(sparsity, Mapping):
+        raise ValueError("scope='global' takes one sparsity for all layers, not a dict")
+
+
+def _global_scope(layers: dict[str, nn.Module], arguments: dict[str, dict]) -> None:
+    """With ``scope="global"``, every layer gets the threshold that removes ``sparsity`` of all their weights."""
+    scope = {args.pop("scope", "layer") for args in arguments.values()}
+    if scope == {"global"} and arguments:
+        first = next(iter(arguments.values()))
+        threshold = global_threshold(list(layers.values()), first["sparsity"], first.get("norm", 1))
+        for args in arguments.values():
+            args["threshold"] = threshold
+
+
+@register("magnitude", family="layer", accepts=PRUNABLE, settings=("sparsity", "norm", "scope"),
+          check=check_magnitude, validate=_check_scope, prepare=_global_scope, example={"sparsity": 0.5})
 def magnitude(layer: nn.Module, moments: Moments | None = None, *, sparsity: float, norm: int = 1,
               threshold: float | None = None) -> nn.Module:
     """Prune ``layer`` to ``sparsity`` (fraction of its weights zeroed) by weight magnitude.

@@ -33,7 +33,8 @@ from torch import nn
 
 from netcompress._tensors import input_columns
 from netcompress.moments import Moments
-from netcompress.quantize.modules import QuantizedEmbedding, quantized_like
+from netcompress.quantize.modules import QUANTIZABLE, QuantizedEmbedding, quantized_like
+from netcompress.registry import register
 
 __all__ = [
     "CLIP_FRACTIONS",
@@ -239,6 +240,7 @@ def _affine_grid(values: torch.Tensor, cost: torch.Tensor, bits: int, symmetric:
     return best_scale, best_zero, codes
 
 
+@register("uniform", family="layer", accepts=QUANTIZABLE, check=check_uniform, example={"bits": 4})
 def uniform(layer: nn.Module, moments: Moments | None = None, *, bits: int, granularity: str = "channel",
             group_size: int | None = None, symmetric: bool = True) -> nn.Module:
     """Uniform ``bits``-bit quantization to integer codes with one scale per group.
@@ -287,6 +289,7 @@ def _codebook_module(layer: nn.Module, codebook: torch.Tensor, codes: torch.Tens
     return _finish(module, layer, codes, mask, codebook=codebook)
 
 
+@register("binary", family="layer", accepts=QUANTIZABLE, check=check_binary)
 def binary(layer: nn.Module, moments: Moments | None = None, *, stochastic: bool = False, seed: int = 0) -> nn.Module:
     """1-bit weights ``±α`` per output channel, ``α`` the channel's mean ``|w|``.
 
@@ -309,6 +312,7 @@ def binary(layer: nn.Module, moments: Moments | None = None, *, stochastic: bool
     return _codebook_module(layer, torch.stack([-alpha, alpha], 1), positive.to(torch.uint8), 1, mask)
 
 
+@register("ternary", family="layer", accepts=QUANTIZABLE, check=check_ternary)
 def ternary(layer: nn.Module, moments: Moments | None = None) -> nn.Module:
     """Weights in ``{−α, 0, +α}`` per output channel: threshold ``Δ = 0.7·mean|w|``, ``α`` the mean ``|w|`` above it.
 
@@ -335,6 +339,7 @@ def _initial_centroids(values: torch.Tensor, levels: int, init: str, seed: int) 
     return torch.quantile(values, torch.linspace(0, 1, levels + 2, dtype=values.dtype)[1:-1])
 
 
+@register("kmeans", family="layer", accepts=QUANTIZABLE, check=check_kmeans, example={"bits": 3})
 def kmeans(layer: nn.Module, moments: Moments | None = None, *, bits: int, init: str = "linear",
            seed: int = 0) -> nn.Module:
     """Deep Compression's weight sharing: ``2^bits`` shared values per layer from 1-D k-means.

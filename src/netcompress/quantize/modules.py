@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from netcompress.prune.modules import PRUNABLE
+
 __all__ = [
     "QuantizedConv2d",
     "QuantizedEmbedding",
@@ -16,6 +18,8 @@ __all__ = [
     "quantized_like",
 ]
 
+# Layers a quantizer takes: an embedding table quantizes row by row (QuantizedEmbedding).
+QUANTIZABLE = (*PRUNABLE, nn.Embedding)
 SCHEMES = ("symmetric", "asymmetric", "codebook")
 
 

@@ -33,10 +33,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from netcompress import _architecture
 from netcompress._layers import replace_module
 from netcompress._transaction import all_or_nothing
 from netcompress.report import Report
-from netcompress.storage import _architecture
 from netcompress.storage._atomic import atomic_write_bytes, made_directories, staged_file
 from netcompress.storage.manifest import build, describe
 

@@ -1,0 +1,176 @@
+"""Replacements computed while the model is untouched, their report rows, and the all-or-nothing swap.
+
+Every family plans into a :class:`Plan` (layer name → new module, layer name → report row);
+:func:`apply_plan` swaps them in together, runs the model once on a batch, and puts the model
+back exactly as it was if anything fails.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from netcompress._architecture import remember_original
+from netcompress._layers import Padded, explicit_padding, replace_module
+from netcompress._tensors import call_model, model_device_dtype
+from netcompress._transaction import all_or_nothing, evaluating
+from netcompress.moments import Moments, relative_output_error
+from netcompress.report import LayerRow, Report
+from netcompress.stats import LayerStats
+
+__all__ = ["Plan", "apply_plan", "behind_padding", "check_samples", "effective_weight", "layer_row", "layer_settings",
+           "output_errors", "stored_params"]
+
+
+def stored_params(module: nn.Module) -> int:
+    """Weights a layer really stores (unpruned weights, or quantized codes) plus its bias and other parameters.
+
+    A quantizer's scales and codebooks are not counted here: they are the ``bits`` column's overhead.
+    """
+    inner = module.layer if isinstance(module, Padded) else module
+    codes = getattr(inner, "codes", None)
+    if isinstance(codes, torch.Tensor):
+        mask = getattr(inner, "mask", None)
+        bias = getattr(inner, "bias", None)
+        return (int(mask.sum()) if mask is not None else codes.numel()) + (bias.numel() if bias is not None else 0)
+    total = 0
+    for name, p in module.named_parameters():
+        mask = getattr(module, "mask", None) if name == "weight" else None
+        total += int(mask.sum()) if mask is not None else p.numel()
+    return total
+
+
+def effective_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The (out, in·kh·kw) weight matrix and bias a layer or replacement computes with."""
+    if isinstance(module, Padded):
+        return effective_weight(module.layer)
+    if hasattr(module, "effective_weight"):  # a replacement that computes with more than one weight (low rank)
+        return module.effective_weight()
+    weight = module.weight.detach()
+    mask = getattr(module, "mask", None)
+    if mask is not None and not isinstance(weight, nn.Parameter):  # quantized: its weight already holds the mask
+        mask = None
+    weight = weight * mask if mask is not None else weight
+    return weight.reshape(weight.shape[0], -1).double(), module.bias
+
+
+def output_errors(old: nn.Module, new: nn.Module, stats: LayerStats | None, name: str) -> tuple[float | None, float | None]:
+    """In-sample and held-out relative output error of replacing ``old`` by ``new``."""
+    if stats is None or name not in stats:
+        return None, None
+    W, b = effective_weight(old)
+    W_new, b_new = effective_weight(new)
+    groups = getattr(old, "groups", 1)
+    in_sample = relative_output_error(W, b, W_new, b_new, stats[name], groups)
+    heldout = stats.heldout.layers.get(name) if stats.heldout is not None else None
+    held = relative_output_error(W, b, W_new, b_new, heldout, groups) if heldout is not None and heldout.count else None
+    return in_sample, held
+
+
+def layer_row(name: str, old: nn.Module, method: str, **fields) -> LayerRow:
+    weight = old._parameters.get("weight") if not isinstance(old, Padded) else old.layer.weight
+    shape = list(weight.shape) if isinstance(weight, torch.Tensor) else [stored_params(old)]
+    before = stored_params(old)
+    fields.setdefault("params_after", before)
+    return LayerRow(name=name, kind=type(old).__name__, shape=shape, method=method, rank=fields.pop("rank", None),
+                    params_before=before, relative_error=fields.pop("relative_error", None), **fields)
+
+
+def behind_padding(old: nn.Module, new: nn.Module) -> nn.Module:
+    """``new`` behind the explicit padding ``old`` applied before its product, if any."""
+    padding = explicit_padding(old)
+    if padding is None or explicit_padding(new) is not None:  # a new conv that pads itself ('same') needs no wrapper
+        return new
+    return Padded(padding[0], padding[1], new)
+
+
+def layer_settings(name: str, settings: Mapping[str, object]) -> dict:
+    """A layer's settings: a setting given as a dict of layer name → value is looked up."""
+    chosen = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            if name not in value:
+                raise ValueError(f"{key} gives no value for layer {name!r}; add it to the {key} dict or drop the layer")
+            value = value[name]
+        chosen[key] = value
+    return chosen
+
+
+class Plan:
+    """Replacements and report rows computed while the model is untouched."""
+
+    def __init__(self) -> None:
+        self.replacements: dict[str, nn.Module] = {}
+        self.rows: dict[str, LayerRow] = {}
+
+    def add(self, name: str, old: nn.Module, new: nn.Module, row: LayerRow) -> None:
+        """Plan to replace layer ``name`` by ``new`` (behind ``old``'s explicit padding, if any)."""
+        self.replacements[name] = behind_padding(old, new)
+        self.rows[name] = row
+
+
+def check_samples(stats: LayerStats, selected: Iterable[str], rows: dict[str, LayerRow]) -> None:
+    """Note (and warn once) where a layer saw fewer samples than it has input features."""
+    few = []
+    for name in selected:
+        if name in stats and name in rows:
+            m: Moments = stats[name]
+            features = m.gram.shape[-1]
+            if m.count < features:
+                few.append(name)
+                note = f"{m.count:,} samples < {features:,} input features: in-sample error is optimistic"
+                rows[name].note = f"{rows[name].note}; {note}" if rows[name].note else note
+    if few:
+        warnings.warn(f"{len(few)} layer(s) saw fewer target samples than input features (first: {few[0]!r}); "
+                      "their in-sample error is optimistic: read the held-out column, or pass more data",
+                      stacklevel=3)
+
+
+def first_batch(data):
+    if data is None:
+        return None
+    if isinstance(data, torch.Tensor):
+        return data
+    if isinstance(data, (list, tuple)) and data:
+        return data[0]
+    return None
+
+
+@torch.no_grad()
+def check_runs(model: nn.Module, batch) -> None:
+    """Run the compressed model on one batch; a failure or a non-finite output is an error."""
+    try:
+        with evaluating(model):
+            output = call_model(model, batch, *model_device_dtype(model))
+    except Exception as error:  # any failure here means the swap broke the model
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"the compressed model failed at forward ({reason}); the model was left unchanged") from None
+    tensors = [output] if isinstance(output, torch.Tensor) else [
+        v for v in (output.values() if isinstance(output, Mapping) else output if isinstance(output, (tuple, list))
+                    else []) if isinstance(v, torch.Tensor)]
+    if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):
+        raise ValueError("the compressed model gives NaN or Inf outputs; the model was left unchanged")
+
+
+def apply_plan(model: nn.Module, plan: Plan, skipped: dict[str, str], method: str, data) -> Report:
+    modules = dict(model.named_modules())
+    batch = first_batch(data)
+    with all_or_nothing(model):
+        for name, new in plan.replacements.items():
+            new.train(modules[name].training)  # a replacement keeps its layer's train/eval mode
+            remember_original(new, modules[name])  # so a saved file records the architecture it came from
+            replace_module(model, name, new)
+        if batch is not None:
+            check_runs(model, batch)
+    rows = dict(plan.rows)
+    for name, reason in skipped.items():
+        if name in modules and name not in rows:
+            status = "not selected" if reason in ("not selected", "excluded") else "left dense"
+            rows[name] = layer_row(name, modules[name], method, status=status, note="" if reason == "not selected" else reason)
+    order = {name: i for i, name in enumerate(modules)}
+    return Report(sorted(rows.values(), key=lambda r: order.get(r.name, len(order))))
+
+

@@ -1,0 +1,194 @@
+"""How ``compress`` runs a low-rank method, and ``sweep``: ranks from ``rank``, ``keep``, ``energy`` or ``budget``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from netcompress._layers import plain_layer, progress_disabled, replace_module, resolve_layers
+from netcompress._replacement import Plan, behind_padding, layer_row, output_errors, stored_params
+from netcompress.compress import Family, Request
+from netcompress.lowrank.methods import Factorization, layer_matrix
+from netcompress.lowrank.plan import (
+    LayerCurve,
+    allocate_budget,
+    check_fraction,
+    rank_for_energy,
+    rank_for_keep,
+    useful_rank_limit,
+)
+from netcompress.moments import Moments
+from netcompress.registry import method as _method
+from netcompress.registry import register_family
+from netcompress.report import LayerRow
+from netcompress.stats import LayerStats
+
+__all__ = ["LowRankFamily", "sweep"]
+
+
+def _rank_request(name: str, rank: int | Mapping[str, int]) -> int:
+    value = rank.get(name) if isinstance(rank, Mapping) else rank
+    if value is None:
+        raise ValueError(f"rank gives no value for layer {name!r}; add it to the rank dict or drop it from layers")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"rank {value!r} for layer {name!r} must be a positive integer")
+    return value
+
+
+def _initial_rank(name: str, layer: nn.Module, rank, keep: float | None) -> int:
+    """The rank to factorize at: the requested one, the one ``keep`` allows, or the largest useful one."""
+    out_features, in_features = layer_matrix(layer).shape
+    if rank is not None:
+        request = _rank_request(name, rank)
+        if request > min(out_features, in_features):
+            raise ValueError(
+                f"layer {name!r}: rank {request} exceeds min(out, in) = {min(out_features, in_features)}"
+            )
+        return request
+    if keep is not None:
+        bias = out_features if layer.bias is not None else 0
+        request = rank_for_keep(keep, out_features * in_features + bias, in_features + out_features, bias)
+        return min(request, out_features, in_features)
+    return useful_rank_limit(out_features, in_features)
+
+
+def _curve(f: Factorization, heldout: Moments | None = None) -> LayerCurve:
+    """The layer's relative error for every rank: on held-out samples where there are some.
+
+    Ranks are sized on data the factorization did not fit: on the fitted samples a data-aware
+    method's error looks smaller than it will be on new target data, and a budget spent on
+    those in-sample curves goes to the layers that overfit most.
+    """
+    if heldout is not None and heldout.count > 0:
+        relative = f.relative_error_on(heldout)
+    elif f.output_energy > 0:
+        relative = f.output_error() / f.output_energy
+    else:
+        relative = torch.zeros(f.max_rank + 1)
+    out_features, in_features = f.weight.shape
+    return LayerCurve(relative.cpu(), in_features + out_features, f.params_after(0), f.params_before())
+
+
+class LowRankFamily(Family):
+    """Factorizations sized by ``rank``, ``keep``, ``energy`` or ``budget``; grouped convolutions stay dense."""
+
+    name = "lowrank"
+    sizing = ("rank", "keep", "energy", "budget")
+
+    def drop(self, request: Request, selected: dict[str, nn.Module], skipped: dict[str, str],
+             explicit: set[str]) -> None:
+        for name, layer in list(selected.items()):
+            groups = getattr(layer, "groups", 1)
+            if groups != 1:
+                reason = f"a grouped convolution (groups={groups}) is not one matrix; low rank leaves it dense"
+                if name in explicit:
+                    raise ValueError(f"layer {name!r}: {reason}")
+                skipped[name] = reason
+                del selected[name]
+
+    def validate(self, request: Request, selected: dict[str, nn.Module], skipped: dict[str, str],
+                 explicit: set[str]) -> None:
+        sizing = request.sizing
+        if len(sizing) != 1:
+            raise ValueError(f"give exactly one of rank, keep, energy or budget (got {', '.join(sizing) or 'none'})")
+        for key in ("keep", "energy", "budget"):
+            if key in sizing:
+                check_fraction(key, sizing[key])
+        if request.method.validate is not None:
+            request.method.validate(**request.settings)
+        for name, layer in selected.items():
+            _initial_rank(name, plain_layer(layer), sizing.get("rank"), sizing.get("keep"))
+
+    def plan(self, request: Request, selected: dict[str, nn.Module], stats: LayerStats | None) -> Plan:
+        from tqdm.auto import tqdm
+
+        chosen, sizing = request.method, request.sizing
+        factorizations: dict[str, Factorization] = {}
+        ranks: dict[str, int] = {}
+        for name, layer in tqdm(selected.items(), desc=chosen.name, unit="layer",
+                                disable=progress_disabled(request.progress)):
+            plain = plain_layer(layer)
+            ranks[name] = _initial_rank(name, plain, sizing.get("rank"), sizing.get("keep"))
+            try:
+                factorizations[name] = chosen.fn(plain, stats[name], ranks[name], **request.settings)
+            except ValueError as error:
+                raise ValueError(f"layer {name!r}: {error}") from None
+        energy, budget = sizing.get("energy"), sizing.get("budget")
+        if energy is not None or budget is not None:
+            heldout = stats.heldout.layers if stats.heldout is not None else {}
+            curves = {name: _curve(f, heldout.get(name)) for name, f in factorizations.items()}
+            if energy is not None:
+                ranks = {name: rank_for_energy(curve.relative_error, energy) for name, curve in curves.items()}
+            else:
+                ranks = allocate_budget(curves, budget)
+        plan = Plan()
+        for name, f in factorizations.items():
+            layer, k = selected[name], ranks[name]
+            before, after = f.params_before(), f.params_after(k)
+            if k > f.max_rank or after >= before:
+                why = (f"rank {k} would need {after:,} parameters, not fewer than {before:,}" if k <= f.max_rank
+                       else "the budget is better spent here dense than factored")
+                plan.rows[name] = layer_row(name, layer, chosen.name, status="left dense", note=why,
+                                            relative_error=0.0, heldout_error=0.0 if stats.heldout is not None else None)
+                continue
+            plan.add(name, layer, *_factored(name, layer, f, k, stats, chosen.name))
+        return plan
+
+
+register_family(LowRankFamily())
+
+
+def _factored(name: str, layer: nn.Module, f: Factorization, rank: int, stats: LayerStats,
+              method: str) -> tuple[nn.Module, LayerRow]:
+    """The rank-``rank`` replacement of ``layer`` and its report row."""
+    new = f.module(rank)
+    error, held = output_errors(layer, new, stats, name)
+    return new, layer_row(name, layer, method, rank=rank, params_after=stored_params(new), relative_error=error,
+                          heldout_error=held, setting=f"rank {rank}")
+
+
+def sweep(
+    model: nn.Module,
+    stats: LayerStats,
+    layer: str,
+    ranks: Iterable[int],
+    *,
+    method: str = "dalr",
+    lam: float | None = None,
+    **settings,
+) -> Iterator[tuple[int, nn.Module, LayerRow]]:
+    """Yield ``(rank, compressed copy of model, report row)`` for each rank, from one factorization.
+
+    The decomposition is computed once at the largest rank and truncated for the
+    others, so a sweep costs about one compression. ``model`` is left unchanged.
+    """
+    if lam is not None:
+        settings["lam"] = lam
+    chosen = _method(method, settings)
+    if chosen.family != LowRankFamily.name:
+        raise ValueError(f"sweep runs low-rank methods; {method!r} is a {chosen.family} method")
+    ranks = list(ranks)
+    if not ranks:
+        raise ValueError("ranks is empty; give at least one rank to sweep")
+    target = resolve_layers(model, [layer], chosen.accepts)[0][layer]
+    for r in ranks:
+        _rank_request(layer, r)
+    try:
+        f = chosen.fn(plain_layer(target), stats[layer], max(ranks), **settings)
+    except ValueError as error:
+        raise ValueError(f"layer {layer!r}: {error}") from None
+    for r in ranks:
+        compressed = copy.deepcopy(model)
+        before, after = f.params_before(), f.params_after(r)
+        if after >= before:
+            row = layer_row(layer, target, method, status="left dense",
+                            note=f"rank {r} would need {after:,} parameters, not fewer than {before:,}")
+        else:
+            new, row = _factored(layer, target, f, r, stats, method)
+            replace_module(compressed, layer, behind_padding(target, new))
+        yield r, compressed, row
+
+

@@ -1,0 +1,81 @@
+"""A method added in one place (one function with @register) reaches compress, the CLI, recipes and the contract."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import netcompress as nc
+from conftest import SmallNet
+from netcompress.cli.main import main
+from netcompress.prune.modules import PRUNABLE, masked_like
+from test_compress import _data, check_contract
+
+
+def _prune_weakest_rows(layer: nn.Module, moments=None, *, fraction: float) -> nn.Module:
+    """Toy method: zero the output rows (units) of smallest L2 norm."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    new = masked_like(layer)
+    norms = layer.weight.detach().flatten(1).norm(dim=1)
+    weakest = norms.argsort()[: int(fraction * len(norms))]
+    with torch.no_grad():
+        new.mask[weakest] = False
+        new.weight[weakest] = 0
+    return new
+
+
+@pytest.fixture
+def toy_method():
+    nc.register("weakest-rows", family="layer", accepts=PRUNABLE, example={"fraction": 0.5})(_prune_weakest_rows)
+    yield "weakest-rows"
+    nc.unregister("weakest-rows")
+
+
+def test_a_registered_method_meets_the_contract(toy_method, tmp_path):
+    assert nc.METHODS[toy_method].settings == ("fraction",)
+    check_contract(toy_method, tmp_path)
+    model = SmallNet()
+    report = nc.compress(model, _data(), method=toy_method, fraction=0.25, progress=False)
+    fc1 = model.fc1
+    assert int((~fc1.mask).all(dim=1).sum()) == int(0.25 * fc1.out_features)
+    assert report["fc1"].params_after == int(fc1.mask.sum()) + fc1.bias.numel()
+
+
+def test_its_settings_are_checked_from_its_signature(toy_method):
+    model = SmallNet()
+    with pytest.raises(ValueError, match="fraction must be a number, got 'half'"):
+        nc.compress(model, _data(), method=toy_method, fraction="half", progress=False)
+    with pytest.raises(TypeError, match="does not take bits"):
+        nc.compress(model, _data(), method=toy_method, bits=4, progress=False)
+    with pytest.raises(ValueError, match="step 1: fraction must be a number"):
+        nc.run_pipeline(model, [{"method": toy_method, "fraction": "half"}], data=_data())
+
+
+def test_it_runs_in_a_recipe(toy_method):
+    model = SmallNet()
+    steps = [{"method": toy_method, "fraction": 0.5}, {"method": "uniform", "bits": 8}]
+    reports = nc.run_pipeline(model, steps, data=_data(), progress=False)
+    assert [r.rows[0].method for r in reports] == [toy_method, "uniform"]
+    assert int((~model.fc1.mask).all(dim=1).sum()) == model.fc1.out_features // 2
+
+
+def test_it_runs_from_the_command_line(toy_method, tmp_path, monkeypatch):
+    (tmp_path / "toy_factory.py").write_text("from conftest import SmallNet\n\ndef build():\n    return SmallNet()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    save_file(SmallNet().state_dict(), tmp_path / "w.safetensors")
+    np.save(tmp_path / "x.npy", _data().numpy())
+    code = main(["compress", "--model", "toy_factory:build", "--weights", str(tmp_path / "w.safetensors"),
+                 "--data", str(tmp_path / "x.npy"), "--method", toy_method, "--setting", "fraction=0.5",
+                 "-o", str(tmp_path / "out")])
+    assert code == 0
+    assert {r.method for r in nc.read_report(tmp_path / "out").rows if r.replaced} == {toy_method}
+
+
+def test_a_name_is_registered_once():
+    with pytest.raises(ValueError, match="'dalr' is already registered"):
+        nc.register("dalr", family="lowrank")(_prune_weakest_rows)
+    assert nc.METHODS["dalr"].fn is nc.dalr
+    with pytest.raises(ValueError, match="no method named 'nothing'"):
+        nc.unregister("nothing")
