@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import netcompress as nc
+from netcompress._description import build, describe
 from netcompress.quantize.methods import CLIP_FRACTIONS, binary, check_uniform, clip_weights, kmeans, ternary, uniform
 from netcompress.quantize.modules import QuantizedEmbedding
-from netcompress.storage.manifest import build, describe
 
 
 def _layer(out=12, inp=20, seed=0):

@@ -79,3 +79,54 @@ def test_a_name_is_registered_once():
     assert nc.METHODS["dalr"].fn is nc.dalr
     with pytest.raises(ValueError, match="no method named 'nothing'"):
         nc.unregister("nothing")
+
+
+class _HalfLinear(nn.Module):
+    """Toy layer: weights kept in float16, computed in the input's dtype."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("stored", torch.zeros(out_features, in_features, dtype=torch.float16))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.stored.to(x.dtype), self.bias)
+
+    def effective_weight(self):  # what the report's error column compares with the original weight
+        return self.stored.double(), self.bias
+
+    def describe(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features}
+
+    @classmethod
+    def from_description(cls, entry):
+        return cls(*entry.linear_size())
+
+
+def _to_half(layer: nn.Module, moments=None) -> nn.Module:
+    new = _HalfLinear(layer.in_features, layer.out_features)
+    with torch.no_grad():
+        new.stored.copy_(layer.weight)
+        new.bias.copy_(layer.bias)
+    return new
+
+
+def test_a_new_layer_class_saves_and_loads_once_it_is_describable(tmp_path):
+    from netcompress._description import _KNOWN, describable
+
+    nc.register("half", family="layer", accepts=(nn.Linear,))(_to_half)
+    try:
+        model, x = SmallNet(), _data()
+        report = nc.compress(model, x, method="half", progress=False)
+        with pytest.raises(ValueError, match="layer 'fc1' is a _HalfLinear.*describable"):
+            nc.save(model, tmp_path / "refused", report)  # not on the allow-list yet
+        assert not (tmp_path / "refused").exists()  # refused before anything is written
+        describable(_HalfLinear)
+        nc.save(model, tmp_path / "out", report)
+        fresh = nc.load(SmallNet(), tmp_path / "out")
+        assert isinstance(fresh.fc1, _HalfLinear)
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+    finally:
+        nc.unregister("half")
+        _KNOWN.pop("_HalfLinear", None)

@@ -21,7 +21,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "netcompress._graph": ("netcompress.prune._dependency",),
     "netcompress.lowbit": ("netcompress.quantize.lowbit",),
     "netcompress.io": ("netcompress.storage.io",),
-    "netcompress.modules": ("netcompress.storage.manifest",),
+    "netcompress.modules": ("netcompress._description",),
     "netcompress.codec": ("netcompress.storage.codec",),
     "netcompress.container": ("netcompress.storage.container", "netcompress.storage.tables",
                               "netcompress.storage._header"),

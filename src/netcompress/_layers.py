@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress._description import Entry, describable
+
 __all__ = [
     "Padded",
     "candidate_layers",
@@ -36,6 +38,10 @@ __all__ = [
 ]
 
 
+PADDING_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+@describable
 class Padded(nn.Module):
     """``layer(pad(x))``: a convolution whose padding is applied explicitly before it.
 
@@ -50,6 +56,14 @@ class Padded(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(F.pad(x, self.padding, self.mode) if self.mode != "constant" else F.pad(x, self.padding))
+
+    def describe(self) -> dict:
+        # Its inner layer is described under "<name>.layer" and rebuilt after it.
+        return {"padding": list(self.padding), "mode": self.mode}
+
+    @classmethod
+    def from_description(cls, entry: Entry) -> Padded:
+        return cls(entry.integers("padding", 4, 0), entry.choice("mode", PADDING_MODES), nn.Identity())
 
 
 def _static_padding(module: nn.Module) -> tuple[int, int, int, int] | None:

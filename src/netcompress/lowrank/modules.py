@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from netcompress._description import Entry, conv_fields, describable, linear_fields
+
 __all__ = [
     "LowRankConv2d",
     "LowRankLinear",
@@ -12,6 +14,7 @@ __all__ = [
 ]
 
 
+@describable
 class LowRankLinear(nn.Module):
     """``y = up(down(x))``: ``in → rank`` without bias, then ``rank → out`` with the bias."""
 
@@ -28,7 +31,15 @@ class LowRankLinear(nn.Module):
         """The (out, in·kh·kw) float64 matrix ``up · down`` this layer computes with, and its bias."""
         return _product(self.up, self.down)
 
+    def describe(self) -> dict:
+        return {**linear_fields(self), "rank": self.rank, "bias": self.up.bias is not None}
 
+    @classmethod
+    def from_description(cls, entry: Entry) -> LowRankLinear:
+        return cls(*entry.linear_size(), entry.integer("rank"), entry.flag("bias"))
+
+
+@describable
 class LowRankConv2d(nn.Module):
     """A ``rank``-channel convolution with the original kernel, stride, padding and dilation, then a 1×1 convolution."""
 
@@ -54,6 +65,16 @@ class LowRankConv2d(nn.Module):
     def effective_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The (out, in·kh·kw) float64 matrix ``up · down`` this layer computes with, and its bias."""
         return _product(self.up, self.down)
+
+    def describe(self) -> dict:
+        return {**conv_fields(self.down), "in_channels": self.in_channels, "out_channels": self.out_channels,
+                "rank": self.rank, "bias": self.up.bias is not None}
+
+    @classmethod
+    def from_description(cls, entry: Entry) -> LowRankConv2d:
+        args = entry.conv_args()
+        return cls(args["in_channels"], args["out_channels"], args["kernel_size"], entry.integer("rank"),
+                   args["stride"], args["padding"], args["dilation"], entry.flag("bias"))
 
 
 def build_low_rank(layer: nn.Module, rank: int, bias: bool) -> nn.Module:

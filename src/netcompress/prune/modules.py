@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress._description import Entry, conv_fields, describable, linear_fields
+
 __all__ = [
     "MaskedConv2d",
     "MaskedLinear",
@@ -13,6 +15,7 @@ __all__ = [
 ]
 
 
+@describable
 class MaskedLinear(nn.Linear):
     """``nn.Linear`` whose pruned weights (``mask == False``) stay zero."""
 
@@ -23,7 +26,15 @@ class MaskedLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight * self.mask, self.bias)
 
+    def describe(self) -> dict:
+        return {**linear_fields(self), "bias": self.bias is not None}
 
+    @classmethod
+    def from_description(cls, entry: Entry) -> MaskedLinear:
+        return cls(*entry.linear_size(), bias=entry.flag("bias"))
+
+
+@describable
 class MaskedConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose pruned weights (``mask == False``) stay zero."""
 
@@ -33,6 +44,13 @@ class MaskedConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.weight * self.mask, self.bias)
+
+    def describe(self) -> dict:
+        return {**conv_fields(self), "groups": self.groups, "bias": self.bias is not None}
+
+    @classmethod
+    def from_description(cls, entry: Entry) -> MaskedConv2d:
+        return cls(**entry.conv_args(), groups=entry.integer("groups"), bias=entry.flag("bias"))
 
 
 # Layers a pruning method takes: dense ones, and masked ones pruned again.

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from netcompress._description import Entry, conv_fields, describable, linear_fields
 from netcompress.prune.modules import PRUNABLE
 
 __all__ = [
@@ -73,6 +74,28 @@ class _Quantized(nn.Module):
                 extra += 8 * t.numel() * t.element_size()
         return max(1, math.ceil(math.log2(self.levels))) + extra / max(kept, 1)
 
+    def _grid_fields(self) -> dict:
+        """How the layer stores its weights, for its description."""
+        return {"scheme": self.scheme, "bits": self.code_bits, "levels": self.levels, "group_size": self.group_size,
+                "codebook_rows": self.codebook_rows, "per_tensor": self.per_tensor}
+
+    @staticmethod
+    def _grid(entry: Entry, rows: int, per_row: int) -> dict:
+        """The checked storage fields of a layer with ``rows`` output rows of ``per_row`` weights."""
+        levels = entry.integer("levels")
+        if levels > 256:
+            raise entry.fail(f"field 'levels' must be at most 256 (8-bit codes), got {levels}")
+        scheme = entry.choice("scheme", SCHEMES)
+        bits = entry.integer("bits")
+        if bits > 8 or levels > 1 << bits or (scheme != "codebook" and levels != 1 << bits):
+            raise entry.fail(f"fields 'bits' {bits} and 'levels' {levels} disagree (levels ≤ 2^bits ≤ 256)")
+        group_size, codebook_rows = entry.integer("group_size"), entry.integer("codebook_rows")
+        if per_row % group_size or codebook_rows > rows:
+            raise entry.fail(f"field 'group_size' {group_size} must divide the {per_row} weights of a row and "
+                             f"'codebook_rows' {codebook_rows} must be at most the {rows} rows")
+        return {"scheme": scheme, "bits": bits, "levels": levels, "group_size": group_size,
+                "codebook_rows": codebook_rows, "per_tensor": entry.flag("per_tensor")}
+
     def _rows(self, codes: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Dequantized values of ``codes`` (…, per_row) that belong to output rows ``rows`` (…)."""
         codebook = self.codebook
@@ -101,6 +124,7 @@ class _Quantized(nn.Module):
         return weight * mask if mask is not None else weight
 
 
+@describable
 class QuantizedLinear(_Quantized):
     """A Linear layer whose weights are integer codes with per-group scales, or codes into codebooks."""
 
@@ -115,7 +139,18 @@ class QuantizedLinear(_Quantized):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.weight, self.bias)
 
+    def describe(self) -> dict:
+        return {**linear_fields(self), **self._grid_fields(), "bias": self.bias is not None,
+                "masked": self.mask is not None}
 
+    @classmethod
+    def from_description(cls, entry: Entry) -> QuantizedLinear:
+        in_features, out_features = entry.linear_size()
+        return cls(in_features, out_features, **cls._grid(entry, out_features, in_features),
+                   bias=entry.flag("bias"), masked=entry.flag("masked"))
+
+
+@describable
 class QuantizedConv2d(_Quantized):
     """A Conv2d layer whose weights are integer codes with per-group scales, or codes into codebooks."""
 
@@ -132,7 +167,22 @@ class QuantizedConv2d(_Quantized):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
+    def describe(self) -> dict:
+        return {**conv_fields(self), "groups": self.groups, **self._grid_fields(), "bias": self.bias is not None,
+                "masked": self.mask is not None}
 
+    @classmethod
+    def from_description(cls, entry: Entry) -> QuantizedConv2d:
+        args, groups = entry.conv_args(), entry.integer("groups")
+        if args["in_channels"] % groups or args["out_channels"] % groups:
+            raise entry.fail(f"field 'groups' {groups} must divide in_channels and out_channels")
+        per_row = args["in_channels"] // groups * math.prod(args["kernel_size"])
+        grid = cls._grid(entry, args["out_channels"], per_row)
+        return cls(args.pop("in_channels"), args.pop("out_channels"), args.pop("kernel_size"), **grid, **args,
+                   groups=groups, bias=entry.flag("bias"), masked=entry.flag("masked"))
+
+
+@describable
 class QuantizedEmbedding(_Quantized):
     """An Embedding table stored as codes: each looked-up row is dequantized on its own.
 
@@ -150,6 +200,19 @@ class QuantizedEmbedding(_Quantized):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._rows(self.codes[input], input)
+
+    def describe(self) -> dict:
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
+                "padding_idx": self.padding_idx, **self._grid_fields()}
+
+    @classmethod
+    def from_description(cls, entry: Entry) -> QuantizedEmbedding:
+        size = (entry.integer("num_embeddings"), entry.integer("embedding_dim"))
+        entry.refuse_larger(size[0] * size[1], f"a {size[0]}×{size[1]} embedding table")
+        padding_idx = entry.get("padding_idx")
+        if padding_idx is not None and entry.integer("padding_idx", low=0) >= size[0]:
+            raise entry.fail(f"field 'padding_idx' {padding_idx} is not a row of the {size[0]}-row table")
+        return cls(*size, **cls._grid(entry, *size), padding_idx=padding_idx)
 
 
 def quantized_like(layer: nn.Module, *, scheme: str, bits: int, group_size: int | None = None,

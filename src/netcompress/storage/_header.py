@@ -15,7 +15,7 @@ import zlib
 
 import torch
 
-from netcompress.storage.manifest import build
+from netcompress._description import build
 
 __all__ = [
     "DTYPES",

@@ -3,7 +3,7 @@
 ``save(model, path)`` writes into the directory ``path``
 
 * ``model.safetensors``: the whole ``state_dict`` of the compressed model;
-* ``manifest.json``: the type and shape of every layer (see :mod:`netcompress.storage.manifest`), so that
+* ``manifest.json``: the type and shape of every layer (see :mod:`netcompress._description`), so that
   replaced, factorized, pruned-to-size and quantized layers can be rebuilt; a fingerprint of the
   *original* architecture (see :mod:`netcompress._architecture`); the SHA-256 of the weights;
 * ``report.json`` (when a report is given).
@@ -34,11 +34,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from netcompress import _architecture
+from netcompress._description import build, describe
 from netcompress._layers import replace_module
 from netcompress._transaction import all_or_nothing
 from netcompress.report import Report
 from netcompress.storage._atomic import atomic_write_bytes, made_directories, staged_file
-from netcompress.storage.manifest import build, describe
 
 __all__ = ["apply_manifest", "atomic_write_bytes", "check_save_target", "load", "manifest", "read_report", "save"]
 
@@ -52,7 +52,16 @@ MAX_JSON_BYTES = 64 << 20  # a manifest or report of a model with a million laye
 
 def manifest(model: nn.Module) -> dict:
     """The architecture record of ``model``: every layer netcompress knows, and the original's fingerprint."""
-    layers = {name: d for name, m in model.named_modules() if name and (d := describe(m)) is not None}
+    layers = {}
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        entry = describe(module)
+        if entry is None and isinstance(getattr(module, _architecture.ORIGINAL, None), dict):
+            raise ValueError(f"layer {name!r} is a {type(module).__name__}, which netcompress put there but cannot "
+                             "describe; decorate its class with netcompress._description.describable")
+        if entry is not None:
+            layers[name] = entry
     return {"format": FORMAT, "version": VERSION, "layers": layers, "architecture": _architecture.fingerprint(model)}
 
 
