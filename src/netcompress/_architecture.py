@@ -27,9 +27,9 @@ _PLAIN = {nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d}
 
 
 def _plain_types() -> set[type]:
-    from netcompress.prune.modules import MaskedConv2d, MaskedLinear
+    from netcompress.prune.modules import PRUNABLE
 
-    return _PLAIN | {MaskedLinear, MaskedConv2d}
+    return _PLAIN | set(PRUNABLE)
 
 
 def _kernel(module: nn.Module) -> list[int] | None:

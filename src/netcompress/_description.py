@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from torch import nn
 
-__all__ = ["Entry", "build", "conv_fields", "describable", "describe", "linear_fields"]
+__all__ = ["Entry", "build", "conv_fields", "describable", "describe", "linear_fields", "replacement_types"]
 
 _MAX_DIM = 1 << 24
 _MAX_ELEMENTS = 1 << 31
@@ -114,6 +114,11 @@ def describable(cls: T) -> T:
     """Class decorator: ``cls`` (with ``describe()`` and classmethod ``from_description(entry)``) may be saved and built."""
     _register(cls, cls.describe, cls.from_description)
     return cls
+
+
+def replacement_types() -> tuple[type, ...]:
+    """The layer classes netcompress (or a plug-in) puts in a model: every :func:`describable` class."""
+    return tuple(cls for cls, describe_fn, _ in _KNOWN.values() if describe_fn is getattr(cls, "describe", None))
 
 
 def describe(module: nn.Module) -> dict | None:

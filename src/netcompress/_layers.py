@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netcompress._description import Entry, describable
+from netcompress._description import Entry, describable, replacement_types
 
 __all__ = [
+    "DENSE",
     "Padded",
     "candidate_layers",
     "explicit_names",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 
+# The layers every method understands: a weight matrix applied to inputs collect() can observe.
+DENSE = (nn.Linear, nn.Conv2d)
 PADDING_MODES = ("constant", "reflect", "replicate", "circular")
 
 
@@ -80,22 +83,13 @@ def explicit_padding(module: nn.Module) -> tuple[tuple[int, int, int, int], str]
     """``((left, right, top, bottom), mode)`` when a Conv2d's padding must be applied before the product, else None."""
     if not isinstance(module, nn.Conv2d):
         return None
-    if type(module).forward is not nn.Conv2d.forward and not isinstance(module, _own_types()):
+    if type(module).forward is not nn.Conv2d.forward and not isinstance(module, replacement_types()):
         static = _static_padding(module)
         return (static, "constant") if static is not None and module.padding == (0, 0) else None
     if isinstance(module.padding, str) or module.padding_mode != "zeros":
         mode = {"zeros": "constant"}.get(module.padding_mode, module.padding_mode)
         return tuple(module._reversed_padding_repeated_twice), mode
     return None
-
-
-def _own_types() -> tuple[type[nn.Module], ...]:
-    from netcompress.lowrank.modules import LowRankConv2d, LowRankLinear
-    from netcompress.prune.modules import MaskedConv2d, MaskedLinear
-    from netcompress.quantize.modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
-
-    return (LowRankLinear, LowRankConv2d, MaskedLinear, MaskedConv2d, QuantizedLinear, QuantizedConv2d,
-            QuantizedEmbedding, Padded)
 
 
 def _standard_forward(module: nn.Module) -> bool:
@@ -107,7 +101,7 @@ def _standard_forward(module: nn.Module) -> bool:
 
 def candidate_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Every module that holds a weight matrix (or is a netcompress replacement): what the Report accounts for."""
-    own = _own_types()
+    own = replacement_types()
     found: dict[str, nn.Module] = {}
     inside: list[str] = []
     for name, module in model.named_modules():
@@ -132,7 +126,7 @@ def _shared_weights(model: nn.Module) -> dict[int, list[str]]:
 def unsupported_reason(model: nn.Module, name: str, module: nn.Module, accepts: tuple[type[nn.Module], ...],
                        owners: dict[int, list[str]] | None = None) -> str | None:
     """Why a method that takes ``accepts`` cannot compress this layer (None when it can)."""
-    own = _own_types()
+    own = replacement_types()
     if isinstance(module, own):
         return None if type(module) in accepts else f"already compressed ({type(module).__name__})"
     kinds = tuple(t for t in accepts if t not in own)
@@ -165,7 +159,7 @@ def plain_layer(module: nn.Module) -> nn.Module:
 def resolve_layers(
     model: nn.Module,
     layers: Iterable[str] | str | None,
-    accepts: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d),
+    accepts: tuple[type[nn.Module], ...] = DENSE,
     exclude: Iterable[str] | str | None = None,
 ) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """Map the requested layer names (or ``"re:<regex>"`` patterns) to the model's modules.

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from netcompress._layers import explicit_names, plain_layer, progress_disabled, resolve_layers
+from netcompress._layers import DENSE, explicit_names, plain_layer, progress_disabled, resolve_layers
 from netcompress._replacement import (
     Plan,
     apply_plan,
@@ -45,7 +45,7 @@ from netcompress.stats import LayerStats, collect
 __all__ = ["DEFAULT_HOLDOUT", "METHODS", "Family", "Request", "compress"]
 
 # Layers whose inputs collect() can observe (embeddings take indices: data-free methods only).
-OBSERVABLE = (nn.Linear, nn.Conv2d)
+OBSERVABLE = DENSE
 
 # Held-out share of the data that compress keeps apart for honest errors when it collects statistics itself.
 DEFAULT_HOLDOUT = 0.2

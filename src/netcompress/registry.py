@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch import nn
 
+from netcompress._layers import DENSE
+
 if TYPE_CHECKING:
     from netcompress.compress import Family
 
 __all__ = ["FAMILIES", "METHODS", "Method", "accepted_types", "check_value", "method", "register", "register_family", "unregister"]
 
-DENSE = (nn.Linear, nn.Conv2d)
 
 F = TypeVar("F", bound=Callable)
 

@@ -310,13 +310,13 @@ def collect(
     """
     from tqdm.auto import tqdm
 
-    from netcompress.prune.modules import MaskedConv2d, MaskedLinear
+    from netcompress.prune.modules import PRUNABLE
 
     if positions is not None and (isinstance(positions, bool) or not isinstance(positions, int) or positions <= 0):
         raise ValueError(f"positions must be a positive number of spatial samples per image, got {positions!r}")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
         raise ValueError(f"holdout must be a fraction in [0, 1) of the samples to keep apart, got {holdout!r}")
-    selected, skipped = resolve_layers(model, layers, (nn.Linear, nn.Conv2d, MaskedLinear, MaskedConv2d))
+    selected, skipped = resolve_layers(model, layers, PRUNABLE)
     device, dtype = model_device_dtype(model)
     generator = torch.Generator().manual_seed(seed)
     recorders = {name: _Recorder(name, layer, positions, generator) for name, layer in selected.items()}

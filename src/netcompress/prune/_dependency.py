@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from netcompress._layers import DENSE
+
 __all__ = ["ChannelGraph", "Segment", "trace_channels"]
 
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
@@ -70,7 +72,7 @@ class ChannelGraph:
 
 
 def _is_layer(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, nn.Conv2d))
+    return isinstance(module, DENSE)
 
 
 class _LayerTracer(fx.Tracer):

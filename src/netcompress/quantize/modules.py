@@ -12,6 +12,7 @@ from netcompress._description import Entry, conv_fields, describable, linear_fie
 from netcompress.prune.modules import PRUNABLE
 
 __all__ = [
+    "QuantizedLayer",
     "QuantizedConv2d",
     "QuantizedEmbedding",
     "QuantizedLinear",
@@ -24,7 +25,7 @@ QUANTIZABLE = (*PRUNABLE, nn.Embedding)
 SCHEMES = ("symmetric", "asymmetric", "codebook")
 
 
-class _Quantized(nn.Module):
+class QuantizedLayer(nn.Module):
     """Shared body: integer codes with per-group scales, or codes into per-row-group codebooks."""
 
     # Bookkeeping properties that TorchScript need not (and cannot) compile; ``weight`` is compiled.
@@ -125,7 +126,7 @@ class _Quantized(nn.Module):
 
 
 @describable
-class QuantizedLinear(_Quantized):
+class QuantizedLinear(QuantizedLayer):
     """A Linear layer whose weights are integer codes with per-group scales, or codes into codebooks."""
 
     def __init__(self, in_features: int, out_features: int, *, scheme: str = "symmetric", bits: int = 8,
@@ -151,7 +152,7 @@ class QuantizedLinear(_Quantized):
 
 
 @describable
-class QuantizedConv2d(_Quantized):
+class QuantizedConv2d(QuantizedLayer):
     """A Conv2d layer whose weights are integer codes with per-group scales, or codes into codebooks."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], *, scheme: str = "symmetric",
@@ -183,7 +184,7 @@ class QuantizedConv2d(_Quantized):
 
 
 @describable
-class QuantizedEmbedding(_Quantized):
+class QuantizedEmbedding(QuantizedLayer):
     """An Embedding table stored as codes: each looked-up row is dequantized on its own.
 
     Rows play the part of output channels and the embedding dimension that of inputs, so

@@ -45,7 +45,7 @@ from torch import nn
 
 from netcompress._transaction import all_or_nothing
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear
-from netcompress.quantize.modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
+from netcompress.quantize.modules import QuantizedLayer
 from netcompress.storage._atomic import atomic_write_bytes
 from netcompress.storage._header import (
     DTYPE_NAMES,
@@ -69,7 +69,6 @@ from netcompress.storage.io import apply_manifest, manifest
 
 __all__ = ["MAGIC", "load_compressed", "save_compressed"]
 
-_QUANTIZED = (QuantizedLinear, QuantizedConv2d, QuantizedEmbedding)
 
 
 # ---- writing -------------------------------------------------------------------------------------------------------
@@ -185,7 +184,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, *, overwrite: boo
     payload, records, handled = _Payload(), [], set()
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        if isinstance(module, _QUANTIZED):
+        if isinstance(module, QuantizedLayer):
             records += _quantized_records(name, module, payload)
             handled |= {f"{prefix}codes", f"{prefix}mask"}
         elif isinstance(module, (MaskedLinear, MaskedConv2d)):
@@ -288,7 +287,7 @@ def _load_into(model: nn.Module, header: dict, records: list[dict], reader: _Rea
             raise ValueError(f"{source}: tensor {record['name']!r} is {record['dtype']} in the file but "
                              f"{target.dtype} in the model")
         layer = model.get_submodule(record["name"].rpartition(".")[0])
-        if "levels" in record and isinstance(layer, _QUANTIZED) and record["levels"] > layer.levels:
+        if "levels" in record and isinstance(layer, QuantizedLayer) and record["levels"] > layer.levels:
             raise ValueError(f"{source}: codes {record['name']!r} use {record['levels']} levels; the layer has {layer.levels}")
     masks: dict[str, torch.Tensor] = {}
     with torch.no_grad():
