@@ -115,3 +115,11 @@ def test_written_files_get_the_usual_permissions(saved, tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~mask
     nc.save_compressed(model, tmp_path / "m.ncz")
     assert stat.S_IMODE((tmp_path / "m.ncz").stat().st_mode) == 0o666 & ~mask
+
+
+def test_a_report_of_another_version_is_refused():
+    report = nc.Report([])
+    data = report.to_dict()
+    assert nc.Report.from_dict(data).rows == []
+    with pytest.raises(ValueError, match="report has version 7"):
+        nc.Report.from_dict({**data, "version": 7})

@@ -213,7 +213,7 @@ def test_replacement_modules_script_and_export():
 @pytest.mark.parametrize("shape", [(40, 60), (60, 40)])
 def test_float32_search_with_float64_refinement_matches_the_exact_solution(shape, monkeypatch):
     """Large layers search the output directions in float32; the result must equal the exact one."""
-    import netcompress.lowrank.methods as lowrank
+    import netcompress.lowrank._linalg as lowrank
 
     layer = _layer(*shape)
     x = correlated_inputs(300, shape[1])

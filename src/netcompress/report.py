@@ -13,6 +13,9 @@ __all__ = ["LayerRow", "Report"]
 STATUSES = ("compressed", "left dense", "not selected")
 
 
+FORMAT = "netcompress.report"
+VERSION = 1  # of the JSON written by Report.to_json
+
 @dataclass
 class LayerRow:
     """One layer of the model: compressed, left dense (``note`` says why) or not selected.
@@ -81,15 +84,18 @@ class Report:
         return text_table(lines[0], lines[1:])
 
     def to_dict(self) -> dict:
-        return {"format": "netcompress.report", "version": 1, "layers": [asdict(r) for r in self.rows]}
+        return {"format": FORMAT, "version": VERSION, "layers": [asdict(r) for r in self.rows]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, data: dict) -> Report:
-        if not isinstance(data, dict) or data.get("format") != "netcompress.report":
-            raise ValueError("this JSON is not a netcompress report (its 'format' is not 'netcompress.report')")
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"this JSON is not a netcompress report (its 'format' is not {FORMAT!r})")
+        if data.get("version") != VERSION:
+            raise ValueError(f"the report has version {data.get('version')!r}; this netcompress reads version "
+                             f"{VERSION}, so write it again with Report.to_json")
         names = {f.name for f in fields(LayerRow)}
         try:
             rows = [LayerRow(**{k: v for k, v in row.items() if k in names}) for row in data["layers"]]

@@ -6,7 +6,7 @@ compression methods need, never the activations themselves:
 * the input second-moment matrix ``XXᵀ`` (float64), the input sum and the
   sample count, from which DALR, SVD+BC and every output-error estimate follow;
 * per output unit, how often its post-ReLU response is non-zero (the
-  *activation rate* of seed 000), and its mean and max post-ReLU response.
+  *activation rate* of Masana et al., ICCV 2017), and its mean and max post-ReLU response.
 
 A Conv2d layer is seen through its im2col view: each spatial position of each
 image is one sample of the patch vector (``in_channels·kh·kw`` long).

@@ -185,7 +185,8 @@ def finetune(
 def codistill(models: Sequence[nn.Module], data: tuple[torch.Tensor, torch.Tensor], *, epochs: int, lr: float,
               burn_in_epochs: int = 1, weight: float = 1.0, temperature: float = 1.0, batch_size: int = 128,
               seed: int = 0, progress: bool | None = None) -> list[nn.Module]:
-    """Train ``models`` together, each also matching the others' mean prediction (seed 003, Algorithm 1).
+    """Train ``models`` together, each also matching the others' mean prediction (Anil et al., "Large scale distributed neural network training through
+    online distillation", ICLR 2018, Algorithm 1).
 
     The first ``burn_in_epochs`` use only the labels; afterwards each model's loss adds
     ``weight · H(mean_{j≠i} σ(z_j/T), σ(z_i/T))``. All models see the same mini-batches.

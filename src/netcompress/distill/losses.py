@@ -11,7 +11,7 @@ those features with forward hooks, so no model's ``forward`` needs rewriting.
 * :class:`SelfAttention`: self attention distillation (SAD, Hou et al. 2019): each shallower
   block's attention map mimics the next deeper block's, in the same network.
 * :class:`InterRegionAffinity`: IntRA-KD (Hou et al. 2020): affinity graphs between regions.
-* :func:`codistillation_losses`: N models teaching each other (seed 003, Algorithm 1).
+* :func:`codistillation_losses`: N models teaching each other (Anil et al., ICLR 2018, Algorithm 1).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def soft_cross_entropy(target_probabilities: torch.Tensor, logits: torch.Tensor)
 
 
 class Logits(nn.Module):
-    """Hinton et al.'s distillation: ``α·H(y, σ(z_s)) + β·H(σ(z_t/T), σ(z_s/T))`` (seed 003).
+    """Hinton et al.'s distillation: ``α·H(y, σ(z_s)) + β·H(σ(z_t/T), σ(z_s/T))`` (Hinton, Vinyals and Dean, "Distilling the knowledge in a neural network", 2015).
 
     The seed's formula is taken as written; Hinton et al. scale the soft term by ``T²`` to keep
     its gradients comparable across temperatures, which here is a choice of ``β``.
@@ -226,7 +226,7 @@ class InterRegionAffinity(nn.Module):
 
 def codistillation_losses(logits: Sequence[torch.Tensor], labels: torch.Tensor | None, *,
                           weight: float = 1.0, temperature: float = 1.0) -> list[torch.Tensor]:
-    """Per model ``i``: ``φ(y, z_i) + weight·ψ(mean_{j≠i} σ(z_j/T), z_i/T)`` (seed 003, Algorithm 1).
+    """Per model ``i``: ``φ(y, z_i) + weight·ψ(mean_{j≠i} σ(z_j/T), z_i/T)`` (Anil et al., ICLR 2018, Algorithm 1).
 
     ``φ`` is cross-entropy with the labels (skipped when ``labels`` is None), ``ψ`` the soft
     cross-entropy; the other models' predictions are constants for model ``i``.

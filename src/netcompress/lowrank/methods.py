@@ -4,7 +4,7 @@ A layer ``y = Wx + b`` (``W``: out × in, for a Conv2d the im2col view
 out × in·kh·kw) is replaced by two maps ``y ≈ A(Bx) + b̂`` of rank ``k``:
 
 * ``svd``     ``A = Û_k``, ``B = Ŝ_k V̂_kᵀ`` from ``W = USVᵀ``; ``b̂ = b``.
-* ``svd_bc``  the same with bias compensation ``b̂ = b + (W − Ŵ)x̄`` (seed 001).
+* ``svd_bc``  the same with bias compensation ``b̂ = b + (W − Ŵ)x̄`` (Masana et al., ICCV 2017).
 * ``dalr``    domain-adaptive low-rank regression (Masana et al., ICCV 2017, seeds 000/001):
               ``A = Û_k`` (leading eigenvectors of ``ZZᵀ = W(XXᵀ)Wᵀ``) and
               ``B = Û_kᵀ Z Xᵀ (XXᵀ + λI)⁻¹``, from the target statistics alone.
@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from netcompress.lowrank._linalg import leading_output_directions, ridge_solve
 from netcompress.lowrank.modules import build_low_rank
 from netcompress.moments import Moments
 from netcompress.registry import register
 
 __all__ = [
     "DEFAULT_LAM",
-    "FLOAT32_SEARCH_FROM",
     "Factorization",
     "check_lam",
     "check_shrinkage",
@@ -259,7 +259,7 @@ def svd(layer: nn.Module, moments: Moments, rank: int, *, bias_compensation: boo
 
 @register("svd-bc", **_LOW_RANK)
 def svd_bc(layer: nn.Module, moments: Moments, rank: int) -> Factorization:
-    """SVD with bias compensation ``b̂ = b + (W − Ŵ)x̄`` (seed 001, "Bias compensation")."""
+    """SVD with bias compensation ``b̂ = b + (W − Ŵ)x̄`` (Masana et al., ICCV 2017, "bias compensation")."""
     return svd(layer, moments, rank, bias_compensation=True)
 
 
@@ -273,7 +273,8 @@ def dalr(
     bias_compensation: bool = False,
     shrinkage: float | str = "auto",
 ) -> Factorization:
-    """Domain-adaptive low-rank regression (seed 000, "DALR"; seed 001).
+    """Domain-adaptive low-rank regression (Masana, van de Weijer, Herranz, Bagdanov and Álvarez,
+    "Domain-adaptive deep network compression", ICCV 2017).
 
     Solves ``min ||Z − CX||² + λ||C||²`` s.t. ``rank(C) ≤ k`` with ``Z = WX`` in closed form:
     ``A = Û_k``, ``B = Û_kᵀ Z Xᵀ (XXᵀ + λI)⁻¹``, where ``Û_k`` are the leading left singular
@@ -297,10 +298,10 @@ def dalr(
     lam = check_lam(DEFAULT_LAM if lam is None else lam)
     moments = _on(moments, W.device)
     Q = shrunk_second_moment(moments, bias_compensation, shrinkage)
-    U, wqw_trace = _leading_output_directions(W, Q, rank)
+    U, wqw_trace = leading_output_directions(W, Q, rank)
     T = U.T @ W
     ridge = lam * float(Q.diagonal().sum()) / Q.shape[0]
-    B = T if ridge == 0 else T - ridge * _ridge_solve(Q, ridge, T.T).T
+    B = T if ridge == 0 else T - ridge * ridge_solve(Q, ridge, T.T).T
     return Factorization(layer, W, _layer_bias(layer), U, B, moments, bias_compensation, wqw_trace, Q)
 
 
@@ -349,73 +350,14 @@ def dalr_bc(layer: nn.Module, moments: Moments, rank: int, *, lam: float | None 
     return dalr(layer, moments, rank, lam=lam, bias_compensation=True, shrinkage=shrinkage)
 
 
-# From this many dimensions on the cheaper side, the search for the leading output directions
-# runs in float32 and is then refined in float64 (see _leading_output_directions).
-FLOAT32_SEARCH_FROM = 1024
 
 
-def _leading_output_directions(W: torch.Tensor, Q: torch.Tensor, rank: int) -> tuple[torch.Tensor, float]:
-    """The ``rank`` leading eigenvectors of ``ZZᵀ = W Q Wᵀ`` (float64) and its trace.
-
-    Small layers are decomposed exactly in float64. For large ones the dominant cost
-    is forming and decomposing ``ZZᵀ``: that search runs in float32 for a few more
-    directions than needed, then one float64 power step and a Rayleigh–Ritz projection
-    polish them. The output error is stationary in ``U``, so the directions' residual
-    error enters it only squared; ``B`` is then exact for those directions.
-    """
-    if min(W.shape) < FLOAT32_SEARCH_FROM:
-        return _exact_directions(W, Q, rank)
-    width = min(min(W.shape), rank + max(8, rank // 2))
-    start, trace = _exact_directions(W.float(), Q.float(), width)
-    U, captured = _rayleigh_ritz(W, Q, start.double(), rank)
-    return U, max(trace, captured)
 
 
-def _exact_directions(W: torch.Tensor, Q: torch.Tensor, rank: int) -> tuple[torch.Tensor, float]:
-    """Leading eigenvectors of ``W Q Wᵀ`` and its trace, from the cheaper side, in the inputs' precision.
-
-    With ``out ≤ in`` the ``out × out`` matrix is decomposed directly. Otherwise
-    ``Q = RRᵀ`` and the left singular vectors of ``WR`` come from the ``in × in``
-    matrix ``(WR)ᵀ(WR)``; directions with no output energy get zero columns,
-    which leave the product unchanged.
-    """
-    out_features, in_features = W.shape
-    if out_features <= in_features:
-        ZZt = (W @ Q) @ W.T
-        values, vectors = torch.linalg.eigh(ZZt)
-        return vectors[:, -rank:].flip(1).contiguous(), float(values.double().sum())
-    q_values, q_vectors = torch.linalg.eigh(Q)
-    Y = W @ (q_vectors * q_values.clamp_min(0).sqrt())
-    values, vectors = torch.linalg.eigh(Y.T @ Y)
-    values, vectors = values[-rank:].flip(0), vectors[:, -rank:].flip(1)
-    scale = values.clamp_min(0).sqrt()
-    keep = scale > scale.max().clamp_min(1e-30) * 1e-10
-    U = torch.zeros(out_features, rank, dtype=W.dtype, device=W.device)
-    U[:, keep] = (Y @ vectors[:, keep]) / scale[keep]
-    return U, float(Y.double().pow(2).sum())
 
 
-def _rayleigh_ritz(W: torch.Tensor, Q: torch.Tensor, V: torch.Tensor, rank: int) -> tuple[torch.Tensor, float]:
-    """One power step on ``ZZᵀ = W Q Wᵀ`` from the directions ``V``, then the best ``rank`` of that subspace.
-
-    ``ZZᵀ`` is applied as ``W(Q(WᵀV))``, never formed. Returns the directions and
-    the output energy the whole subspace captures.
-    """
-    V, _ = torch.linalg.qr(W @ (Q @ (W.T @ V)))
-    WtV = W.T @ V
-    values, vectors = torch.linalg.eigh(WtV.T @ (Q @ WtV))
-    return V @ vectors[:, -rank:].flip(1), float(values.clamp_min(0).sum())
 
 
-def _ridge_solve(Q: torch.Tensor, ridge: float, rhs: torch.Tensor) -> torch.Tensor:
-    """``(Q + ridge·I)⁻¹ rhs`` by a Cholesky factor and two triangular solves."""
-    system = Q.clone()
-    system.diagonal().add_(ridge)
-    factor, info = torch.linalg.cholesky_ex(system)
-    if info.item() != 0:
-        raise ValueError("the input second moment plus λI is not positive definite; raise lam")
-    half = torch.linalg.solve_triangular(factor, rhs, upper=False)
-    return torch.linalg.solve_triangular(factor.mT, half, upper=True)
 
 
 def _on(moments: Moments, device: torch.device) -> Moments:

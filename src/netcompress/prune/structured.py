@@ -5,7 +5,7 @@ dependency tracer (:mod:`netcompress._graph`), *how important* a channel is from
 criteria below, *how much* from ``sparsity``. Removing channels of a producer slices its
 rows and the matching inputs of every layer and BatchNorm that reads them.
 
-* ``activation`` (seed 000's "Pruning (mean)"/"Pruning (max)" baselines, seed 003's
+* ``activation`` (the "Pruning (mean)"/"Pruning (max)" baselines of Masana et al., ICCV 2017; Hu et al.'s
   neuron importance): units ranked by their post-ReLU response on the target data:
   ``criterion="mean"``, ``"max"`` or ``"rate"`` (activation rate).
 * ``channel``: filters ranked by how much output energy they feed into the layers that

@@ -1,4 +1,5 @@
-"""Low-bit quantization with limited data: group-wise grids and two-stage distillation (seed 004).
+"""Low-bit quantization with limited data: group-wise grids and two-stage distillation (Yuan, Chen, Hu and Peng, "Towards Low-Bit Quantization of Deep Neural Networks with
+Limited Data", ICPR 2020).
 
 1. Group-wise uniform quantization of every layer (:func:`shared_grid`: one grid per group
    of output channels, kept as a codebook), calibrated on the target statistics of the few

