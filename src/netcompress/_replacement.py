@@ -15,13 +15,13 @@ from torch import nn
 
 from netcompress._architecture import remember_original
 from netcompress._layers import Padded, explicit_padding, replace_module
-from netcompress._tensors import call_model, model_device_dtype
+from netcompress._tensors import call_model, model_device_dtype, weight_matrix
 from netcompress._transaction import all_or_nothing, evaluating
 from netcompress.moments import Moments, relative_output_error
 from netcompress.report import LayerRow, Report
 from netcompress.stats import LayerStats
 
-__all__ = ["Plan", "apply_plan", "behind_padding", "check_samples", "effective_weight", "layer_row", "layer_settings",
+__all__ = ["Plan", "apply_plan", "behind_padding", "check_samples", "layer_row", "layer_settings",
            "output_errors", "stored_params"]
 
 
@@ -43,26 +43,12 @@ def stored_params(module: nn.Module) -> int:
     return total
 
 
-def effective_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The (out, in·kh·kw) weight matrix and bias a layer or replacement computes with."""
-    if isinstance(module, Padded):
-        return effective_weight(module.layer)
-    if hasattr(module, "effective_weight"):  # a replacement that computes with more than one weight (low rank)
-        return module.effective_weight()
-    weight = module.weight.detach()
-    mask = getattr(module, "mask", None)
-    if mask is not None and not isinstance(weight, nn.Parameter):  # quantized: its weight already holds the mask
-        mask = None
-    weight = weight * mask if mask is not None else weight
-    return weight.reshape(weight.shape[0], -1).double(), module.bias
-
-
 def output_errors(old: nn.Module, new: nn.Module, stats: LayerStats | None, name: str) -> tuple[float | None, float | None]:
     """In-sample and held-out relative output error of replacing ``old`` by ``new``."""
     if stats is None or name not in stats:
         return None, None
-    W, b = effective_weight(old)
-    W_new, b_new = effective_weight(new)
+    W, b = weight_matrix(old)
+    W_new, b_new = weight_matrix(new)
     groups = getattr(old, "groups", 1)
     in_sample = relative_output_error(W, b, W_new, b_new, stats[name], groups)
     heldout = stats.heldout.layers.get(name) if stats.heldout is not None else None

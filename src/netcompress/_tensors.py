@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netcompress._layers import explicit_padding
+from netcompress._layers import Padded, explicit_padding
 
 __all__ = [
+    "weight_matrix",
     "batch_input",
     "batch_size",
     "call_model",
@@ -118,3 +119,19 @@ def input_columns(out_features: int, per_row: int, groups: int) -> torch.Tensor:
     return offsets[:, None] + torch.arange(per_row)[None, :]
 
 
+def weight_matrix(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The (out, in·kh·kw) float64 matrix a layer computes with, and its bias.
+
+    Its mask applied (a pruned layer), rebuilt from codes (a quantized one), the product of its
+    factors (a replacement with an ``effective_weight()``, such as a low-rank layer), and seen
+    through a padding wrapper.
+    """
+    if isinstance(module, Padded):
+        return weight_matrix(module.layer)
+    if hasattr(module, "effective_weight"):
+        return module.effective_weight()
+    weight = module.weight.detach()
+    mask = getattr(module, "mask", None)
+    if mask is not None and isinstance(module._parameters.get("weight"), nn.Parameter):
+        weight = weight * mask  # (a quantized layer's weight is rebuilt from codes with its mask already)
+    return weight.reshape(weight.shape[0], -1).to(torch.float64), module.bias

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from netcompress._tensors import weight_matrix
 from netcompress.prune._dependency import ChannelGraph, Segment, trace_channels
 from netcompress.prune.modules import PRUNABLE, MaskedConv2d, MaskedLinear
 from netcompress.prune.unstructured import _check_sparsity
@@ -75,8 +76,7 @@ def _output_energy_importance(name: str, graph: ChannelGraph, model: nn.Module, 
         if not any(s.source == name for s in space):
             continue
         layer = model.get_submodule(reader)
-        weight = (layer.weight * layer.mask) if hasattr(layer, "mask") else layer.weight
-        matrix = weight.detach().reshape(weight.shape[0], -1).to(torch.float64)
+        matrix = weight_matrix(layer)[0]
         moments = stats[reader]
         per_feature = matrix.pow(2).sum(0).cpu() * (moments.input_energy.cpu() / max(moments.count, 1))
         per_feature = per_feature.reshape(-1, 1 if isinstance(layer, nn.Linear) else layer.kernel_size[0] * layer.kernel_size[1]).sum(1)
@@ -115,9 +115,9 @@ def _keep_mask(importance: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 def _refit(layer: nn.Module, moments, keep_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Least-squares weights (and bias) on the kept inputs that best reproduce the layer's target outputs."""
-    weight = layer.weight * layer.mask if hasattr(layer, "mask") else layer.weight
-    W = weight.detach().reshape(weight.shape[0], -1).to(torch.float64).cpu()
-    b = layer.bias.detach().to(torch.float64).cpu() if layer.bias is not None else torch.zeros(W.shape[0], dtype=torch.float64)
+    W, b = weight_matrix(layer)
+    W = W.cpu()
+    b = b.detach().to(torch.float64).cpu() if b is not None else torch.zeros(W.shape[0], dtype=torch.float64)
     n = moments.count
     augmented = torch.zeros(W.shape[1] + 1, W.shape[1] + 1, dtype=torch.float64)
     augmented[:-1, :-1] = moments.gram.cpu()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from netcompress._layers import replace_module
-from netcompress._tensors import input_columns
+from netcompress._tensors import input_columns, weight_matrix
 from netcompress.distill.finetune import finetune
 from netcompress.distill.losses import Logits
 from netcompress.moments import Moments
@@ -41,8 +41,8 @@ RIDGE = 1e-3  # relative to the mean diagonal of each group's normal matrix
 def _fit_layer(layer: nn.Module, reference: nn.Module, moments) -> None:
     """Closed-form independent stage for one quantized layer against its full-precision original."""
     out = layer.codes.shape[0]
-    W = reference.weight.detach().reshape(out, -1).to(torch.float64).cpu()
-    b = reference.bias.detach().to(torch.float64).cpu() if reference.bias is not None else None
+    W, b = weight_matrix(reference)
+    W, b = W.cpu(), (b.detach().to(torch.float64).cpu() if b is not None else None)
     codes = layer.codes.reshape(out, -1).long().cpu()
     mask = layer.mask.reshape(out, -1).cpu() if layer.mask is not None else None
     C = moments.centered_gram.cpu() / max(moments.count, 1)
@@ -69,7 +69,7 @@ def _fit_layer(layer: nn.Module, reference: nn.Module, moments) -> None:
     with torch.no_grad():
         layer.codebook.copy_(books.to(layer.codebook.dtype))
         if b is not None and layer.bias is not None:
-            new_weight = layer.weight.detach().reshape(out, -1).to(torch.float64).cpu()
+            new_weight = weight_matrix(layer)[0].cpu()
             shift = ((W - new_weight) * mean_input[columns]).sum(1)
             layer.bias.copy_((b + shift).to(layer.bias.dtype))
 
