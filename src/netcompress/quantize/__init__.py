@@ -5,8 +5,9 @@
 * :mod:`.lowbit`: low-bit networks with shared grids and two-stage distillation.
 """
 
+from netcompress.quantize import lowbit
 from netcompress.quantize.methods import binary, clip_weights, kmeans, ternary, uniform
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, quantized_like
 
-__all__ = ["QuantizedConv2d", "QuantizedEmbedding", "QuantizedLinear", "binary", "clip_weights", "kmeans",
+__all__ = ["QuantizedConv2d", "lowbit", "QuantizedEmbedding", "QuantizedLinear", "binary", "clip_weights", "kmeans",
            "quantized_like", "ternary", "uniform"]
