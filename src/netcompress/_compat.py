@@ -25,7 +25,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "netcompress.codec": ("netcompress.storage.codec",),
     "netcompress.container": ("netcompress.storage.container", "netcompress.storage.tables",
                               "netcompress.storage._header"),
-    "netcompress._atomic": ("netcompress.storage._atomic",),
+    "netcompress._atomic": ("netcompress.storage.atomic",),
     "netcompress.train": ("netcompress.distill.finetune",),
     "netcompress.inputs": ("netcompress.cli.inputs",),
     "netcompress.data": ("netcompress.prototype.data",),

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-
-from netcompress._text import text_table
 
 __all__ = ["LayerRow", "Report"]
 
@@ -113,3 +112,19 @@ class Report:
         except json.JSONDecodeError as error:
             raise ValueError(f"the report is not valid JSON ({error})") from None
         return cls.from_dict(data)
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, rule: bool = True,
+               right: bool = False) -> str:
+    """Columns padded to their widest cell; a dashed rule under the header; numbers right-aligned if ``right``."""
+    lines = [list(map(str, header)), *[list(map(str, r)) for r in rows]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+
+    def render(line):
+        cells = [c.rjust(w) if right and i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        return "  ".join(cells).rstrip()
+
+    out = [render(line) for line in lines]
+    if rule:
+        out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)

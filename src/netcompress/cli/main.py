@@ -188,7 +188,7 @@ def _steps(args: argparse.Namespace) -> list[dict]:
 def _compress(args: argparse.Namespace) -> None:
     import netcompress as nc
     from netcompress.cli.inputs import batches, build_model, normalize, read_data, read_labels
-    from netcompress.storage._atomic import made_directories, staged_file
+    from netcompress.storage.atomic import made_directories, staged_file
     from netcompress.storage.io import check_save_target
 
     # Everything that can be checked without the model and the data, before they are read.
@@ -250,7 +250,7 @@ def _demo(args: argparse.Namespace) -> None:
         import json
 
         from netcompress.prototype.experiments import distillation
-        from netcompress.storage._atomic import atomic_write_bytes
+        from netcompress.storage.atomic import atomic_write_bytes
 
         run = {"students": distillation.students, "low-bit": distillation.low_bit, "recovery": distillation.recovery}
         result = run[args.name](seed=args.seed)

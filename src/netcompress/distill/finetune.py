@@ -63,7 +63,7 @@ def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
 def _save_checkpoint(path: Path, student, losses, optimizer, decay, epoch: int) -> None:
     import io
 
-    from netcompress.storage._atomic import atomic_write_bytes
+    from netcompress.storage.atomic import atomic_write_bytes
 
     state = {"epoch": epoch, "student": student.state_dict(), "losses": losses.state_dict(),
              "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}

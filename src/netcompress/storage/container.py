@@ -46,7 +46,6 @@ from torch import nn
 from netcompress._transaction import all_or_nothing
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear
 from netcompress.quantize.modules import QuantizedLayer
-from netcompress.storage._atomic import atomic_write_bytes
 from netcompress.storage._header import (
     DTYPE_NAMES,
     INDEX_BITS,
@@ -56,6 +55,7 @@ from netcompress.storage._header import (
     code_width,
     read_header,
 )
+from netcompress.storage.atomic import atomic_write_bytes
 from netcompress.storage.codec import (
     code_lengths,
     huffman_decode,

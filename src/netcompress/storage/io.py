@@ -33,12 +33,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from netcompress import _architecture
+import netcompress._architecture as _architecture
 from netcompress._description import build, describe
 from netcompress._layers import replace_module
 from netcompress._transaction import all_or_nothing
 from netcompress.report import Report
-from netcompress.storage._atomic import atomic_write_bytes, made_directories, staged_file
+from netcompress.storage.atomic import atomic_write_bytes, made_directories, staged_file
 
 __all__ = ["apply_manifest", "atomic_write_bytes", "check_save_target", "load", "manifest", "read_report", "save"]
 

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from netcompress._text import text_table
+from netcompress.report import text_table
 from netcompress.storage._header import code_width, read_records
 
 __all__ = [

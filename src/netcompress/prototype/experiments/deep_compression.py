@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from netcompress._text import text_table
 from netcompress.distill.finetune import accuracy, finetune
 from netcompress.pipeline import run_pipeline
 from netcompress.prototype.data import mnist
 from netcompress.prototype.models import LeNet5, LeNet300100
-from netcompress.storage._atomic import atomic_write_bytes
+from netcompress.report import text_table
+from netcompress.storage.atomic import atomic_write_bytes
 from netcompress.storage.container import save_compressed
 from netcompress.storage.tables import format_storage_table, storage_table
 

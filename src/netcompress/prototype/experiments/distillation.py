@@ -20,12 +20,12 @@ import copy
 import torch
 
 import netcompress as nc
-from netcompress._text import text_table
 from netcompress.distill.finetune import accuracy, finetune
 from netcompress.distill.losses import Logits
 from netcompress.prototype.data import mnist, uci_digits
 from netcompress.prototype.models import CompactNet, LeNet5, WideMLP
 from netcompress.quantize.lowbit import quantize_low_bit
+from netcompress.report import text_table
 
 __all__ = ["DISTILLATION", "low_bit", "recovery", "students"]
 

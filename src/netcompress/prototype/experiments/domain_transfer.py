@@ -29,7 +29,7 @@ import netcompress as nc
 from netcompress.distill.finetune import accuracy, finetune
 from netcompress.prototype.data import Split, mnist, uci_digits
 from netcompress.prototype.models import WideMLP
-from netcompress.storage._atomic import atomic_write_bytes
+from netcompress.storage.atomic import atomic_write_bytes
 
 __all__ = ["Table", "run", "format_table"]
 

@@ -6,7 +6,7 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from netcompress.storage._atomic import atomic_write_bytes
+from netcompress.storage.atomic import atomic_write_bytes
 
 __all__ = ["plot_accuracy", "plot_activation_rates"]
 
