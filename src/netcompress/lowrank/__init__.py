@@ -23,21 +23,6 @@ from netcompress.lowrank.methods import (
 )
 from netcompress.lowrank.modules import LowRankConv2d, LowRankLinear, build_low_rank
 
-__all__ = [
-    "DEFAULT_LAM",
-    "Factorization",
-    "LowRankConv2d",
-    "LowRankFamily",
-    "LowRankLinear",
-    "build_low_rank",
-    "check_lam",
-    "check_shrinkage",
-    "dalr",
-    "dalr_bc",
-    "layer_matrix",
-    "shrinkage_intensity",
-    "shrunk_second_moment",
-    "svd",
-    "svd_bc",
-    "sweep",
-]
+__all__ = ["DEFAULT_LAM", "Factorization", "LowRankConv2d", "LowRankFamily", "LowRankLinear", "build_low_rank",
+           "check_lam", "check_shrinkage", "dalr", "dalr_bc", "layer_matrix", "shrinkage_intensity",
+           "shrunk_second_moment", "svd", "svd_bc", "sweep"]
