@@ -20,7 +20,7 @@ rm = pytest.importorskip("netcompress.prototype.experiments.real_models")
 SETTINGS = {
     "svd": {"keep": 0.5}, "svd-bc": {"keep": 0.5}, "dalr": {"budget": 0.5}, "dalr-bc": {"keep": 0.5},
     "magnitude": {"sparsity": 0.5}, "uniform": {"bits": 4, "granularity": "group", "group_size": 16},
-    "binary": {}, "ternary": {}, "kmeans": {"bits": 4},
+    "binary": {}, "ternary": {}, "kmeans": {"bits": 4}, "gptq": {"bits": 4, "group_size": 16},
     "activation": {"sparsity": 0.25}, "channel": {"sparsity": 0.25},
 }
 

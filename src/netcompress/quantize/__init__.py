@@ -2,12 +2,14 @@
 
 * :mod:`.modules`: quantized layers storing integer codes (:class:`QuantizedLinear`, ...);
 * :mod:`.methods`: the quantizers, calibrated on target statistics where they help;
+* :mod:`.gptq`: GPTQ, quantization with error feedback through the inverse input Hessian;
 * :mod:`.lowbit`: low-bit networks with shared grids and two-stage distillation.
 """
 
 from netcompress.quantize import lowbit
+from netcompress.quantize.gptq import gptq
 from netcompress.quantize.methods import binary, clip_weights, kmeans, ternary, uniform
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, quantized_like
 
-__all__ = ["QuantizedConv2d", "lowbit", "QuantizedEmbedding", "QuantizedLinear", "binary", "clip_weights", "kmeans",
+__all__ = ["QuantizedConv2d", "lowbit", "QuantizedEmbedding", "QuantizedLinear", "binary", "clip_weights", "gptq", "kmeans",
            "quantized_like", "ternary", "uniform"]

@@ -1,0 +1,125 @@
+"""GPTQ: uniform quantization with error feedback through the inverse input Hessian.
+
+Frantar, Ashkboos, Hoefler and Alistarh, "GPTQ: Accurate post-training quantization for
+generative pre-trained transformers", ICLR 2023 (after Optimal Brain Quantization, Frantar
+and Alistarh, NeurIPS 2022). The columns (inputs) of ``W`` are quantized one after another;
+the error each one makes, divided by its diagonal entry of ``H⁻¹`` (``H = XXᵀ`` on the target
+data, damped), is spread over the columns still to come through the row of the upper
+Cholesky factor of ``H⁻¹``, so that the *layer's output* on the target data, not each weight,
+stays close. Updates are applied lazily a block of columns at a time.
+
+The factor is obtained by solving, not inverting ``H``: with ``P`` the order-reversing
+permutation and ``P H P = L Lᵀ``, ``U = P L⁻¹ P`` is upper triangular and ``UᵀU = H⁻¹``;
+``L⁻¹`` is one triangular solve.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from netcompress._layers import DENSE
+from netcompress.moments import Moments
+from netcompress.quantize.methods import _affine_grid, _check_bits, _finish
+from netcompress.quantize.modules import quantized_like
+from netcompress.registry import register
+
+__all__ = ["check_gptq", "gptq", "inverse_hessian_factor"]
+
+DEFAULT_DAMP = 0.01  # of the mean diagonal of H, as in the GPTQ paper
+BLOCK = 128  # columns per lazy update
+
+
+def check_gptq(layer: nn.Module, *, bits: int | None = None, group_size: int | None = None, symmetric: bool = True,
+               damp: float = DEFAULT_DAMP) -> None:
+    """Refuse settings or a layer GPTQ cannot take, before any pass over data."""
+    if bits is None:
+        raise TypeError("method 'gptq' needs bits, the code width (2 to 8)")
+    _check_bits(bits)
+    if bits == 1 and symmetric:
+        raise ValueError("a symmetric 1-bit grid holds only zero; use bits ≥ 2 or method 'binary'")
+    if not isinstance(symmetric, bool):
+        raise ValueError(f"symmetric must be True or False, got {symmetric!r}")
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp < 1:
+        raise ValueError(f"damp must be a fraction in (0, 1) of the mean diagonal of XXᵀ, got {damp!r}")
+    if type(layer) not in DENSE:
+        raise ValueError(f"gptq takes plain nn.Linear and nn.Conv2d layers, not {type(layer).__name__}")
+    if getattr(layer, "groups", 1) != 1:
+        raise ValueError(f"a grouped convolution (groups={layer.groups}) has no single input Hessian; "
+                         "gptq leaves it dense")
+    per_row = layer.weight[0].numel()
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                   or group_size <= 0 or per_row % group_size):
+        raise ValueError(f"group_size {group_size!r} does not divide the {per_row} inputs of each row")
+
+
+def inverse_hessian_factor(gram: torch.Tensor, damp: float = DEFAULT_DAMP) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, dead)``: the upper Cholesky factor of ``(H + λI)⁻¹`` (``λ = damp·mean diag H``), and the inputs never seen.
+
+    An input that is always zero on the target data gets ``H_ii = 1`` (its weights cannot
+    matter and are set to zero by the caller), so ``H`` stays positive definite.
+    """
+    H = gram.to(torch.float64).clone()
+    dead = H.diagonal() <= 0
+    H.diagonal()[dead] = 1.0
+    H.diagonal().add_(damp * float(H.diagonal().mean()))
+    L = torch.linalg.cholesky(H.flip(0, 1))
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1), dead
+
+
+def _quantize_columns(W: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and dequantized values of columns ``W`` (out × k) on the grid ``scale``/``zero`` (out)."""
+    codes = (W / scale[:, None] + zero[:, None]).round().clamp(0, (1 << bits) - 1)
+    return codes, (codes - zero[:, None]) * scale[:, None]
+
+
+@register("gptq", family="layer", accepts=DENSE, needs_stats=True, check=check_gptq,
+          example={"bits": 4, "group_size": 8})
+def gptq(layer: nn.Module, moments: Moments, *, bits: int, group_size: int | None = None, symmetric: bool = True,
+         damp: float = DEFAULT_DAMP) -> nn.Module:
+    """Quantize ``layer`` to ``bits``-bit codes, each column's error fed forward to the columns after it.
+
+    Args:
+        moments: the layer's target statistics (``XXᵀ`` is the Hessian of the output error).
+        bits: code width, 2 to 8 (1 with ``symmetric=False``).
+        group_size: one scale per ``group_size`` consecutive inputs of a row (``None``: one per
+            row). A group's grid is chosen (MSE-optimal clip, as :func:`~netcompress.quantize.uniform`)
+            on the weights as updated when the group is reached, as in GPTQ.
+        symmetric: zero point ``2^(b−1)`` (default) or an integer zero point per group.
+        damp: ``λ`` added to the diagonal of ``XXᵀ``, as a fraction of its mean.
+
+    Returns:
+        A :class:`~netcompress.quantize.QuantizedLinear` / ``QuantizedConv2d`` storing codes and scales,
+        the same layout as ``uniform`` with ``granularity="group"`` (or ``"channel"``).
+    """
+    check_gptq(layer, bits=bits, group_size=group_size, symmetric=symmetric, damp=damp)
+    W = layer.weight.detach().reshape(layer.weight.shape[0], -1).to(torch.float64).clone()
+    out, columns = W.shape
+    if moments.gram.dim() != 2 or moments.gram.shape[0] != columns:
+        raise ValueError(f"the statistics have {moments.gram.shape[-1]} input features but the layer has {columns}")
+    size = columns if group_size is None else group_size
+    U, dead = inverse_hessian_factor(moments.gram.to(W.device), damp)
+    W[:, dead] = 0.0
+    codes = torch.zeros_like(W)
+    scales = torch.zeros(out, columns // size, dtype=W.dtype, device=W.device)
+    zeros = torch.zeros_like(scales)
+    ones = torch.ones(out, size, dtype=W.dtype, device=W.device)
+    for start in range(0, columns, BLOCK):
+        end = min(start + BLOCK, columns)
+        errors = torch.zeros(out, end - start, dtype=W.dtype, device=W.device)
+        for i in range(start, end):
+            if i % size == 0:  # a new group: its grid from the weights as they are now
+                g = i // size
+                scales[:, g], zeros[:, g], _ = _affine_grid(W[:, i:i + size], ones, bits, symmetric)
+            g = i // size
+            code, value = _quantize_columns(W[:, i:i + 1], scales[:, g], zeros[:, g], bits)
+            codes[:, i] = code[:, 0]
+            error = (W[:, i] - value[:, 0]) / U[i, i]
+            W[:, i:end] -= error[:, None] * U[i, i:end][None, :]
+            errors[:, i - start] = error
+        W[:, end:] -= errors @ U[start:end, end:]
+    module = quantized_like(layer, scheme="symmetric" if symmetric else "asymmetric", bits=bits, group_size=size)
+    tensors = {"scale": scales} if symmetric else {"scale": scales, "zero_point": zeros.to(torch.uint8)}
+    return _finish(module, layer, codes.to(torch.uint8), None, **tensors)
