@@ -21,7 +21,7 @@ from netcompress.moments import Moments, relative_output_error
 from netcompress.report import LayerRow, Report
 from netcompress.stats import LayerStats
 
-__all__ = ["Plan", "apply_plan", "behind_padding", "check_samples", "layer_row", "layer_settings",
+__all__ = ["Plan", "apply_plan", "behind_padding", "check_runs", "check_samples", "first_batch", "full_report", "swap_in", "layer_row", "layer_settings",
            "output_errors", "stored_params"]
 
 
@@ -141,17 +141,19 @@ def check_runs(model: nn.Module, batch) -> None:
         raise ValueError("the compressed model gives NaN or Inf outputs; the model was left unchanged")
 
 
-def apply_plan(model: nn.Module, plan: Plan, skipped: dict[str, str], method: str, data) -> Report:
+def swap_in(model: nn.Module, plan: Plan) -> None:
+    """Put the planned replacements into ``model`` (no undo: call inside :func:`all_or_nothing`)."""
     modules = dict(model.named_modules())
-    batch = first_batch(data)
-    with all_or_nothing(model):
-        for name, new in plan.replacements.items():
-            new.train(modules[name].training)  # a replacement keeps its layer's train/eval mode
-            remember_original(new, modules[name])  # so a saved file records the architecture it came from
-            replace_module(model, name, new)
-        if batch is not None:
-            check_runs(model, batch)
-    rows = dict(plan.rows)
+    for name, new in plan.replacements.items():
+        new.train(modules[name].training)  # a replacement keeps its layer's train/eval mode
+        remember_original(new, modules[name])  # so a saved file records the architecture it came from
+        replace_module(model, name, new)
+
+
+def full_report(modules: dict[str, nn.Module], rows: dict[str, LayerRow], skipped: dict[str, str],
+                method: str) -> Report:
+    """Rows for every layer, in the model's order: the planned ones, then the skipped ones with their reasons."""
+    rows = dict(rows)
     for name, reason in skipped.items():
         if name in modules and name not in rows:
             status = "not selected" if reason in ("not selected", "excluded") else "left dense"
@@ -160,3 +162,12 @@ def apply_plan(model: nn.Module, plan: Plan, skipped: dict[str, str], method: st
     return Report(sorted(rows.values(), key=lambda r: order.get(r.name, len(order))))
 
 
+def apply_plan(model: nn.Module, plan: Plan, skipped: dict[str, str], method: str, data) -> Report:
+    """Swap every replacement in, run the model once on the first batch, and report; on any failure undo it all."""
+    modules = dict(model.named_modules())
+    batch = first_batch(data)
+    with all_or_nothing(model):
+        swap_in(model, plan)
+        if batch is not None:
+            check_runs(model, batch)
+    return full_report(modules, plan.rows, skipped, method)

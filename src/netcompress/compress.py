@@ -21,25 +21,32 @@ structural one (:mod:`netcompress.prune.family`) override the steps they do diff
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from netcompress._blocks import find_blocks
 from netcompress._layers import DENSE, explicit_names, plain_layer, progress_disabled, resolve_layers
 from netcompress._replacement import (
     Plan,
     apply_plan,
+    check_runs,
     check_samples,
+    first_batch,
+    full_report,
     layer_row,
     layer_settings,
     output_errors,
     stored_params,
+    swap_in,
 )
+from netcompress._transaction import all_or_nothing
 from netcompress.registry import FAMILIES, METHODS, Method, register_family
 from netcompress.registry import method as _method
-from netcompress.report import Report
+from netcompress.report import LayerRow, Report
 from netcompress.stats import LayerStats, collect
 
 __all__ = ["DEFAULT_HOLDOUT", "METHODS", "Family", "Request", "compress"]
@@ -69,6 +76,8 @@ class Request:
     positions: int | None = None
     holdout: float = DEFAULT_HOLDOUT
     progress: bool | None = None
+    sequential: bool = False
+    blocks: str | None = None
 
     def fail(self, name: str, explicit: set[str], error: Exception, selected: dict, skipped: dict) -> None:
         """A layer a setting does not fit: raise if the user named it, else leave it dense with the reason."""
@@ -88,6 +97,7 @@ class Family:
     name = "layer"
     sizing: tuple[str, ...] = ()  # which of compress's sizing keywords its methods take
     needs_data = False  # True where every method of the family must run the model on data
+    sequential = True  # whether compress(..., sequential=True) can run its methods block by block
 
     def compress(self, request: Request) -> Report:
         chosen = request.method
@@ -98,11 +108,43 @@ class Family:
             first = next(iter(skipped.items()))
             raise ValueError(f"no layer of the model can be compressed by {chosen.name!r} ({first[0]!r}: {first[1]})")
         self.validate(request, selected, skipped, explicit)
+        if request.sequential:
+            return self.compress_sequentially(request, selected, skipped, explicit)
         stats = self.statistics(request, selected, skipped, explicit)
         plan = self.plan(request, selected, stats)
         if stats is not None:
             check_samples(stats, selected, plan.rows)
         return apply_plan(request.model, plan, skipped, chosen.name, request.data)
+
+    def compress_sequentially(self, request: Request, selected: dict[str, nn.Module], skipped: dict[str, str],
+                              explicit: set[str]) -> Report:
+        """Block after block, each compressed on the inputs the already compressed blocks before it give.
+
+        As in GPTQ and SparseGPT (Frantar and Alistarh, ICML 2023): the statistics of a block's
+        layers are collected on the model as compressed so far, so each block corrects for the
+        errors of those before it. One pass over the data per block; nothing but the statistics
+        is kept between passes.
+        """
+        model, chosen = request.model, request.method
+        if request.data is None or request.stats is not None:
+            raise ValueError("sequential=True collects statistics block by block from the data; pass data, not stats")
+        modules = dict(model.named_modules())
+        rows: dict[str, LayerRow] = {}
+        data = request.data if isinstance(request.data, torch.Tensor) else list(request.data)
+        request = dataclasses.replace(request, data=data)
+        with all_or_nothing(model):
+            for names in find_blocks(model, selected, request.blocks):
+                part = {name: selected[name] for name in names}
+                stats = self.statistics(request, part, skipped, explicit)
+                if not part:
+                    continue
+                plan = self.plan(request, part, stats)
+                if stats is not None:
+                    check_samples(stats, part, plan.rows)
+                swap_in(model, plan)
+                rows.update(plan.rows)
+            check_runs(model, first_batch(data))
+        return full_report(modules, rows, skipped, chosen.name)
 
     def drop(self, request: Request, selected: dict[str, nn.Module], skipped: dict[str, str],
              explicit: set[str]) -> None:
@@ -195,6 +237,8 @@ def compress(
     positions: int | None = None,
     holdout: float = DEFAULT_HOLDOUT,
     progress: bool | None = None,
+    sequential: bool = False,
+    blocks: str | None = None,
     **settings,
 ) -> Report:
     """Compress the selected layers of ``model`` in place with a registered method, all or nothing.
@@ -218,6 +262,10 @@ def compress(
         exclude: names or ``"re:"`` patterns of layers to leave as they are.
         lam: DALR's ridge λ relative to ``trace(XXᵀ)/in`` (default ``lowrank.DEFAULT_LAM``).
         positions: spatial positions sampled per image for Conv2d statistics (see :func:`collect`).
+        sequential: compress block by block, each block's statistics collected on the model as
+            compressed so far (GPTQ-style; layer methods such as ``gptq``, ``uniform``, ``magnitude``).
+        blocks: the ``ModuleList``/``Sequential`` whose children are the blocks (default: the stack
+            holding most selected layers); layers outside it are compressed in the model's order.
         holdout: share of ``data`` kept apart to measure each layer's held-out error (when
             ``compress`` collects the statistics itself; 0 uses all data for fitting).
 
@@ -238,5 +286,11 @@ def compress(
     if layers is None:  # a setting given per layer selects those layers
         by_layer = [v for v in (rank, *settings.values()) if isinstance(v, Mapping)]
         layers = list(by_layer[0]) if by_layer else None
-    request = Request(model, data, stats, chosen, settings, sizing, layers, exclude, positions, holdout, progress)
+    if not isinstance(sequential, bool):
+        raise ValueError(f"sequential must be True or False, got {sequential!r}")
+    if sequential and not family.sequential:
+        raise ValueError(f"sequential=True runs methods that replace one layer at a time (quantization, pruning); "
+                         f"method {method!r} is a {family.name} method")
+    request = Request(model, data, stats, chosen, settings, sizing, layers, exclude, positions, holdout, progress,
+                      sequential, blocks)
     return family.compress(request)

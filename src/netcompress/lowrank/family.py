@@ -76,6 +76,7 @@ class LowRankFamily(Family):
     """Factorizations sized by ``rank``, ``keep``, ``energy`` or ``budget``; grouped convolutions stay dense."""
 
     name = "lowrank"
+    sequential = False
     sizing = ("rank", "keep", "energy", "budget")
 
     def drop(self, request: Request, selected: dict[str, nn.Module], skipped: dict[str, str],

@@ -22,6 +22,7 @@ class StructuralFamily(Family):
     unit shrink with the layer that wrote it, so the model is traced (``torch.fx``) on the target data."""
 
     name = "structural"
+    sequential = False
     needs_data = True
 
     def compress(self, request: Request) -> Report:

@@ -76,7 +76,7 @@ def _quantize_columns(W: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, 
 
 
 @register("gptq", family="layer", accepts=DENSE, needs_stats=True, check=check_gptq,
-          example={"bits": 4, "group_size": 8})
+          example={"bits": 4})
 def gptq(layer: nn.Module, moments: Moments, *, bits: int, group_size: int | None = None, symmetric: bool = True,
          damp: float = DEFAULT_DAMP) -> nn.Module:
     """Quantize ``layer`` to ``bits``-bit codes, each column's error fed forward to the columns after it.
