@@ -2,12 +2,12 @@
 
 * :mod:`.modules`: quantized layers storing integer codes (:class:`QuantizedLinear`, ...);
 * :mod:`.methods`: the quantizers, calibrated on target statistics where they help;
-* :mod:`.gptq`: GPTQ, quantization with error feedback through the inverse input Hessian;
+* :mod:`.error_feedback`: GPTQ, quantization with error feedback through the inverse input Hessian;
 * :mod:`.lowbit`: low-bit networks with shared grids and two-stage distillation.
 """
 
 from netcompress.quantize import lowbit
-from netcompress.quantize.gptq import gptq
+from netcompress.quantize.error_feedback import gptq
 from netcompress.quantize.methods import binary, clip_weights, kmeans, ternary, uniform
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, quantized_like
 
