@@ -7,8 +7,8 @@ from torch import nn
 
 import netcompress as nc
 from conftest import SmallNet, correlated_inputs
+from netcompress._hessian import inverse_hessian_factor
 from netcompress.quantize import gptq, uniform
-from netcompress.quantize.error_feedback import inverse_hessian_factor
 from netcompress.quantize.methods import _affine_grid
 
 

@@ -21,6 +21,7 @@ SETTINGS = {
     "svd": {"keep": 0.5}, "svd-bc": {"keep": 0.5}, "dalr": {"budget": 0.5}, "dalr-bc": {"keep": 0.5},
     "magnitude": {"sparsity": 0.5}, "uniform": {"bits": 4, "granularity": "group", "group_size": 16},
     "binary": {}, "ternary": {}, "kmeans": {"bits": 4}, "gptq": {"bits": 4, "group_size": 16},
+    "sparsegpt": {"sparsity": 0.5},
     "activation": {"sparsity": 0.25}, "channel": {"sparsity": 0.25},
 }
 

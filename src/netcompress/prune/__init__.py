@@ -2,14 +2,16 @@
 
 * :mod:`.modules`: masked layers (:class:`MaskedLinear`, :class:`MaskedConv2d`);
 * :mod:`.unstructured`: magnitude pruning (Han et al., "Learning both weights and connections", NIPS 2015);
+* :mod:`.obs`: SparseGPT (Frantar and Alistarh, ICML 2023), removals compensated through ``H⁻¹``;
 * :mod:`.structured`: removing units/channels by their target-data response, with a least-squares
   re-fit of the next layer; :mod:`._dependency` traces which layers share a channel space.
 """
 
 from netcompress.prune.family import StructuralFamily
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear, masked_like
+from netcompress.prune.obs import sparsegpt
 from netcompress.prune.structured import activation, channel
 from netcompress.prune.unstructured import global_threshold, magnitude, magnitude_scores
 
 __all__ = ["MaskedConv2d", "MaskedLinear", "StructuralFamily", "activation", "channel", "global_threshold", "magnitude",
-           "magnitude_scores", "masked_like"]
+           "magnitude_scores", "masked_like", "sparsegpt"]

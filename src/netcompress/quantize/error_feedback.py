@@ -7,10 +7,7 @@ the error each one makes, divided by its diagonal entry of ``H⁻¹`` (``H = XX�
 data, damped), is spread over the columns still to come through the row of the upper
 Cholesky factor of ``H⁻¹``, so that the *layer's output* on the target data, not each weight,
 stays close. Updates are applied lazily a block of columns at a time.
-
-The factor is obtained by solving, not inverting ``H``: with ``P`` the order-reversing
-permutation and ``P H P = L Lᵀ``, ``U = P L⁻¹ P`` is upper triangular and ``UᵀU = H⁻¹``;
-``L⁻¹`` is one triangular solve.
+See :mod:`netcompress._hessian` for the factor.
 """
 
 from __future__ import annotations
@@ -18,15 +15,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from netcompress._hessian import DEFAULT_DAMP, inverse_hessian_factor
 from netcompress._layers import DENSE
 from netcompress.moments import Moments
 from netcompress.quantize.methods import _affine_grid, _check_bits, _finish
 from netcompress.quantize.modules import quantized_like
 from netcompress.registry import register
 
-__all__ = ["check_gptq", "gptq", "inverse_hessian_factor"]
+__all__ = ["check_gptq", "gptq"]
 
-DEFAULT_DAMP = 0.01  # of the mean diagonal of H, as in the GPTQ paper
 BLOCK = 128  # columns per lazy update
 
 
@@ -53,19 +50,6 @@ def check_gptq(layer: nn.Module, *, bits: int | None = None, group_size: int | N
         raise ValueError(f"group_size {group_size!r} does not divide the {per_row} inputs of each row")
 
 
-def inverse_hessian_factor(gram: torch.Tensor, damp: float = DEFAULT_DAMP) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(U, dead)``: the upper Cholesky factor of ``(H + λI)⁻¹`` (``λ = damp·mean diag H``), and the inputs never seen.
-
-    An input that is always zero on the target data gets ``H_ii = 1`` (its weights cannot
-    matter and are set to zero by the caller), so ``H`` stays positive definite.
-    """
-    H = gram.to(torch.float64).clone()
-    dead = H.diagonal() <= 0
-    H.diagonal()[dead] = 1.0
-    H.diagonal().add_(damp * float(H.diagonal().mean()))
-    L = torch.linalg.cholesky(H.flip(0, 1))
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1), dead
 
 
 def _quantize_columns(W: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int

@@ -1,0 +1,85 @@
+"""SparseGPT: magnitude-like pruning whose removed weights are compensated on the weights that stay.
+
+Frantar and Alistarh, "SparseGPT: Massive language models can be accurately pruned in
+one-shot", ICML 2023 (Optimal Brain Surgeon, Hassibi and Stork 1993, one input column at a
+time). A block of columns at a time, the weights with the least saliency ``w² / [H⁻¹]_ii``
+(``H = XXᵀ`` of the target data, damped; ``[H⁻¹]_ii`` of the columns still to come) are
+chosen; then column by column the removed weights' error is spread over the later columns
+through the upper Cholesky factor of ``H⁻¹`` (:mod:`netcompress._hessian`), so that the layer's
+outputs on the target data stay close.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from netcompress._hessian import DEFAULT_DAMP, inverse_hessian_factor
+from netcompress._layers import DENSE
+from netcompress.moments import Moments
+from netcompress.prune.modules import masked_like
+from netcompress.prune.unstructured import _check_sparsity
+from netcompress.registry import register
+
+__all__ = ["check_sparsegpt", "sparsegpt"]
+
+BLOCK = 128  # columns whose mask is chosen together, as in SparseGPT
+
+
+def check_sparsegpt(layer: nn.Module, *, sparsity: float | None = None, damp: float = DEFAULT_DAMP) -> None:
+    """Refuse settings or a layer SparseGPT cannot take, before any pass over data."""
+    if sparsity is None:
+        raise TypeError("method 'sparsegpt' needs sparsity, the fraction of weights to remove")
+    _check_sparsity(sparsity)
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp < 1:
+        raise ValueError(f"damp must be a fraction in (0, 1) of the mean diagonal of XXᵀ, got {damp!r}")
+    if type(layer) not in DENSE:
+        raise ValueError(f"sparsegpt takes plain nn.Linear and nn.Conv2d layers, not {type(layer).__name__}")
+    if getattr(layer, "groups", 1) != 1:
+        raise ValueError(f"a grouped convolution (groups={layer.groups}) has no single input Hessian; "
+                         "sparsegpt leaves it dense")
+
+
+@register("sparsegpt", family="layer", accepts=DENSE, needs_stats=True, check=check_sparsegpt,
+          example={"sparsity": 0.5})
+def sparsegpt(layer: nn.Module, moments: Moments, *, sparsity: float, damp: float = DEFAULT_DAMP) -> nn.Module:
+    """Remove ``sparsity`` of ``layer``'s weights, compensating each removal on the columns after it.
+
+    Args:
+        moments: the layer's target statistics (``XXᵀ`` is the Hessian of the output error).
+        sparsity: the fraction removed in every block of 128 columns (so in the layer).
+        damp: ``λ`` added to the diagonal of ``XXᵀ``, as a fraction of its mean.
+
+    Returns:
+        A :class:`~netcompress.prune.MaskedLinear` / ``MaskedConv2d`` whose kept weights are updated.
+    """
+    check_sparsegpt(layer, sparsity=sparsity, damp=damp)
+    W = layer.weight.detach().reshape(layer.weight.shape[0], -1).to(torch.float64).clone()
+    out, columns = W.shape
+    if moments.gram.dim() != 2 or moments.gram.shape[0] != columns:
+        raise ValueError(f"the statistics have {moments.gram.shape[-1]} input features but the layer has {columns}")
+    U, dead = inverse_hessian_factor(moments.gram.to(W.device), damp)
+    W[:, dead] = 0.0
+    pruned = torch.zeros_like(W, dtype=torch.bool)
+    for start in range(0, columns, BLOCK):
+        end = min(start + BLOCK, columns)
+        saliency = W[:, start:end].square() / U.diagonal()[start:end].square()[None, :]
+        remove = int(saliency.numel() * sparsity)
+        if remove:
+            chosen = torch.zeros(saliency.numel(), dtype=torch.bool, device=W.device)
+            chosen[saliency.flatten().argsort(stable=True)[:remove]] = True
+            pruned[:, start:end] = chosen.reshape(saliency.shape)
+        errors = torch.zeros(out, end - start, dtype=W.dtype, device=W.device)
+        for i in range(start, end):
+            error = torch.where(pruned[:, i], W[:, i], torch.zeros_like(W[:, i])) / U[i, i]
+            W[:, i:end] -= error[:, None] * U[i, i:end][None, :]
+            errors[:, i - start] = error
+        W[:, end:] -= errors @ U[start:end, end:]
+    W[pruned] = 0.0
+    module = masked_like(layer)
+    with torch.no_grad():
+        module.weight.copy_(W.reshape(module.weight.shape))
+        module.mask.copy_(~pruned.reshape(module.mask.shape))
+        if layer.bias is not None:
+            module.bias.copy_(layer.bias)
+    return module
