@@ -13,6 +13,11 @@ permutation and ``P H P = L Lᵀ``, ``U = P L⁻¹ P`` is upper triangular and `
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from netcompress._layers import DENSE
+
+__all__ = ["DEFAULT_DAMP", "check_hessian_layer", "inverse_hessian_factor"]
 
 DEFAULT_DAMP = 0.01  # of the mean diagonal of H, as in the GPTQ paper
 
@@ -32,3 +37,12 @@ def inverse_hessian_factor(gram: torch.Tensor, damp: float = DEFAULT_DAMP) -> tu
     return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1), dead
 
 
+def check_hessian_layer(layer: nn.Module, method: str, damp: float) -> None:
+    """Refuse a damping or a layer (not a plain Linear/Conv2d, or a grouped conv) that ``method`` cannot take."""
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp < 1:
+        raise ValueError(f"damp must be a fraction in (0, 1) of the mean diagonal of XXᵀ, got {damp!r}")
+    if type(layer) not in DENSE:
+        raise ValueError(f"{method} takes plain nn.Linear and nn.Conv2d layers, not {type(layer).__name__}")
+    if getattr(layer, "groups", 1) != 1:
+        raise ValueError(f"a grouped convolution (groups={layer.groups}) has no single input Hessian; "
+                         f"{method} leaves it dense")

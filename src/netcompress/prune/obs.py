@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from netcompress._hessian import DEFAULT_DAMP, inverse_hessian_factor
+from netcompress._hessian import DEFAULT_DAMP, check_hessian_layer, inverse_hessian_factor
 from netcompress._layers import DENSE
 from netcompress.moments import Moments
 from netcompress.prune.modules import masked_like
@@ -31,13 +31,7 @@ def check_sparsegpt(layer: nn.Module, *, sparsity: float | None = None, damp: fl
     if sparsity is None:
         raise TypeError("method 'sparsegpt' needs sparsity, the fraction of weights to remove")
     _check_sparsity(sparsity)
-    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp < 1:
-        raise ValueError(f"damp must be a fraction in (0, 1) of the mean diagonal of XXᵀ, got {damp!r}")
-    if type(layer) not in DENSE:
-        raise ValueError(f"sparsegpt takes plain nn.Linear and nn.Conv2d layers, not {type(layer).__name__}")
-    if getattr(layer, "groups", 1) != 1:
-        raise ValueError(f"a grouped convolution (groups={layer.groups}) has no single input Hessian; "
-                         "sparsegpt leaves it dense")
+    check_hessian_layer(layer, "sparsegpt", damp)
 
 
 @register("sparsegpt", family="layer", accepts=DENSE, needs_stats=True, check=check_sparsegpt,

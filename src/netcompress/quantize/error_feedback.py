@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from netcompress._hessian import DEFAULT_DAMP, inverse_hessian_factor
+from netcompress._hessian import DEFAULT_DAMP, check_hessian_layer, inverse_hessian_factor
 from netcompress._layers import DENSE
 from netcompress.moments import Moments
 from netcompress.quantize.methods import _affine_grid, _check_bits, _finish
@@ -37,13 +37,7 @@ def check_gptq(layer: nn.Module, *, bits: int | None = None, group_size: int | N
         raise ValueError("a symmetric 1-bit grid holds only zero; use bits ≥ 2 or method 'binary'")
     if not isinstance(symmetric, bool):
         raise ValueError(f"symmetric must be True or False, got {symmetric!r}")
-    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp < 1:
-        raise ValueError(f"damp must be a fraction in (0, 1) of the mean diagonal of XXᵀ, got {damp!r}")
-    if type(layer) not in DENSE:
-        raise ValueError(f"gptq takes plain nn.Linear and nn.Conv2d layers, not {type(layer).__name__}")
-    if getattr(layer, "groups", 1) != 1:
-        raise ValueError(f"a grouped convolution (groups={layer.groups}) has no single input Hessian; "
-                         "gptq leaves it dense")
+    check_hessian_layer(layer, "gptq", damp)
     per_row = layer.weight[0].numel()
     if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
                                    or group_size <= 0 or per_row % group_size):
