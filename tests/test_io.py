@@ -123,3 +123,15 @@ def test_a_report_of_another_version_is_refused():
     assert nc.Report.from_dict(data).rows == []
     with pytest.raises(ValueError, match="report has version 7"):
         nc.Report.from_dict({**data, "version": 7})
+
+
+def test_a_forged_low_rank_rank_is_refused_before_allocation():
+    from netcompress._description import build
+
+    entry = {"type": "LowRankLinear", "in_features": 2**24, "out_features": 1, "rank": 2**24, "bias": True}
+    with pytest.raises(ValueError, match="field 'rank' 16777216 exceeds min\\(out, in\\) = 1"):
+        build(entry, "forged")
+    conv = {"type": "LowRankConv2d", "in_channels": 4, "out_channels": 8, "kernel_size": [3, 3], "stride": [1, 1],
+            "padding": [0, 0], "dilation": [1, 1], "rank": 37, "bias": False}
+    with pytest.raises(ValueError, match="exceeds min\\(out, in\\) = 8"):
+        build(conv, "forged")

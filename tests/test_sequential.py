@@ -64,3 +64,23 @@ def test_sequential_refuses_what_it_cannot_do_and_leaves_the_model():
     with pytest.raises(ValueError, match="blocks='nothing'"):
         nc.compress(model, data, method="gptq", bits=4, sequential=True, blocks="nothing", progress=False)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_global_magnitude_threshold_spans_every_block_in_sequential_mode():
+    data = _data()
+    masks = {}
+    for sequential in (False, True):
+        model = Stack()
+        with torch.no_grad():
+            model.blocks[1][0].weight.mul_(10)  # one block with far larger weights: a global threshold spares it
+        nc.compress(model, data, method="magnitude", sparsity=0.5, scope="global", sequential=sequential,
+                    progress=False)
+        masks[sequential] = {n: m.mask.clone() for n, m in model.named_modules() if hasattr(m, "mask")}
+    assert masks[True].keys() == masks[False].keys()
+    assert all(torch.equal(masks[True][n], masks[False][n]) for n in masks[True])
+    assert masks[True]["blocks.1.0"].float().mean() > 0.5  # not the per-layer 50 %
+
+
+def test_blocks_without_sequential_is_refused():
+    with pytest.raises(ValueError, match="pass sequential=True with it"):
+        nc.compress(Stack(), _data(), method="gptq", bits=4, blocks="blocks", progress=False)

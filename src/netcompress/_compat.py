@@ -21,7 +21,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "netcompress._graph": ("netcompress.prune._dependency",),
     "netcompress.lowbit": ("netcompress.quantize.lowbit",),
     "netcompress.io": ("netcompress.storage.io",),
-    "netcompress.modules": ("netcompress._description",),
+    "netcompress.modules": ("netcompress._description", "netcompress._layers"),
     "netcompress.codec": ("netcompress.storage.codec",),
     "netcompress.container": ("netcompress.storage.container", "netcompress.storage.tables",
                               "netcompress.storage._header"),
@@ -73,3 +73,16 @@ def install() -> None:
     """Answer the old import paths (once per interpreter)."""
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.append(_Finder())
+
+
+def moved_names(module: str, names: dict[str, str]):
+    """A module ``__getattr__`` answering names that moved out of ``module`` (name → new module), with a warning."""
+
+    def __getattr__(attribute: str):
+        if attribute not in names:
+            raise AttributeError(f"module {module!r} has no attribute {attribute!r}")
+        warnings.warn(f"{module}.{attribute} moved to {names[attribute]}; the old path goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(names[attribute]), attribute)
+
+    return __getattr__

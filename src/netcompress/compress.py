@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from netcompress._blocks import find_blocks
+from netcompress._compat import moved_names
 from netcompress._layers import DENSE, explicit_names, plain_layer, progress_disabled, resolve_layers
 from netcompress._replacement import (
     Plan,
@@ -132,13 +133,14 @@ class Family:
         rows: dict[str, LayerRow] = {}
         data = request.data if isinstance(request.data, torch.Tensor) else list(request.data)
         request = dataclasses.replace(request, data=data)
+        given, arguments = self.arguments(request, selected)  # once, on the original weights of every layer
         with all_or_nothing(model):
             for names in find_blocks(model, selected, request.blocks):
                 part = {name: selected[name] for name in names}
                 stats = self.statistics(request, part, skipped, explicit)
                 if not part:
                     continue
-                plan = self.plan(request, part, stats)
+                plan = self.plan(request, part, stats, (given, arguments))
                 if stats is not None:
                     check_samples(stats, part, plan.rows)
                 swap_in(model, plan)
@@ -163,8 +165,9 @@ class Family:
         if chosen.check is None:
             return
         for name, layer in list(selected.items()):
+            given = layer_settings(name, settings)  # a dict setting that lacks the layer is the user's error
             try:
-                chosen.check(plain_layer(layer), **layer_settings(name, settings))
+                chosen.check(plain_layer(layer), **given)
             except (ValueError, TypeError) as error:
                 request.fail(name, explicit, error, selected, skipped)
         if not selected:
@@ -194,15 +197,22 @@ class Family:
                 raise ValueError(f"no selected layer has statistics ({unreached[0]!r}: {skipped[unreached[0]]})")
         return stats
 
-    def plan(self, request: Request, selected: dict[str, nn.Module], stats: LayerStats | None) -> Plan:
+    def arguments(self, request: Request, selected: dict[str, nn.Module]) -> tuple[dict, dict]:
+        """Each layer's settings as given, and the arguments its function gets (after the method's ``prepare``)."""
+        chosen = request.method
+        given = {name: layer_settings(name, request.settings) for name in selected}
+        arguments = {name: dict(s) for name, s in given.items()}
+        if chosen.prepare is not None:  # a setting that couples the layers (a global threshold) sees all of them
+            chosen.prepare({name: plain_layer(m) for name, m in selected.items()}, arguments)
+        return given, arguments
+
+    def plan(self, request: Request, selected: dict[str, nn.Module], stats: LayerStats | None,
+             prepared: tuple[dict, dict] | None = None) -> Plan:
         """Each selected layer's replacement and report row, one layer at a time."""
         from tqdm.auto import tqdm
 
         chosen = request.method
-        given = {name: layer_settings(name, request.settings) for name in selected}
-        arguments = {name: dict(s) for name, s in given.items()}
-        if chosen.prepare is not None:
-            chosen.prepare({name: plain_layer(m) for name, m in selected.items()}, arguments)
+        given, arguments = prepared if prepared is not None else self.arguments(request, selected)
         plan = Plan()
         for name, layer in tqdm(selected.items(), desc=chosen.name, unit="layer",
                                 disable=progress_disabled(request.progress)):
@@ -288,9 +298,14 @@ def compress(
         layers = list(by_layer[0]) if by_layer else None
     if not isinstance(sequential, bool):
         raise ValueError(f"sequential must be True or False, got {sequential!r}")
+    if blocks is not None and not sequential:
+        raise ValueError("blocks names the blocks of sequential compression; pass sequential=True with it")
     if sequential and not family.sequential:
         raise ValueError(f"sequential=True runs methods that replace one layer at a time (quantization, pruning); "
                          f"method {method!r} is a {family.name} method")
     request = Request(model, data, stats, chosen, settings, sizing, layers, exclude, positions, holdout, progress,
                       sequential, blocks)
     return family.compress(request)
+
+# Names this module held in netcompress 0.1 (answered with a DeprecationWarning for one release).
+__getattr__ = moved_names("netcompress.compress", {"sweep": "netcompress.lowrank.family"})

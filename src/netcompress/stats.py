@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from netcompress._compat import moved_names
 from netcompress._layers import explicit_names, progress_disabled, resolve_layers
 from netcompress._tensors import (
     _output_matrix,
@@ -372,6 +373,6 @@ def collect(
     stats.heldout = heldout
     return stats
 
-
-
-
+# Names this module held in netcompress 0.1 (answered with a DeprecationWarning for one release).
+__getattr__ = moved_names("netcompress.stats", {"model_input": "netcompress._tensors", "input_columns": "netcompress._tensors",
+                               "relative_output_error": "netcompress.moments"})

@@ -36,7 +36,8 @@ class LowRankLinear(nn.Module):
 
     @classmethod
     def from_description(cls, entry: Entry) -> LowRankLinear:
-        return cls(*entry.linear_size(), entry.integer("rank"), entry.flag("bias"))
+        in_features, out_features = entry.linear_size()
+        return cls(in_features, out_features, _rank(entry, min(in_features, out_features)), entry.flag("bias"))
 
 
 @describable
@@ -73,8 +74,18 @@ class LowRankConv2d(nn.Module):
     @classmethod
     def from_description(cls, entry: Entry) -> LowRankConv2d:
         args = entry.conv_args()
-        return cls(args["in_channels"], args["out_channels"], args["kernel_size"], entry.integer("rank"),
+        per_row = args["in_channels"] * args["kernel_size"][0] * args["kernel_size"][1]
+        rank = _rank(entry, min(args["out_channels"], per_row))
+        return cls(args["in_channels"], args["out_channels"], args["kernel_size"], rank,
                    args["stride"], args["padding"], args["dilation"], entry.flag("bias"))
+
+
+def _rank(entry: Entry, limit: int) -> int:
+    """The description's rank, refused above ``min(out, in)`` (a factored layer never needs more)."""
+    rank = entry.integer("rank")
+    if rank > limit:
+        raise entry.fail(f"field 'rank' {rank} exceeds min(out, in) = {limit}")
+    return rank
 
 
 def build_low_rank(layer: nn.Module, rank: int, bias: bool) -> nn.Module:

@@ -7,6 +7,7 @@
   re-fit of the next layer; :mod:`._dependency` traces which layers share a channel space.
 """
 
+from netcompress._compat import moved_names
 from netcompress.prune.family import StructuralFamily
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear, masked_like
 from netcompress.prune.obs import sparsegpt
@@ -15,3 +16,6 @@ from netcompress.prune.unstructured import global_threshold, magnitude, magnitud
 
 __all__ = ["MaskedConv2d", "MaskedLinear", "StructuralFamily", "activation", "channel", "global_threshold", "magnitude",
            "magnitude_scores", "masked_like", "sparsegpt"]
+
+# Names this module held in netcompress 0.1 (answered with a DeprecationWarning for one release).
+__getattr__ = moved_names("netcompress.prune", {"check_magnitude": "netcompress.prune.unstructured"})

@@ -66,8 +66,8 @@ def _check_scope(*, sparsity: float | None = None, norm: int = 1, scope: str = "
         raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
     if sparsity is None:
         raise ValueError("method 'magnitude' needs sparsity, the fraction of weights to remove")
-    if scope == "global" and isinstance(sparsity, Mapping):
-        raise ValueError("scope='global' takes one sparsity for all layers, not a dict")
+    if scope == "global" and (isinstance(sparsity, Mapping) or isinstance(norm, Mapping)):
+        raise ValueError("scope='global' takes one sparsity and one norm for all layers, not a dict")
 
 
 def _global_scope(layers: dict[str, nn.Module], arguments: dict[str, dict]) -> None:
