@@ -80,15 +80,6 @@ def test_gptq_errs_less_on_the_target_outputs_than_round_to_nearest():
     assert fed.bits == rtn.bits  # the same storage: codes and one scale per group
 
 
-def test_gptq_on_a_conv_network_through_compress_saves_and_loads(tmp_path):
-    model, x = SmallNet(), torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    report = nc.compress(model, x, method="gptq", bits=4, progress=False)
-    assert all(r.replaced for r in report.rows)
-    nc.save(model, tmp_path / "out", report)
-    fresh = nc.load(SmallNet(), tmp_path / "out")
-    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
-
-
 def test_bad_gptq_settings_are_refused_before_the_data_pass():
     model = SmallNet()
     with pytest.raises(ValueError, match="damp must be a fraction"):
