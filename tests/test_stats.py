@@ -138,3 +138,29 @@ def test_statistics_round_trip_through_safetensors(tmp_path):
     (tmp_path / "other.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     with pytest.raises(ValueError, match="not a statistics file"):
         nc.LayerStats.load(tmp_path / "other.safetensors")
+
+
+def test_stopping_early_gives_the_same_statistics():
+    net = SmallNet()
+    data = torch.randn(24, 3, 8, 8, generator=torch.Generator().manual_seed(4)).split(6)
+    whole = nc.collect(net, data, ["conv1", "conv2"], holdout=0.2, progress=False)
+    early = nc.collect(net, data, ["conv1", "conv2"], holdout=0.2, progress=False, stop_early=True)
+    for part, other in ((whole, early), (whole.heldout, early.heldout)):
+        for name, m in part.items():
+            assert other[name].count == m.count
+            torch.testing.assert_close(other[name].gram, m.gram, rtol=0, atol=0)
+
+
+def test_stopping_early_is_off_when_a_layer_runs_twice_in_a_pass():
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.fc(self.fc(x)))
+
+    net, x = Twice(), torch.randn(12, 4).split(4)
+    whole = nc.collect(net, x, ["fc"], progress=False)
+    early = nc.collect(net, x, ["fc"], progress=False, stop_early=True)
+    assert early["fc"].count == whole["fc"].count == 24

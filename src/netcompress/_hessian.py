@@ -12,12 +12,14 @@ permutation and ``P H P = L Lᵀ``, ``U = P L⁻¹ P`` is upper triangular and `
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from netcompress._layers import DENSE
 
-__all__ = ["DEFAULT_DAMP", "check_hessian_layer", "inverse_hessian_factor"]
+__all__ = ["DEFAULT_DAMP", "check_hessian_layer", "inverse_hessian_factor", "sweep_columns"]
 
 DEFAULT_DAMP = 0.01  # of the mean diagonal of H, as in the GPTQ paper
 
@@ -46,3 +48,38 @@ def check_hessian_layer(layer: nn.Module, method: str, damp: float) -> None:
     if getattr(layer, "groups", 1) != 1:
         raise ValueError(f"a grouped convolution (groups={layer.groups}) has no single input Hessian; "
                          f"{method} leaves it dense")
+
+
+def sweep_columns(
+    layer: nn.Module,
+    moments,
+    damp: float,
+    round_column: Callable[[int, torch.Tensor], torch.Tensor],
+    start_block: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+    block: int = 128,
+) -> torch.Tensor:
+    """Optimal Brain Surgeon/Quantization's sweep over the input columns of ``layer``, GPTQ-style.
+
+    Column ``i`` becomes ``round_column(i, W)`` (W the float64 (out, in) matrix as updated so far);
+    its error, divided by ``U_ii``, moves the columns after it along row ``i`` of ``U``, the upper
+    Cholesky factor of the damped ``H⁻¹``. Updates beyond the current ``block`` of columns are
+    applied once per block (lazy batch updates); ``start_block(start, end, W, U)`` runs before each.
+    Inputs the target data never uses have their weights set to zero. Returns the final ``W``.
+    """
+    W = layer.weight.detach().reshape(layer.weight.shape[0], -1).to(torch.float64).clone()
+    out, columns = W.shape
+    if moments.gram.dim() != 2 or moments.gram.shape[0] != columns:
+        raise ValueError(f"the statistics have {moments.gram.shape[-1]} input features but the layer has {columns}")
+    U, dead = inverse_hessian_factor(moments.gram.to(W.device), damp)
+    W[:, dead] = 0.0
+    for start in range(0, columns, block):
+        end = min(start + block, columns)
+        if start_block is not None:
+            start_block(start, end, W, U)
+        errors = torch.zeros(out, end - start, dtype=W.dtype, device=W.device)
+        for i in range(start, end):
+            error = (W[:, i] - round_column(i, W)) / U[i, i]
+            W[:, i:end] -= error[:, None] * U[i, i:end][None, :]
+            errors[:, i - start] = error
+        W[:, end:] -= errors @ U[start:end, end:]
+    return W

@@ -184,7 +184,7 @@ class Family:
             observable = [n for n, m in selected.items() if isinstance(m, OBSERVABLE)]
             if observable or chosen.needs_stats:
                 stats = collect(request.model, data, observable, positions=request.positions, holdout=request.holdout,
-                                progress=request.progress)
+                                progress=request.progress, stop_early=request.sequential)
         if chosen.needs_stats:
             unreached = [n for n in selected if n not in stats]
             if any(n in explicit for n in unreached):

@@ -277,6 +277,31 @@ def _heldout_index(start: int, size: int, holdout: float) -> torch.Tensor:
     return torch.floor((i + 1) * holdout) > torch.floor(i * holdout)
 
 
+class _Reached(Exception):
+    """Every recorded layer has run: the rest of the forward pass is not needed."""
+
+
+class _Stopper:
+    """Ends a forward pass once each layer has been called, after a first whole pass showed none is called twice."""
+
+    def __init__(self, names: list[str]):
+        self.calls = dict.fromkeys(names, 0)
+        self.armed = False
+        self.first = True
+
+    def hook(self, name: str):
+        def called(module, args, output) -> None:
+            self.calls[name] += 1
+            if self.armed and all(self.calls.values()):
+                raise _Reached
+        return called
+
+    def pass_done(self) -> None:
+        if self.first:
+            self.first, self.armed = False, max(self.calls.values(), default=0) <= 1
+        self.calls = dict.fromkeys(self.calls, 0)
+
+
 @torch.no_grad()
 def collect(
     model: nn.Module,
@@ -287,6 +312,7 @@ def collect(
     holdout: float = 0.0,
     seed: int = 0,
     progress: bool | None = None,
+    stop_early: bool = False,
 ) -> LayerStats:
     """Gather the target-domain statistics of ``layers`` in one pass over ``data``.
 
@@ -303,6 +329,10 @@ def collect(
             ``stats.heldout``, so that errors can be measured on data the methods did not fit.
         seed: seed of the position sampling.
         progress: show a progress bar (``None``: only on a terminal).
+        stop_early: end each forward pass as soon as every layer has been recorded (the
+            model's output is not needed), which sequential compression uses so that a block
+            near the input costs a fraction of a pass. The first pass runs whole; if a layer is
+            called more than once in it, every pass runs whole.
 
     Returns:
         :class:`LayerStats`, float64 throughout. When ``torch.distributed`` is
@@ -322,6 +352,9 @@ def collect(
     generator = torch.Generator().manual_seed(seed)
     recorders = {name: _Recorder(name, layer, positions, generator) for name, layer in selected.items()}
     handles = [layer.register_forward_hook(recorders[name]) for name, layer in selected.items()]
+    stopper = _Stopper(list(selected)) if stop_early else None
+    if stopper is not None:  # registered after the recorders: a layer is recorded before the pass stops
+        handles += [layer.register_forward_hook(stopper.hook(name)) for name, layer in selected.items()]
     batches = samples = 0
     try:
         for batch in tqdm(_batches(data), desc="statistics", unit="batch", disable=progress_disabled(progress)):
@@ -338,12 +371,16 @@ def collect(
                 try:
                     with evaluating(model):
                         call_model(model, part, device, dtype)
+                except _Reached:
+                    pass
                 except RuntimeError as error:
                     reason = str(error).strip().splitlines()[0]
                     raise ValueError(
                         f"the model failed on batch {batches} of the data ({reason}); "
                         "check that the data's shape and type match the model's input"
                     ) from None
+                if stopper is not None:
+                    stopper.pass_done()
             batches += 1
             samples += size
     finally:

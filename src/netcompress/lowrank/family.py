@@ -11,7 +11,7 @@ from torch import nn
 from netcompress._layers import plain_layer, progress_disabled, replace_module, resolve_layers
 from netcompress._replacement import Plan, behind_padding, layer_row, output_errors, stored_params
 from netcompress.compress import Family, Request
-from netcompress.lowrank.methods import Factorization, layer_matrix
+from netcompress.lowrank.methods import Factorization
 from netcompress.lowrank.plan import (
     LayerCurve,
     allocate_budget,
@@ -40,7 +40,7 @@ def _rank_request(name: str, rank: int | Mapping[str, int]) -> int:
 
 def _initial_rank(name: str, layer: nn.Module, rank, keep: float | None) -> int:
     """The rank to factorize at: the requested one, the one ``keep`` allows, or the largest useful one."""
-    out_features, in_features = layer_matrix(layer).shape
+    out_features, in_features = layer.weight.shape[0], layer.weight[0].numel()  # the im2col shape, without a copy
     if rank is not None:
         request = _rank_request(name, rank)
         if request > min(out_features, in_features):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from netcompress._hessian import DEFAULT_DAMP, check_hessian_layer, inverse_hessian_factor
+from netcompress._hessian import DEFAULT_DAMP, check_hessian_layer, sweep_columns
 from netcompress._layers import DENSE
 from netcompress.moments import Moments
 from netcompress.prune.modules import masked_like
@@ -48,27 +48,19 @@ def sparsegpt(layer: nn.Module, moments: Moments, *, sparsity: float, damp: floa
         A :class:`~netcompress.prune.MaskedLinear` / ``MaskedConv2d`` whose kept weights are updated.
     """
     check_sparsegpt(layer, sparsity=sparsity, damp=damp)
-    W = layer.weight.detach().reshape(layer.weight.shape[0], -1).to(torch.float64).clone()
-    out, columns = W.shape
-    if moments.gram.dim() != 2 or moments.gram.shape[0] != columns:
-        raise ValueError(f"the statistics have {moments.gram.shape[-1]} input features but the layer has {columns}")
-    U, dead = inverse_hessian_factor(moments.gram.to(W.device), damp)
-    W[:, dead] = 0.0
-    pruned = torch.zeros_like(W, dtype=torch.bool)
-    for start in range(0, columns, BLOCK):
-        end = min(start + BLOCK, columns)
+    pruned = torch.zeros(layer.weight.shape[0], layer.weight[0].numel(), dtype=torch.bool,
+                         device=layer.weight.device)
+
+    def choose(start: int, end: int, W: torch.Tensor, U: torch.Tensor) -> None:
+        """The block's removals: the least saliency w²/[H⁻¹]_ii on the weights as updated so far."""
         saliency = W[:, start:end].square() / U.diagonal()[start:end].square()[None, :]
         remove = int(saliency.numel() * sparsity)
         if remove:
             chosen = torch.zeros(saliency.numel(), dtype=torch.bool, device=W.device)
             chosen[saliency.flatten().argsort(stable=True)[:remove]] = True
             pruned[:, start:end] = chosen.reshape(saliency.shape)
-        errors = torch.zeros(out, end - start, dtype=W.dtype, device=W.device)
-        for i in range(start, end):
-            error = torch.where(pruned[:, i], W[:, i], torch.zeros_like(W[:, i])) / U[i, i]
-            W[:, i:end] -= error[:, None] * U[i, i:end][None, :]
-            errors[:, i - start] = error
-        W[:, end:] -= errors @ U[start:end, end:]
+
+    W = sweep_columns(layer, moments, damp, lambda i, W: W[:, i].masked_fill(pruned[:, i], 0.0), choose, BLOCK)
     W[pruned] = 0.0
     module = masked_like(layer)
     with torch.no_grad():

@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from netcompress._hessian import DEFAULT_DAMP, check_hessian_layer, inverse_hessian_factor
+from netcompress._hessian import DEFAULT_DAMP, check_hessian_layer, sweep_columns
 from netcompress._layers import DENSE
 from netcompress.moments import Moments
-from netcompress.quantize.methods import _affine_grid, _check_bits, _finish
+from netcompress.quantize.methods import _affine_grid, _check_bits, _finish, grid_codes
 from netcompress.quantize.modules import quantized_like
 from netcompress.registry import register
 
@@ -46,13 +46,6 @@ def check_gptq(layer: nn.Module, *, bits: int | None = None, group_size: int | N
 
 
 
-def _quantize_columns(W: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes and dequantized values of columns ``W`` (out × k) on the grid ``scale``/``zero`` (out)."""
-    codes = (W / scale[:, None] + zero[:, None]).round().clamp(0, (1 << bits) - 1)
-    return codes, (codes - zero[:, None]) * scale[:, None]
-
-
 @register("gptq", family="layer", accepts=DENSE, needs_stats=True, check=check_gptq,
           example={"bits": 4})
 def gptq(layer: nn.Module, moments: Moments, *, bits: int, group_size: int | None = None, symmetric: bool = True,
@@ -73,31 +66,21 @@ def gptq(layer: nn.Module, moments: Moments, *, bits: int, group_size: int | Non
         the same layout as ``uniform`` with ``granularity="group"`` (or ``"channel"``).
     """
     check_gptq(layer, bits=bits, group_size=group_size, symmetric=symmetric, damp=damp)
-    W = layer.weight.detach().reshape(layer.weight.shape[0], -1).to(torch.float64).clone()
-    out, columns = W.shape
-    if moments.gram.dim() != 2 or moments.gram.shape[0] != columns:
-        raise ValueError(f"the statistics have {moments.gram.shape[-1]} input features but the layer has {columns}")
+    out, columns = layer.weight.shape[0], layer.weight[0].numel()
     size = columns if group_size is None else group_size
-    U, dead = inverse_hessian_factor(moments.gram.to(W.device), damp)
-    W[:, dead] = 0.0
-    codes = torch.zeros_like(W)
-    scales = torch.zeros(out, columns // size, dtype=W.dtype, device=W.device)
+    codes = torch.zeros(out, columns, dtype=torch.float64, device=layer.weight.device)
+    scales = torch.zeros(out, columns // size, dtype=torch.float64, device=layer.weight.device)
     zeros = torch.zeros_like(scales)
-    ones = torch.ones(out, size, dtype=W.dtype, device=W.device)
-    for start in range(0, columns, BLOCK):
-        end = min(start + BLOCK, columns)
-        errors = torch.zeros(out, end - start, dtype=W.dtype, device=W.device)
-        for i in range(start, end):
-            if i % size == 0:  # a new group: its grid from the weights as they are now
-                g = i // size
-                scales[:, g], zeros[:, g], _ = _affine_grid(W[:, i:i + size], ones, bits, symmetric)
-            g = i // size
-            code, value = _quantize_columns(W[:, i:i + 1], scales[:, g], zeros[:, g], bits)
-            codes[:, i] = code[:, 0]
-            error = (W[:, i] - value[:, 0]) / U[i, i]
-            W[:, i:end] -= error[:, None] * U[i, i:end][None, :]
-            errors[:, i - start] = error
-        W[:, end:] -= errors @ U[start:end, end:]
+    ones = torch.ones(out, size, dtype=torch.float64, device=layer.weight.device)
+
+    def round_column(i: int, W: torch.Tensor) -> torch.Tensor:
+        g = i // size
+        if i % size == 0:  # a new group: its grid from the weights as they are now
+            scales[:, g], zeros[:, g], _ = _affine_grid(W[:, i:i + size], ones, bits, symmetric)
+        codes[:, i] = grid_codes(W[:, i:i + 1], scales[:, g:g + 1], zeros[:, g:g + 1], bits)[:, 0]
+        return (codes[:, i] - zeros[:, g]) * scales[:, g]
+
+    sweep_columns(layer, moments, damp, round_column, block=BLOCK)
     module = quantized_like(layer, scheme="symmetric" if symmetric else "asymmetric", bits=bits, group_size=size)
     tensors = {"scale": scales} if symmetric else {"scale": scales, "zero_point": zeros.to(torch.uint8)}
     return _finish(module, layer, codes.to(torch.uint8), None, **tensors)

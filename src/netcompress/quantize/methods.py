@@ -37,6 +37,7 @@ from netcompress.quantize.modules import QUANTIZABLE, QuantizedEmbedding, quanti
 from netcompress.registry import register
 
 __all__ = [
+    "grid_codes",
     "CLIP_FRACTIONS",
     "KMEANS_ITERATIONS",
     "binary",
@@ -197,6 +198,11 @@ def clip_weights(moments: Moments | None, matrix: torch.Tensor, groups: int = 1)
     return energy[input_columns(matrix.shape[0], matrix.shape[1], groups).to(matrix.device)].to(matrix.dtype)
 
 
+def grid_codes(values: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """The nearest ``bits``-bit codes of ``values`` on the grid ``(code − zero)·scale`` (float, broadcast)."""
+    return (values / scale + zero).round().clamp(0, (1 << bits) - 1)
+
+
 def _affine_grid(values: torch.Tensor, cost: torch.Tensor, bits: int, symmetric: bool
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scale, zero point and codes of each row of ``values`` (blocks × n, NaN where pruned).
@@ -236,8 +242,7 @@ def _affine_grid(values: torch.Tensor, cost: torch.Tensor, bits: int, symmetric:
             best_error[rows] = torch.where(better, error, best_error[rows])
             best_scale[rows] = torch.where(better, scale, best_scale[rows])
             best_zero[rows] = torch.where(better, zero, best_zero[rows])
-    codes = (w / best_scale[:, None] + best_zero[:, None]).round().clamp(0, top)
-    return best_scale, best_zero, codes
+    return best_scale, best_zero, grid_codes(w, best_scale[:, None], best_zero[:, None], bits)
 
 
 @register("uniform", family="layer", accepts=QUANTIZABLE, check=check_uniform, example={"bits": 4})
