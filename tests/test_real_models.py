@@ -111,3 +111,14 @@ def test_every_method_on_minilm(method, minilm, minilm_batches, tmp_path):
     assert out.shape[-1] == 384 and torch.isfinite(out).all()
     if nc.METHODS[method].family != "structural":
         _round_trips(model, lambda: minilm()[0], run, tmp_path)
+
+
+def test_minilm_query_key_and_value_share_one_gram(minilm, minilm_batches):
+    """Each of the 6 layers' q/k/v read one tensor: 37 observed Linear layers, 25 XXᵀ computed."""
+    calibration, _ = minilm_batches
+    model, _ = minilm()
+    stats = nc.collect(model, calibration, progress=False)
+    queries = [f"encoder.layer.{i}.attention.self.query" for i in range(6)]
+    expected = {f"encoder.layer.{i}.attention.self.{p}": queries[i] for i in range(6) for p in ("key", "value")}
+    assert stats.shared == expected
+    assert (len(stats), stats.grams) == (37, 25)

@@ -164,3 +164,55 @@ def test_stopping_early_is_off_when_a_layer_runs_twice_in_a_pass():
     whole = nc.collect(net, x, ["fc"], progress=False)
     early = nc.collect(net, x, ["fc"], progress=False, stop_early=True)
     assert early["fc"].count == whole["fc"].count == 24
+
+
+class _Attention(nn.Module):
+    """Query, key and value read one tensor; ``out`` reads another of the same shape."""
+
+    def __init__(self, width: int = 6, in_place: bool = False):
+        super().__init__()
+        self.q, self.k, self.v, self.out = (nn.Linear(width, width) for _ in range(4))
+        self.in_place = in_place
+
+    def forward(self, x):
+        q = self.q(x)
+        if self.in_place:  # the tensor k reads is no longer the one q read
+            x.mul_(2)
+        mixed = torch.softmax(q @ self.k(x).transpose(-1, -2), -1) @ self.v(x)
+        return self.out(mixed)
+
+
+def test_layers_reading_one_input_share_one_gram_computed_once():
+    torch.manual_seed(0)
+    net = _Attention()
+    data = torch.randn(3, 5, 6, generator=torch.Generator().manual_seed(1)).split(1)
+    stats = nc.collect(net, data, holdout=0.34, progress=False)
+    assert stats.shared == {"k": "q", "v": "q"}
+    assert stats.grams == 2  # q/k/v one, out another (same shape, other tensor: not shared)
+    assert stats["k"].gram is stats["q"].gram and stats.heldout["v"].gram is stats.heldout["q"].gram
+    for name in ("q", "k", "v", "out"):  # each equals the layer collected on its own
+        alone = nc.collect(net, data, [name], holdout=0.34, progress=False)
+        for part, single in ((stats, alone), (stats.heldout, alone.heldout)):
+            np.testing.assert_allclose(part[name].gram.numpy(), single[name].gram.numpy(), rtol=1e-12)
+            np.testing.assert_allclose(part[name].response_sum.numpy(), single[name].response_sum.numpy(), rtol=1e-12)
+            assert part[name].count == single[name].count
+
+
+def test_an_input_changed_in_place_between_two_readers_is_not_shared():
+    torch.manual_seed(0)
+    net = _Attention(in_place=True)
+    data = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    stats = nc.collect(net, data.clone(), progress=False)
+    assert "k" not in stats.shared and stats.shared == {"v": "k"}
+    x = data.clone()
+    np.testing.assert_allclose(stats["q"].gram.numpy(), (x.T @ x).double().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(stats["k"].gram.numpy(), (4 * x.T @ x).double().numpy(), rtol=1e-6)
+
+
+def test_shared_statistics_round_trip_through_safetensors(tmp_path):
+    net = _Attention()
+    stats = nc.collect(net, torch.randn(2, 5, 6).split(1), holdout=0.5, progress=False)
+    stats.save(tmp_path / "s.safetensors")
+    loaded = nc.LayerStats.load(tmp_path / "s.safetensors")
+    assert loaded.shared == stats.shared and loaded.grams == 2 and loaded.heldout.grams == 2
+    np.testing.assert_allclose(loaded["v"].gram.numpy(), stats["v"].gram.numpy())

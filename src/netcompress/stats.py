@@ -14,6 +14,7 @@ image is one sample of the patch vector (``in_channels·kh·kw`` long).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from netcompress._compat import moved_names
-from netcompress._layers import explicit_names, progress_disabled, resolve_layers
+from netcompress._layers import explicit_names, explicit_padding, progress_disabled, resolve_layers
 from netcompress._tensors import (
     _output_matrix,
     _take,
@@ -50,12 +51,20 @@ class LayerStats(Mapping[str, Moments]):
 
     ``heldout`` holds the same statistics of the held-out part of the data (``collect(...,
     holdout=…)``), for honest error estimates; ``skipped`` names the layers that were not
-    observed and why (e.g. a layer the data never reached).
+    observed and why (e.g. a layer the data never reached); ``shared`` maps each layer that
+    read the very same input as an earlier one (query/key/value) to that layer, whose input
+    statistics it shares (the same tensors, computed once).
     """
 
     layers: dict[str, Moments] = field(default_factory=dict)
     heldout: LayerStats | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    shared: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def grams(self) -> int:
+        """How many distinct ``XXᵀ`` matrices the statistics hold (layers reading one input share one)."""
+        return len({id(m.gram) for m in self.layers.values()})
 
     def __getitem__(self, name: str) -> Moments:
         try:
@@ -83,9 +92,11 @@ class LayerStats(Mapping[str, Moments]):
         for part, stats in (("fit", self), ("heldout", self.heldout)):
             for name, m in (stats.layers.items() if stats is not None else ()):
                 for field_name in _TENSOR_FIELDS:
-                    tensors[f"{part}/{name}/{field_name}"] = getattr(m, field_name).detach().cpu().contiguous()
+                    # safetensors stores no tensor twice: a shared XXᵀ is written as a copy per layer
+                    tensors[f"{part}/{name}/{field_name}"] = getattr(m, field_name).detach().cpu().clone()
                 tensors[f"{part}/{name}/counts"] = torch.tensor([m.count, m.output_count, m.groups])
-        save_file(tensors, str(path), metadata={"format": "netcompress.stats", "skipped": json.dumps(self.skipped)})
+        save_file(tensors, str(path), metadata={"format": "netcompress.stats", "skipped": json.dumps(self.skipped),
+                                                "shared": json.dumps(self.shared)})
 
     @classmethod
     def load(cls, path) -> LayerStats:
@@ -108,10 +119,17 @@ class LayerStats(Mapping[str, Moments]):
             count, output_count, groups = (int(v) for v in fields.pop("counts"))
             return Moments(**fields, count=count, output_count=output_count, groups=groups)
 
+        shared = json.loads(metadata.get("shared", "{}"))
         stats = cls({name: moments(f) for name, f in parts["fit"].items()},
                     skipped=json.loads(metadata.get("skipped", "{}")))
         if parts["heldout"]:
             stats.heldout = cls({name: moments(f) for name, f in parts["heldout"].items()})
+        for part in (stats, stats.heldout):
+            if part is None:
+                continue
+            part.shared = {f: lead for f, lead in shared.items() if f in part.layers and lead in part.layers}
+            for follower, leader in part.shared.items():
+                _share_inputs(part.layers[follower], part.layers[leader])
         return stats
 
 
@@ -127,10 +145,50 @@ _TENSOR_FIELDS = ("gram", "input_sum", "positive_count", "response_sum", "respon
 CHUNK_ELEMENTS = 1 << 23
 
 
+class _SharedInputs:
+    """Which recorded layers read the very same input tensor within one forward call.
+
+    Layers fed one tensor (a transformer's query, key and value; a gated MLP's gate and up
+    projections; parallel 1×1 convolutions) have identical input statistics: only the first
+    of them folds ``XXᵀ``, the others share it. A tensor is the same one while it is alive at
+    the same address, with the same view and no in-place change since (its version counter).
+    """
+
+    def __init__(self, positions: int | None):
+        self.positions = positions
+        self.seen: dict[tuple, tuple[weakref.ref, _Recorder]] = {}
+
+    def new_call(self) -> None:
+        self.seen.clear()
+
+    def reader(self, recorder: _Recorder, module: nn.Module, x: object) -> _Recorder | None:
+        """The layer that already read ``x`` in this call (``None`` if none), after noting that ``recorder`` reads it."""
+        if not isinstance(x, torch.Tensor):
+            return None
+        if isinstance(module, nn.Conv2d):
+            if self.positions is not None:  # sampled positions differ per layer
+                return None
+            view = (module.kernel_size, module.stride, module.padding, module.dilation, module.groups,
+                    module.padding_mode, explicit_padding(module))
+        else:
+            view = ()
+        try:
+            version = x._version
+        except RuntimeError:  # an inference-mode tensor keeps no version counter: nothing to share safely
+            return None
+        key = (type(module), view, x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device, version)
+        entry = self.seen.get(key)
+        if entry is not None and entry[0]() is not None:
+            return entry[1] if entry[1] is not recorder else None
+        self.seen[key] = (weakref.ref(x), recorder)
+        return None
+
+
 class _Recorder:
     """Forward hook that folds one layer's inputs and outputs into its Moments."""
 
-    def __init__(self, name: str, layer: nn.Module, positions: int | None, generator: torch.Generator):
+    def __init__(self, name: str, layer: nn.Module, positions: int | None, generator: torch.Generator,
+                 shared: _SharedInputs):
         self.name = name
         self.layer = layer
         self.positions = positions
@@ -144,12 +202,22 @@ class _Recorder:
         self.moments = Moments.empty(in_features, out_features, groups)
         self.heldout = Moments.empty(in_features, out_features, groups)
         self.target = self.moments
+        self.shared = shared
+        self.leader: _Recorder | None = None  # the layer whose input statistics this one shares
+        self.calls = 0
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
             return
+        reader = self.shared.reader(self, module, args[0])
+        if self.calls == 0 and reader is not None:
+            self.leader = reader
+        elif self.leader is not None and reader is not self.leader:
+            raise ValueError(f"layers {self.leader.name!r} and {self.name!r} read the same input on the first batch "
+                             "but not on a later one; collect them in separate passes (layers=[...])")
+        self.calls += 1
         x, y = args[0].detach(), output.detach()
-        if not torch.isfinite(x).all():
+        if self.leader is None and not torch.isfinite(x).all():
             raise ValueError(
                 f"layer {self.name!r} received NaN or Inf inputs; check the data and the layers before it"
             )
@@ -163,21 +231,21 @@ class _Recorder:
             self._fold(module, x[i:i + step], y[i:i + step], min(step, images - i))
 
     def _fold(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor, images: int) -> None:
-        rows = input_matrix(module, x).to(torch.float64)
         out = _output_matrix(module, y).to(torch.float64)
-        if self.positions is not None and isinstance(module, nn.Conv2d):
-            rows, out = self._subsample(rows, out, images)
-        if rows.shape[0] == 0:
-            return
         m = self.target
-        device = rows.device
-        if m.gram.device != device:
+        if m.positive_count.device != out.device:
             for attr in _TENSOR_FIELDS:
-                setattr(m, attr, getattr(m, attr).to(device))
-        _add_gram(m.gram, rows, m.groups)
-        m.input_sum += rows.sum(0)
-        m.norm4 += rows.pow(2).sum(1).pow(2).sum()
-        m.count += rows.shape[0]
+                setattr(m, attr, getattr(m, attr).to(out.device))
+        if self.leader is None:  # a layer sharing its input with an earlier one has nothing more to learn from it
+            rows = input_matrix(module, x).to(torch.float64)
+            if self.positions is not None and isinstance(module, nn.Conv2d):
+                rows, out = self._subsample(rows, out, images)
+            if rows.shape[0] == 0:
+                return
+            _add_gram(m.gram, rows, m.groups)
+            m.input_sum += rows.sum(0)
+            m.norm4 += rows.pow(2).sum(1).pow(2).sum()
+            m.count += rows.shape[0]
         response = out.clamp_min(0)
         m.positive_count += (out > 0).sum(0)
         m.response_sum += response.sum(0)
@@ -257,14 +325,24 @@ def _batches(data: Iterable | torch.Tensor) -> Iterable:
 
 
 
+def _share_inputs(follower: Moments, leader: Moments) -> None:
+    """Give ``follower`` the input statistics (``XXᵀ``, ``Σx``, ``Σ||x||⁴``, count) of the layer that read the same input."""
+    follower.gram, follower.input_sum, follower.norm4 = leader.gram, leader.input_sum, leader.norm4
+    follower.count = leader.count
+
+
 def _all_reduce(stats: LayerStats) -> None:
     """Sum (and max) every statistic across processes when torch.distributed is running."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         return
+    reduced: set[int] = set()  # a shared XXᵀ is one tensor: summed once
     for m in stats.values():
         for tensor, how in m._tensors():
+            if id(tensor) in reduced:
+                continue
+            reduced.add(id(tensor))
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM if how == "sum" else dist.ReduceOp.MAX)
         counts = torch.tensor([m.count, m.output_count], dtype=torch.float64, device=m.gram.device)
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
@@ -272,8 +350,15 @@ def _all_reduce(stats: LayerStats) -> None:
 
 
 def _heldout_index(start: int, size: int, holdout: float) -> torch.Tensor:
-    """Which samples of a batch are held out: every sample where ``⌊(i+1)·h⌋ > ⌊i·h⌋`` (global index i)."""
-    i = torch.arange(start, start + size, dtype=torch.float64)
+    """Which samples of a batch are held out: every sample where ``⌊(i+1)·h⌋ > ⌊i·h⌋`` (global index i).
+
+    Under torch.distributed, sample j of process r (of W) has global index i = j·W + r, its place
+    in a strided split (``data[r::W]``): the processes together hold out what one process would.
+    """
+    import torch.distributed as dist
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    i = torch.arange(start, start + size, dtype=torch.float64) * world + rank
     return torch.floor((i + 1) * holdout) > torch.floor(i * holdout)
 
 
@@ -327,6 +412,7 @@ def collect(
             (``None`` keeps all), which bounds the cost on large feature maps.
         holdout: fraction of the samples (spread evenly over the batches) kept apart in
             ``stats.heldout``, so that errors can be measured on data the methods did not fit.
+            Under torch.distributed, process r's samples count as ``r, r+W, r+2W, …`` of the whole.
         seed: seed of the position sampling.
         progress: show a progress bar (``None``: only on a terminal).
         stop_early: end each forward pass as soon as every layer has been recorded (the
@@ -350,7 +436,8 @@ def collect(
     selected, skipped = resolve_layers(model, layers, PRUNABLE)
     device, dtype = model_device_dtype(model)
     generator = torch.Generator().manual_seed(seed)
-    recorders = {name: _Recorder(name, layer, positions, generator) for name, layer in selected.items()}
+    shared = _SharedInputs(positions)
+    recorders = {name: _Recorder(name, layer, positions, generator, shared) for name, layer in selected.items()}
     handles = [layer.register_forward_hook(recorders[name]) for name, layer in selected.items()]
     stopper = _Stopper(list(selected)) if stop_early else None
     if stopper is not None:  # registered after the recorders: a layer is recorded before the pass stops
@@ -368,6 +455,7 @@ def collect(
             for part, is_heldout in parts:
                 for rec in recorders.values():
                     rec.target = rec.heldout if is_heldout else rec.moments
+                shared.new_call()
                 try:
                     with evaluating(model):
                         call_model(model, part, device, dtype)
@@ -388,8 +476,13 @@ def collect(
             handle.remove()
     if samples == 0:
         raise ValueError("data yielded no samples; pass at least one batch of target data")
-    stats = LayerStats({name: rec.moments for name, rec in recorders.items()}, skipped=dict(skipped))
-    heldout = LayerStats({name: rec.heldout for name, rec in recorders.items()}) if holdout else None
+    for rec in recorders.values():
+        if rec.leader is not None:
+            _share_inputs(rec.moments, rec.leader.moments)
+            _share_inputs(rec.heldout, rec.leader.heldout)
+    sharing = {name: rec.leader.name for name, rec in recorders.items() if rec.leader is not None}
+    stats = LayerStats({name: rec.moments for name, rec in recorders.items()}, skipped=dict(skipped), shared=sharing)
+    heldout = LayerStats({name: rec.heldout for name, rec in recorders.items()}, shared=sharing) if holdout else None
     for part in (stats, heldout):
         if part is not None:
             for moments in part.values():
@@ -404,6 +497,7 @@ def collect(
                     "pass non-empty target data that reaches this layer"
                 )
             del stats.layers[name]
+            stats.shared.pop(name, None)
             stats.skipped[name] = "the target data never reached it"
             if heldout is not None:
                 heldout.layers.pop(name, None)
