@@ -56,8 +56,8 @@ def test_sequential_gptq_equals_compressing_each_block_on_the_compressed_prefix(
 def test_sequential_refuses_what_it_cannot_do_and_leaves_the_model():
     model, data = Stack(), _data()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="sequential=True runs methods that replace one layer at a time"):
-        nc.compress(model, data, method="dalr", rank=2, sequential=True, progress=False)
+    with pytest.raises(ValueError, match="method 'channel' is a structural method"):
+        nc.compress(model, data, method="channel", sparsity=0.5, sequential=True, progress=False)
     with pytest.raises(ValueError, match="pass data, not stats"):
         nc.compress(model, stats=nc.collect(model, data, progress=False), method="gptq", bits=4, sequential=True,
                     progress=False)
@@ -84,3 +84,89 @@ def test_a_global_magnitude_threshold_spans_every_block_in_sequential_mode():
 def test_blocks_without_sequential_is_refused():
     with pytest.raises(ValueError, match="pass sequential=True with it"):
         nc.compress(Stack(), _data(), method="gptq", bits=4, blocks="blocks", progress=False)
+
+
+def _numpy_sequential_dalr(weights, biases, x, rank, centre):
+    """Reduced-rank regression of each layer's original outputs on the compressed prefix's inputs, in NumPy.
+
+    Layer l: ``Z = W X`` on the original network's inputs ``X``, regressors ``X̃`` (the compressed
+    layers before it); ``C = Z X̃ᵀ (X̃ X̃ᵀ)⁻¹``, ``Ŵ = U_k U_kᵀ C`` with ``U_k`` the leading left
+    singular vectors of the fitted outputs ``C X̃``. Centred (bias compensation): on ``X − x̄`` and
+    ``X̃ − x̃̄``, and ``b̂ = b + W x̄ − Ŵ x̃̄``.
+    """
+    import numpy as np
+
+    original, compressed, result = x.T, x.T, []
+    for W, b in zip(weights, biases, strict=True):
+        X, Xt = original, compressed
+        if centre:
+            X, Xt = X - X.mean(1, keepdims=True), Xt - Xt.mean(1, keepdims=True)
+        C = np.linalg.solve(Xt @ Xt.T, Xt @ (W @ X).T).T
+        U = np.linalg.svd(C @ Xt, full_matrices=False)[0][:, :rank]
+        W_new = U @ U.T @ C
+        b_new = b + W @ original.mean(1) - W_new @ compressed.mean(1) if centre else b
+        result.append((W_new, b_new))
+        original = np.tanh(W @ original + b[:, None])
+        compressed = np.tanh(W_new @ compressed + b_new[:, None])
+    return result
+
+
+@pytest.mark.parametrize("method", ["dalr", "dalr-bc"])
+def test_sequential_dalr_equals_a_numpy_reduced_rank_regression_on_the_compressed_prefix(method):
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 12), nn.Tanh(), nn.Linear(12, 10), nn.Tanh(), nn.Linear(10, 6)).double()
+    x = torch.randn(300, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    layers = [model[0], model[2], model[4]]
+    expected = _numpy_sequential_dalr([m.weight.detach().numpy() for m in layers],
+                                      [m.bias.detach().numpy() for m in layers], x.numpy(), 3, method == "dalr-bc")
+    original = copy.deepcopy(model)
+    report = nc.compress(model, x.split(100), method=method, rank=3, lam=0.0, shrinkage=0.0, holdout=0,
+                         sequential=True, progress=False)
+    for i, (W_new, b_new) in zip((0, 2, 4), expected, strict=True):
+        factored = model[i]
+        np.testing.assert_allclose((factored.up.weight @ factored.down.weight).detach().numpy(), W_new, atol=1e-9)
+        np.testing.assert_allclose(factored.up.bias.detach().numpy(), b_new, atol=1e-9)
+    # each row's error is against the original network's outputs of that layer
+    seen = {}
+    model[4].register_forward_hook(lambda m, a, out: seen.update(new=out))
+    original[4].register_forward_hook(lambda m, a, out: seen.update(old=out))
+    with torch.no_grad():
+        model(x), original(x)
+    direct = float((seen["new"] - seen["old"]).norm() / seen["old"].norm())
+    assert report["4"].relative_error == pytest.approx(direct, rel=1e-6)
+
+
+def test_sequential_low_rank_budget_is_spent_within_each_block_and_reports_against_the_original():
+    model, data = Stack(), _data()
+    report = nc.compress(model, data, method="dalr", budget=0.6, sequential=True, progress=False)
+    assert all(r.status in ("compressed", "left dense") for r in report.rows)
+    assert sum(r.params_after for r in report.rows) <= 0.6 * sum(r.params_before for r in report.rows) + 24 * 2
+    assert all(r.heldout_error is not None for r in report.rows if r.replaced)
+
+
+@pytest.mark.parametrize("method", ["svd", "svd-bc", "dalr", "dalr-bc"])
+def test_every_rank_error_against_the_original_network_equals_the_error_measured_directly(method):
+    """The curves that size ranks in sequential mode, in sample and held out, against direct forward passes."""
+    from netcompress.compress import original_layers
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 12), nn.Tanh(), nn.Linear(12, 10)).double()
+    original = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    fit, held = torch.randn(200, 8, dtype=torch.float64, generator=g), torch.randn(50, 8, dtype=torch.float64, generator=g)
+    first = nc.collect(model, fit, ["0"], progress=False)
+    replace_module(model, "0", nc.METHODS["dalr"].fn(model[0], first["0"], 3).module(3))
+    stats = {part: nc.collect(model, data, ["2"], progress=False,
+                              reference=lambda: original_layers(model, {"0": original[0]}))["2"]
+             for part, data in (("fit", fit), ("held", held))}
+    f = nc.METHODS[method].fn(model[2], stats["fit"], 10)
+    curve = f.relative_error_on(stats["held"])
+    for k in (1, 4, 10):
+        with torch.no_grad():
+            for part, x in (("fit", fit), ("held", held)):
+                new, old = f.module(k)(torch.tanh(model[0](x))), original[2](torch.tanh(original[0](x)))
+                direct = float((new - old).norm() / old.norm())
+                measured = f.relative_error(k) if part == "fit" else float(curve[k]) ** 0.5
+                assert measured == pytest.approx(direct, rel=1e-6, abs=1e-9), (part, k)

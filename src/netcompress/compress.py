@@ -22,7 +22,8 @@ structural one (:mod:`netcompress.prune.family`) override the steps they do diff
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 
 from netcompress._blocks import find_blocks
 from netcompress._compat import moved_names
-from netcompress._layers import DENSE, explicit_names, plain_layer, progress_disabled, resolve_layers
+from netcompress._layers import DENSE, explicit_names, plain_layer, progress_disabled, replace_module, resolve_layers
 from netcompress._replacement import (
     Plan,
     apply_plan,
@@ -123,8 +124,11 @@ class Family:
 
         As in GPTQ and SparseGPT (Frantar and Alistarh, ICML 2023): the statistics of a block's
         layers are collected on the model as compressed so far, so each block corrects for the
-        errors of those before it. One pass over the data per block; nothing but the statistics
-        is kept between passes.
+        errors of those before it. Each batch also runs through the original network (the
+        compressed layers swapped back), so that every layer knows its original inputs too: the
+        Report's errors are against the original network's outputs, and DALR regresses those
+        outputs on the compressed prefix's inputs. Nothing but the statistics is kept between
+        passes.
         """
         model, chosen = request.model, request.method
         if request.data is None or request.stats is not None:
@@ -134,15 +138,18 @@ class Family:
         data = request.data if isinstance(request.data, torch.Tensor) else list(request.data)
         request = dataclasses.replace(request, data=data)
         given, arguments = self.arguments(request, selected)  # once, on the original weights of every layer
+        originals: dict[str, nn.Module] = {}
         with all_or_nothing(model):
             for names in find_blocks(model, selected, request.blocks):
                 part = {name: selected[name] for name in names}
-                stats = self.statistics(request, part, skipped, explicit)
+                reference = (lambda: original_layers(model, originals)) if originals else None
+                stats = self.statistics(request, part, skipped, explicit, reference)
                 if not part:
                     continue
                 plan = self.plan(request, part, stats, (given, arguments))
                 if stats is not None:
                     check_samples(stats, part, plan.rows)
+                originals.update({name: modules[name] for name in plan.replacements})
                 swap_in(model, plan)
                 rows.update(plan.rows)
             check_runs(model, first_batch(data))
@@ -175,8 +182,13 @@ class Family:
             raise ValueError(f"no layer of the model fits these settings (layer {first[0]!r}: {first[1]})")
 
     def statistics(self, request: Request, selected: dict[str, nn.Module], skipped: dict[str, str],
-                   explicit: set[str]) -> LayerStats | None:
-        """The given statistics, or one pass over the data (with a held-out part) for the selected layers."""
+                   explicit: set[str], reference: Callable[[], AbstractContextManager] | None = None
+                   ) -> LayerStats | None:
+        """The given statistics, or one pass over the data (with a held-out part) for the selected layers.
+
+        ``reference`` (sequential mode) also gathers each layer's inputs in the original network
+        (see :func:`collect`).
+        """
         chosen, stats, data = request.method, request.stats, request.data
         if stats is None and (data is not None or chosen.needs_stats):
             if data is None:
@@ -184,7 +196,7 @@ class Family:
             observable = [n for n, m in selected.items() if isinstance(m, OBSERVABLE)]
             if observable or chosen.needs_stats:
                 stats = collect(request.model, data, observable, positions=request.positions, holdout=request.holdout,
-                                progress=request.progress, stop_early=request.sequential)
+                                progress=request.progress, stop_early=request.sequential, reference=reference)
         if chosen.needs_stats:
             unreached = [n for n in selected if n not in stats]
             if any(n in explicit for n in unreached):
@@ -231,6 +243,20 @@ class Family:
 register_family(Family())
 
 
+@contextmanager
+def original_layers(model: nn.Module, originals: Mapping[str, nn.Module]) -> Iterator[None]:
+    """The model as the original network for the time of the context: the compressed layers swapped back."""
+    modules = dict(model.named_modules())
+    compressed = {name: modules[name] for name in originals}
+    for name, layer in originals.items():
+        replace_module(model, name, layer)
+    try:
+        yield
+    finally:
+        for name, layer in compressed.items():
+            replace_module(model, name, layer)
+
+
 def compress(
     model: nn.Module,
     data: Iterable | torch.Tensor | None = None,
@@ -273,7 +299,9 @@ def compress(
         lam: DALR's ridge λ relative to ``trace(XXᵀ)/in`` (default ``lowrank.DEFAULT_LAM``).
         positions: spatial positions sampled per image for Conv2d statistics (see :func:`collect`).
         sequential: compress block by block, each block's statistics collected on the model as
-            compressed so far (GPTQ-style; layer methods such as ``gptq``, ``uniform``, ``magnitude``).
+            compressed so far (GPTQ-style: ``gptq``, ``sparsegpt``, ``uniform``, ``magnitude``, and the
+            low-rank methods, ``dalr`` regressing the original outputs on the compressed inputs;
+            ``budget`` is then spent within each block).
         blocks: the ``ModuleList``/``Sequential`` whose children are the blocks (default: the stack
             holding most selected layers); layers outside it are compressed in the model's order.
         holdout: share of ``data`` kept apart to measure each layer's held-out error (when
@@ -301,8 +329,8 @@ def compress(
     if blocks is not None and not sequential:
         raise ValueError("blocks names the blocks of sequential compression; pass sequential=True with it")
     if sequential and not family.sequential:
-        raise ValueError(f"sequential=True runs methods that replace one layer at a time (quantization, pruning); "
-                         f"method {method!r} is a {family.name} method")
+        raise ValueError(f"sequential=True runs quantization, pruning masks and low-rank methods block by block; "
+                         f"method {method!r} is a {family.name} method, which changes several layers together")
     request = Request(model, data, stats, chosen, settings, sizing, layers, exclude, positions, holdout, progress,
                       sequential, blocks)
     return family.compress(request)

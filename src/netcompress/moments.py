@@ -36,6 +36,12 @@ class Moments:
     output_count: int = 0
     norm4: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
     groups: int = 1
+    # Sequential compression (GPTQ-style) feeds a layer the inputs x̃ of the already compressed
+    # layers before it; its target stays the original network's output. ``reference`` holds the
+    # statistics of the inputs x the original network gives the layer on the same samples, and
+    # ``cross`` is ``Σ x x̃ᵀ``; both are None when the inputs are the original ones.
+    reference: Moments | None = None
+    cross: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, in_features: int, out_features: int, groups: int = 1) -> Moments:
@@ -103,7 +109,7 @@ class Moments:
         return (matrix.reshape(self.groups, out // self.groups, -1) @ sums).reshape(out)
 
     def _tensors(self) -> list[tuple[torch.Tensor, str]]:
-        return [
+        own = [
             (self.gram, "sum"),
             (self.input_sum, "sum"),
             (self.positive_count, "sum"),
@@ -111,6 +117,22 @@ class Moments:
             (self.response_max, "max"),
             (self.norm4, "sum"),
         ]
+        return own + ([(self.cross, "sum")] if self.cross is not None else [])
+
+    def reference_products(self, centre: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(Σ x xᵀ, Σ x x̃ᵀ, Σ x̃ x̃ᵀ)`` of the original inputs ``x`` and the layer's own ``x̃``.
+
+        Without a reference the three are this layer's ``XXᵀ``. With ``centre`` each input is
+        taken around its mean (``x − x̄``, ``x̃ − x̄̃``), as bias compensation needs.
+        """
+        if self.reference is None or self.cross is None:
+            gram = self.centered_gram if centre else self.gram
+            return gram, gram, gram
+        ref = self.reference
+        if not centre:
+            return ref.gram, self.cross, self.gram
+        return ref.centered_gram, self.cross - self.count * torch.outer(ref.mean_input, self.mean_input), \
+            self.centered_gram
 
 
 def relative_output_error(
@@ -125,8 +147,12 @@ def relative_output_error(
 
     With ``D = W − Ŵ`` and ``d = b − b̂``: ``Σ||Dx + d||² = tr(D XXᵀ Dᵀ) + 2 dᵀ D Σx + n||d||²``.
     Weights are (out, ...) tensors, compared through their (out, in) im2col matrix view; a
-    grouped convolution's rows read their own group's block of the statistics.
+    grouped convolution's rows read their own group's block of the statistics. Where the
+    statistics hold a reference (sequential compression), the new layer reads its own inputs
+    ``x̃`` and is compared with the old one on the original network's inputs ``x``.
     """
+    if moments.reference is not None and moments.cross is not None and groups == 1:
+        return _error_against_reference(weight, bias, new_weight, new_bias, moments)
     f64 = torch.float64
     device = moments.gram.device
     W = weight.detach().reshape(weight.shape[0], -1).to(device, f64)
@@ -142,3 +168,27 @@ def relative_output_error(
     return (max(error, 0.0) / energy) ** 0.5 if energy > 0 else 0.0
 
 
+
+
+def _error_against_reference(weight: torch.Tensor, bias: torch.Tensor | None, new_weight: torch.Tensor,
+                             new_bias: torch.Tensor | None, moments: Moments) -> float:
+    """``||Y − Ŷ|| / ||Y||`` with ``Y = W X + b`` on the original inputs and ``Ŷ = Ŵ X̃ + b̂`` on the layer's own.
+
+    ``Σ||y − ŷ||² = Σ||y||² − 2 Σ yᵀŷ + Σ||ŷ||²``, each term from ``XXᵀ``, ``XX̃ᵀ``, ``X̃X̃ᵀ`` and the sums.
+    """
+    f64, device = torch.float64, moments.gram.device
+    ref = moments.reference
+    W = weight.detach().reshape(weight.shape[0], -1).to(device, f64)
+    V = new_weight.detach().reshape(weight.shape[0], -1).to(device, f64)
+    zeros = torch.zeros(W.shape[0], dtype=f64, device=device)
+    b = zeros if bias is None else bias.detach().to(device, f64)
+    c = zeros if new_bias is None else new_bias.detach().to(device, f64)
+    n = moments.count
+    Ws, Vs = W @ ref.input_sum, V @ moments.input_sum
+    energy = float((W @ ref.gram * W).sum() + 2 * b @ Ws + n * b @ b)
+    product = float((W @ moments.cross * V).sum() + b @ Vs + c @ Ws + n * b @ c)
+    new_energy = float((V @ moments.gram * V).sum() + 2 * c @ Vs + n * c @ c)
+    error = energy - 2 * product + new_energy
+    if not (math.isfinite(error) and math.isfinite(energy)):
+        raise ValueError("the compressed layer has NaN or Inf weights")
+    return (max(error, 0.0) / energy) ** 0.5 if energy > 0 else 0.0

@@ -15,7 +15,8 @@ image is one sample of the patch vector (``in_channels·kh·kw`` long).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
@@ -185,10 +186,17 @@ class _SharedInputs:
 
 
 class _Recorder:
-    """Forward hook that folds one layer's inputs and outputs into its Moments."""
+    """Forward hook that folds one layer's inputs and outputs into its Moments.
+
+    With ``paired`` the model runs twice on each batch: first as the original network, where
+    the recorder only keeps the layer's input (``capturing``), then as it is, where it folds
+    its own input ``x̃`` together with that original input ``x`` of the same samples into the
+    reference statistics and ``Σ x x̃ᵀ``. One batch's inputs of the recorded layers are held
+    at a time.
+    """
 
     def __init__(self, name: str, layer: nn.Module, positions: int | None, generator: torch.Generator,
-                 shared: _SharedInputs):
+                 shared: _SharedInputs, paired: bool = False):
         self.name = name
         self.layer = layer
         self.positions = positions
@@ -201,10 +209,17 @@ class _Recorder:
             in_features, out_features = layer.in_features, layer.out_features
         self.moments = Moments.empty(in_features, out_features, groups)
         self.heldout = Moments.empty(in_features, out_features, groups)
+        self.paired = paired and groups == 1  # a grouped convolution keeps its own inputs' statistics only
+        if self.paired:
+            for m in (self.moments, self.heldout):
+                m.reference = Moments.empty(in_features, out_features)
+                m.cross = torch.zeros(in_features, in_features, dtype=torch.float64)
         self.target = self.moments
         self.shared = shared
         self.leader: _Recorder | None = None  # the layer whose input statistics this one shares
         self.calls = 0
+        self.capturing = False
+        self.captured: list[torch.Tensor] = []  # this batch's original inputs, in call order
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
@@ -221,44 +236,76 @@ class _Recorder:
             raise ValueError(
                 f"layer {self.name!r} received NaN or Inf inputs; check the data and the layers before it"
             )
+        if self.capturing:
+            if self.paired and self.leader is None:
+                self.captured.append(x)
+            return
+        original = None
+        if self.paired and self.leader is None:
+            if not self.captured or self.captured[0].shape != x.shape:
+                raise ValueError(f"layer {self.name!r} ran with other inputs in the compressed model than in the "
+                                 "original one; compress it without sequential=True")
+            original = self.captured.pop(0)
         images = x.shape[0] if isinstance(module, nn.Conv2d) and x.dim() == 4 else 1
         if images == 1:
-            self._fold(module, x, y, 1)
+            self._fold(module, x, y, 1, original)
             return
         per_image = y.shape[-2] * y.shape[-1] * self.moments.features  # im2col values of one image
         step = max(1, CHUNK_ELEMENTS // max(per_image, 1))
         for i in range(0, images, step):
-            self._fold(module, x[i:i + step], y[i:i + step], min(step, images - i))
+            chunk = None if original is None else original[i:i + step]
+            self._fold(module, x[i:i + step], y[i:i + step], min(step, images - i), chunk)
 
-    def _fold(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor, images: int) -> None:
+    def _fold(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor, images: int,
+              original: torch.Tensor | None) -> None:
         out = _output_matrix(module, y).to(torch.float64)
         m = self.target
         if m.positive_count.device != out.device:
-            for attr in _TENSOR_FIELDS:
-                setattr(m, attr, getattr(m, attr).to(out.device))
+            _move(m, out.device)
         if self.leader is None:  # a layer sharing its input with an earlier one has nothing more to learn from it
             rows = input_matrix(module, x).to(torch.float64)
-            if self.positions is not None and isinstance(module, nn.Conv2d):
-                rows, out = self._subsample(rows, out, images)
+            reference = None if original is None else input_matrix(module, original).to(torch.float64)
+            index = self._positions(rows.shape[0], images) if isinstance(module, nn.Conv2d) else None
+            if index is not None:
+                index = index.to(rows.device)
+                rows, out = rows[index], out[index]
+                reference = None if reference is None else reference[index]
             if rows.shape[0] == 0:
                 return
-            _add_gram(m.gram, rows, m.groups)
-            m.input_sum += rows.sum(0)
-            m.norm4 += rows.pow(2).sum(1).pow(2).sum()
-            m.count += rows.shape[0]
+            _fold_inputs(m, rows)
+            if reference is not None:
+                _fold_inputs(m.reference, reference)
+                m.cross.addmm_(reference.T, rows)
         response = out.clamp_min(0)
         m.positive_count += (out > 0).sum(0)
         m.response_sum += response.sum(0)
         torch.maximum(m.response_max, response.amax(0), out=m.response_max)
         m.output_count += out.shape[0]
 
-    def _subsample(self, rows: torch.Tensor, out: torch.Tensor, images: int) -> tuple[torch.Tensor, torch.Tensor]:
-        per_image = rows.shape[0] // images
-        if per_image <= self.positions:
-            return rows, out
+    def _positions(self, samples: int, images: int) -> torch.Tensor | None:
+        """The sampled im2col rows of a chunk of ``images`` (``None``: all of them)."""
+        per_image = samples // images
+        if self.positions is None or per_image <= self.positions:
+            return None
         pick = torch.stack([torch.randperm(per_image, generator=self.generator)[: self.positions] for _ in range(images)])
-        index = (pick + torch.arange(images).unsqueeze(1) * per_image).reshape(-1).to(rows.device)
-        return rows[index], out[index]
+        return (pick + torch.arange(images).unsqueeze(1) * per_image).reshape(-1)
+
+
+def _fold_inputs(m: Moments, rows: torch.Tensor) -> None:
+    """Add the (samples, features) input rows to ``XXᵀ``, ``Σx``, ``Σ||x||⁴`` and the count."""
+    _add_gram(m.gram, rows, m.groups)
+    m.input_sum += rows.sum(0)
+    m.norm4 += rows.pow(2).sum(1).pow(2).sum()
+    m.count += rows.shape[0]
+
+
+def _move(m: Moments, device: torch.device) -> None:
+    """Put the statistics on the device the layer runs on (the first call decides)."""
+    for attr in _TENSOR_FIELDS:
+        setattr(m, attr, getattr(m, attr).to(device))
+    if m.cross is not None:
+        m.cross = m.cross.to(device)
+        _move(m.reference, device)
 
 
 # XXᵀ is symmetric: from this width on, only its lower block triangle is accumulated
@@ -325,10 +372,30 @@ def _batches(data: Iterable | torch.Tensor) -> Iterable:
 
 
 
+def _run(model: nn.Module, part, batch: int, shared: _SharedInputs, stopper: _Stopper | None) -> None:
+    """One forward call of the model on a part of a batch, for the recorders' hooks."""
+    device, dtype = model_device_dtype(model)
+    shared.new_call()
+    try:
+        with evaluating(model):
+            call_model(model, part, device, dtype)
+    except _Reached:
+        pass
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ValueError(
+            f"the model failed on batch {batch} of the data ({reason}); "
+            "check that the data's shape and type match the model's input"
+        ) from None
+    if stopper is not None:
+        stopper.pass_done()
+
+
 def _share_inputs(follower: Moments, leader: Moments) -> None:
     """Give ``follower`` the input statistics (``XXᵀ``, ``Σx``, ``Σ||x||⁴``, count) of the layer that read the same input."""
     follower.gram, follower.input_sum, follower.norm4 = leader.gram, leader.input_sum, leader.norm4
     follower.count = leader.count
+    follower.reference, follower.cross = leader.reference, leader.cross
 
 
 def _all_reduce(stats: LayerStats) -> None:
@@ -338,7 +405,8 @@ def _all_reduce(stats: LayerStats) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     reduced: set[int] = set()  # a shared XXᵀ is one tensor: summed once
-    for m in stats.values():
+    every = [*stats.values(), *(m.reference for m in stats.values() if m.reference is not None)]
+    for m in {id(m): m for m in every}.values():  # a shared reference is one object: reduced once
         for tensor, how in m._tensors():
             if id(tensor) in reduced:
                 continue
@@ -398,6 +466,7 @@ def collect(
     seed: int = 0,
     progress: bool | None = None,
     stop_early: bool = False,
+    reference: Callable[[], AbstractContextManager] | None = None,
 ) -> LayerStats:
     """Gather the target-domain statistics of ``layers`` in one pass over ``data``.
 
@@ -419,6 +488,12 @@ def collect(
             model's output is not needed), which sequential compression uses so that a block
             near the input costs a fraction of a pass. The first pass runs whole; if a layer is
             called more than once in it, every pass runs whole.
+        reference: a context in which ``model`` is the original network (sequential
+            compression swaps the original layers back in). Each batch then runs twice, first
+            there and then as ``model`` is, and every Linear (and ungrouped Conv2d) also gets
+            the statistics of its original inputs ``x`` (``moments.reference``) and ``Σ x x̃ᵀ``
+            with its own inputs ``x̃`` (``moments.cross``), so that a method can aim at the
+            original network's outputs.
 
     Returns:
         :class:`LayerStats`, float64 throughout. When ``torch.distributed`` is
@@ -434,10 +509,10 @@ def collect(
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
         raise ValueError(f"holdout must be a fraction in [0, 1) of the samples to keep apart, got {holdout!r}")
     selected, skipped = resolve_layers(model, layers, PRUNABLE)
-    device, dtype = model_device_dtype(model)
     generator = torch.Generator().manual_seed(seed)
     shared = _SharedInputs(positions)
-    recorders = {name: _Recorder(name, layer, positions, generator, shared) for name, layer in selected.items()}
+    recorders = {name: _Recorder(name, layer, positions, generator, shared, reference is not None)
+                 for name, layer in selected.items()}
     handles = [layer.register_forward_hook(recorders[name]) for name, layer in selected.items()]
     stopper = _Stopper(list(selected)) if stop_early else None
     if stopper is not None:  # registered after the recorders: a layer is recorded before the pass stops
@@ -455,20 +530,18 @@ def collect(
             for part, is_heldout in parts:
                 for rec in recorders.values():
                     rec.target = rec.heldout if is_heldout else rec.moments
-                shared.new_call()
-                try:
-                    with evaluating(model):
-                        call_model(model, part, device, dtype)
-                except _Reached:
-                    pass
-                except RuntimeError as error:
-                    reason = str(error).strip().splitlines()[0]
-                    raise ValueError(
-                        f"the model failed on batch {batches} of the data ({reason}); "
-                        "check that the data's shape and type match the model's input"
-                    ) from None
-                if stopper is not None:
-                    stopper.pass_done()
+                if reference is not None:  # the original network first: each layer keeps its input
+                    for rec in recorders.values():
+                        rec.capturing = True
+                    with reference():
+                        _run(model, part, batches, shared, stopper)
+                    for rec in recorders.values():
+                        rec.capturing = False
+                _run(model, part, batches, shared, stopper)
+                unpaired = [rec.name for rec in recorders.values() if rec.captured]
+                if unpaired:
+                    raise ValueError(f"layer {unpaired[0]!r} ran more often in the original network than in the "
+                                     "compressed one; compress it without sequential=True")
             batches += 1
             samples += size
     finally:
@@ -487,6 +560,8 @@ def collect(
         if part is not None:
             for moments in part.values():
                 _mirror_lower(moments.gram)
+                if moments.reference is not None:
+                    _mirror_lower(moments.reference.gram)
             _all_reduce(part)
     explicit = explicit_names(layers)
     for name in list(stats.layers):

@@ -76,7 +76,6 @@ class LowRankFamily(Family):
     """Factorizations sized by ``rank``, ``keep``, ``energy`` or ``budget``; grouped convolutions stay dense."""
 
     name = "lowrank"
-    sequential = False
     sizing = ("rank", "keep", "energy", "budget")
 
     def drop(self, request: Request, selected: dict[str, nn.Module], skipped: dict[str, str],
@@ -103,7 +102,12 @@ class LowRankFamily(Family):
         for name, layer in selected.items():
             _initial_rank(name, plain_layer(layer), sizing.get("rank"), sizing.get("keep"))
 
-    def plan(self, request: Request, selected: dict[str, nn.Module], stats: LayerStats | None) -> Plan:
+    def plan(self, request: Request, selected: dict[str, nn.Module], stats: LayerStats | None,
+             prepared: tuple[dict, dict] | None = None) -> Plan:
+        """Factor every selected layer, size the ranks, and plan the replacements (sequentially: one block's).
+
+        In sequential mode ``budget`` is spent within each block, on the curves of its layers.
+        """
         from tqdm.auto import tqdm
 
         chosen, sizing = request.method, request.sizing

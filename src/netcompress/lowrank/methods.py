@@ -85,11 +85,17 @@ class Factorization:
     compensate_bias: bool
     weighted_trace: float  # tr(W Q Wᵀ), Q the (centred, with bias compensation) second moment
     Q: torch.Tensor  # that second moment, shrunk towards a scaled identity when samples are few
+    # In sequential compression ``weight`` is the map from the layer's own inputs that the
+    # factors approximate, and the error is measured against the original layer on the
+    # original inputs (``moments.reference``): its weight and bias are kept here.
+    original: tuple[torch.Tensor, torch.Tensor | None] | None = None
     _errors: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     @property
     def output_energy(self) -> float:
         """``Σ ||W x + b||² = tr(W XXᵀ Wᵀ) + 2 bᵀ W Σx + n ||b||²`` over the target samples."""
+        if self.original is not None:
+            return _energy(*self.original, self.moments.reference)
         m, W, b = self.moments, self.weight, self.bias
         energy = self.weighted_trace
         if self.compensate_bias:  # tr(W XXᵀ Wᵀ) = tr(W C Wᵀ) + n ||W x̄||²
@@ -143,8 +149,22 @@ class Factorization:
         ``tr(WQWᵀ) − Σ_i 2 a_iᵀWQb_i − ||a_i||² b_iᵀQb_i``.
         """
         if self._errors is None:
-            self._errors = self._output_error()
+            self._errors = self._reference_errors(self.moments) if self.original is not None else self._output_error()
         return self._errors
+
+    def _reference_errors(self, moments: Moments) -> torch.Tensor:
+        """``Σ ||y − ŷ_k||²`` for every rank, ``y = Wx + b`` on the original inputs, ``ŷ_k`` on the layer's own.
+
+        With bias compensation both inputs are taken around the fitted means (``b̂`` absorbs
+        them), without it the bias is unchanged and cancels; then with ``G = Σxxᵀ``,
+        ``M = Σx x̃ᵀ``, ``H = Σx̃x̃ᵀ`` and orthogonal columns of ``A``:
+        ``tr(WGWᵀ) − Σ_{i≤k} (2 a_iᵀ W M b_i − ||a_i||² b_iᵀ H b_i)``.
+        """
+        G, M, H = _products_about(moments, self.moments if self.compensate_bias else None)
+        W = self.original[0]
+        gains = 2 * ((self.A.T @ (W @ M)) * self.B).sum(1) - self.A.pow(2).sum(0) * ((self.B @ H) * self.B).sum(1)
+        start = ((W @ G) * W).sum().reshape(1)
+        return (start - torch.cat([torch.zeros_like(start), gains.cumsum(0)])).clamp_min(0)
 
     def _output_error(self, Q: torch.Tensor | None = None) -> torch.Tensor:
         # Summed from the full computed rank backwards, starting from the error measured
@@ -169,6 +189,10 @@ class Factorization:
         """
         moments = _on(moments, self.weight.device)
         _check_moments(self.weight, moments)
+        if self.original is not None:
+            energy = _energy(*self.original, moments.reference)
+            errors = self._reference_errors(moments)
+            return errors / energy if energy > 0 else torch.zeros_like(errors)
         G = moments.gram
         if self.compensate_bias:
             c, s = self.moments.mean_input, moments.input_sum
@@ -252,8 +276,9 @@ def svd(layer: nn.Module, moments: Moments, rank: int, *, bias_compensation: boo
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)
     SVh = S[:, None] * Vh
     weighted_trace = float(((SVh @ Q) * SVh).sum())  # tr(W Q Wᵀ) = tr(S Vᵀ Q V S)
+    bias, original = _targets(layer, W, W, moments, bias_compensation)
     return Factorization(
-        layer, W, _layer_bias(layer), U[:, :rank], SVh[:rank], moments, bias_compensation, weighted_trace, Q
+        layer, W, bias, U[:, :rank], SVh[:rank], moments, bias_compensation, weighted_trace, Q, original
     )
 
 
@@ -298,11 +323,20 @@ def dalr(
     lam = check_lam(DEFAULT_LAM if lam is None else lam)
     moments = _on(moments, W.device)
     Q = shrunk_second_moment(moments, bias_compensation, shrinkage)
-    U, wqw_trace = leading_output_directions(W, Q, rank)
-    T = U.T @ W
     ridge = lam * float(Q.diagonal().sum()) / Q.shape[0]
-    B = T if ridge == 0 else T - ridge * ridge_solve(Q, ridge, T.T).T
-    return Factorization(layer, W, _layer_bias(layer), U, B, moments, bias_compensation, wqw_trace, Q)
+    if moments.reference is None:
+        U, wqw_trace = leading_output_directions(W, Q, rank)
+        T = U.T @ W
+        B = T if ridge == 0 else T - ridge * ridge_solve(Q, ridge, T.T).T
+        return Factorization(layer, W, _layer_bias(layer), U, B, moments, bias_compensation, wqw_trace, Q)
+    # Sequential: the original outputs Z = WX regressed on the layer's own inputs X̃ (the
+    # compressed layers before it feed it), C = ZX̃ᵀ(X̃X̃ᵀ + λI)⁻¹; the best rank-k map keeps
+    # the leading directions of the fitted outputs, C(X̃X̃ᵀ)Cᵀ (reduced-rank regression).
+    _, M, _ = moments.reference_products(centre=bias_compensation)
+    C = ridge_solve(Q, ridge, (W @ M).T).T
+    U, trace = leading_output_directions(C, Q, rank)
+    bias, original = _targets(layer, W, C, moments, bias_compensation)
+    return Factorization(layer, C, bias, U, U.T @ C, moments, bias_compensation, trace, Q, original)
 
 
 def shrinkage_intensity(moments: Moments) -> float:
@@ -360,8 +394,50 @@ def dalr_bc(layer: nn.Module, moments: Moments, rank: int, *, lam: float | None 
 
 
 
+def _targets(layer: nn.Module, W: torch.Tensor, fitted: torch.Tensor, moments: Moments, compensate: bool
+             ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor | None] | None]:
+    """The bias the factorization starts from, and (sequentially) the original layer it is measured against.
+
+    On the layer's own inputs the bias is the layer's. Sequentially, bias compensation must also
+    carry the shift of the mean input: ``b̂ = b + W x̄ − Ŵ x̃̄``, which the factorization's
+    ``b' + (F − Ŵ) x̃̄`` gives with ``b' = b + W x̄ − F x̃̄`` (``F`` the map it factors).
+    """
+    bias = _layer_bias(layer)
+    if moments.reference is None:
+        return bias, None
+    start = bias
+    if compensate:
+        start = (bias if bias is not None else 0) + W @ moments.reference.mean_input - fitted @ moments.mean_input
+    return start, (W, bias)
+
+
+def _energy(W: torch.Tensor, b: torch.Tensor | None, moments: Moments) -> float:
+    """``Σ ||W x + b||²`` over the samples of ``moments``."""
+    energy = float(((W @ moments.gram) * W).sum())
+    if b is not None:
+        energy += 2 * float(b @ (W @ moments.input_sum)) + moments.count * float(b @ b)
+    return energy
+
+
+def _products_about(moments: Moments, fitted: Moments | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(Σxxᵀ, Σxx̃ᵀ, Σx̃x̃ᵀ)`` of ``moments``; with ``fitted``, of ``x − x̄`` and ``x̃ − x̃̄`` (its means)."""
+    ref = moments.reference
+    if fitted is None:
+        return ref.gram, moments.cross, moments.gram
+    c, d, n = fitted.reference.mean_input, fitted.mean_input, moments.count
+
+    def about(product: torch.Tensor, left_sum: torch.Tensor, right_sum: torch.Tensor, u: torch.Tensor,
+              v: torch.Tensor) -> torch.Tensor:  # Σ(a − u)(b − v)ᵀ
+        return product - torch.outer(u, right_sum) - torch.outer(left_sum, v) + n * torch.outer(u, v)
+
+    return (about(ref.gram, ref.input_sum, ref.input_sum, c, c),
+            about(moments.cross, ref.input_sum, moments.input_sum, c, d),
+            about(moments.gram, moments.input_sum, moments.input_sum, d, d))
+
+
 def _on(moments: Moments, device: torch.device) -> Moments:
     if moments.gram.device == device:
         return moments
-    fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(moments).items()}
+    fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else _on(v, device) if isinstance(v, Moments) else v)
+              for k, v in vars(moments).items()}
     return Moments(**fields)
