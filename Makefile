@@ -11,7 +11,7 @@ TORCH  := torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[demo,images,test,real]"
+	$(PIP) install -q -e ".[demo,images,test,real,onnx]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -5,7 +5,7 @@ import sys
 def test_import_stays_lean():
     code = (
         "import sys, netcompress\n"
-        "heavy = [m for m in ('matplotlib', 'mlxtend', 'sklearn', 'PIL', 'yaml') if m in sys.modules]\n"
+        "heavy = [m for m in ('matplotlib', 'mlxtend', 'sklearn', 'PIL', 'yaml', 'onnx', 'onnxruntime', 'transformers') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

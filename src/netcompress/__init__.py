@@ -10,6 +10,7 @@ The public surface (everything else is an implementation detail)::
     netcompress.compress(model, method="magnitude", sparsity=0.9)    # prune (masks kept)
     netcompress.compress(model, method="kmeans", bits=5)             # share weights
     netcompress.save_compressed(model, "model.ncz")                  # Huffman-coded container
+    netcompress.export_onnx(model, batch, "model.onnx", check_data=batches)  # checked with onnxruntime
 """
 
 # Importing a family's package registers its methods.
@@ -17,6 +18,7 @@ from netcompress import _compat, lowrank, prune, quantize  # noqa: F401
 from netcompress._layers import Padded
 from netcompress.compress import METHODS, Family, Request, compress
 from netcompress.distill.finetune import finetune
+from netcompress.export import ExportResult, export_onnx
 from netcompress.lowrank.family import sweep
 from netcompress.lowrank.methods import Factorization, dalr, dalr_bc, svd, svd_bc
 from netcompress.lowrank.modules import LowRankConv2d, LowRankLinear
@@ -37,6 +39,7 @@ _compat.install()
 
 __all__ = [
     "METHODS",
+    "ExportResult",
     "Family",
     "Method",
     "Request",
@@ -56,6 +59,7 @@ __all__ = [
     "compress",
     "dalr",
     "dalr_bc",
+    "export_onnx",
     "finetune",
     "load",
     "load_compressed",

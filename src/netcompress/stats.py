@@ -169,8 +169,8 @@ class _SharedInputs:
         if isinstance(module, nn.Conv2d):
             if self.positions is not None:  # sampled positions differ per layer
                 return None
-            view = (module.kernel_size, module.stride, module.padding, module.dilation, module.groups,
-                    module.padding_mode, explicit_padding(module))
+            view = repr((module.kernel_size, module.stride, module.padding, module.dilation, module.groups,
+                         module.padding_mode, explicit_padding(module)))  # hashable, whatever the padding's type
         else:
             view = ()
         try:

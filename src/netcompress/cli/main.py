@@ -6,12 +6,14 @@
         --image-size 224 224 --method kmeans --setting bits=5 --exclude classifier -o OUT --ncz OUT.ncz
     netcompress compress ... --recipe deep-compression.yaml --labels Y.npy -o OUT --ncz OUT.ncz
     netcompress report OUT
+    netcompress export --model pkg.module:factory --load OUT --data D --onnx model.onnx
     netcompress demo [domain-transfer | deep-compression] [--out DIR]
 
 ``compress`` checks everything it can before it reads the data (the outputs may be written,
 the method takes its settings and their types are right), writes nothing until compression
 succeeded, and then writes ``-o`` and ``--ncz`` together: if either cannot be written, neither
-is. Every failure is one sentence on stderr and exit status 2 (``--debug`` adds the traceback).
+is. ``export`` writes the ONNX file only once onnxruntime reproduced PyTorch on every batch of
+``--data``. Every failure is one sentence on stderr and exit status 2 (``--debug`` adds the traceback).
 """
 
 from __future__ import annotations
@@ -55,7 +57,6 @@ def _rank(text: str) -> int | dict[str, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from netcompress.cli.inputs import PRESETS
     from netcompress.compress import METHODS
 
     common = argparse.ArgumentParser(add_help=False)
@@ -65,10 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("compress", parents=[common], help="compress a model with target-domain data")
-    run.add_argument("--model", required=True,
-                     help="factory building the original architecture: package.module:function (importable from "
-                          "the current directory) or path/to/file.py:function")
-    run.add_argument("--weights", help="the trained weights: .safetensors, or a torch.save'd state dict (.pt/.pth)")
+    _model_arguments(run)
     run.add_argument("--data", required=True, help="target inputs: .pt, .npy, .npz or a folder of images")
     run.add_argument("--method", default="dalr", choices=sorted(METHODS))
     size = run.add_mutually_exclusive_group()
@@ -83,11 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--layers", help="comma-separated layer names or re:patterns (default: every layer the method takes)")
     run.add_argument("--exclude", help="comma-separated layer names or re:patterns to leave as they are")
     run.add_argument("--lam", type=float, help="DALR's ridge λ relative to trace(XXᵀ)/in")
-    run.add_argument("--batch-size", type=int, default=64)
-    run.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images of a data folder")
-    run.add_argument("--mean", type=_floats, help="per-channel mean subtracted from images, e.g. 0.485,0.456,0.406")
-    run.add_argument("--std", type=_floats, help="per-channel standard deviation images are divided by")
-    run.add_argument("--preset", choices=sorted(PRESETS), help="--mean/--std of a known training set")
+    _data_arguments(run)
     run.add_argument("--positions", type=int, help="spatial positions sampled per image for Conv2d statistics")
     run.add_argument("-o", "--output", required=True, help="output directory (weights, manifest, report)")
     run.add_argument("--ncz", help="also write the entropy-coded .ncz container to this file")
@@ -100,6 +94,19 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("path", help="directory written by `netcompress compress`, or an .ncz file")
     report.add_argument("--json", action="store_true", help="print the JSON record instead of the table")
 
+    export = commands.add_parser("export", parents=[common],
+                                 help="write a (compressed) model as ONNX, checked with onnxruntime on the data")
+    _model_arguments(export)
+    export.add_argument("--load", metavar="OUT",
+                        help="directory written by `netcompress compress -o OUT`: the compressed model to export")
+    export.add_argument("--data", required=True,
+                        help="inputs to trace and check with (the calibration data): .pt, .npy, .npz or a folder of "
+                             "images")
+    _data_arguments(export)
+    export.add_argument("--onnx", required=True, metavar="FILE", help="the ONNX file to write, e.g. model.onnx")
+    export.add_argument("--opset", type=int, help="ONNX opset version (default: torch's)")
+    export.add_argument("--force", action="store_true", help="replace an existing file netcompress did not write")
+
     demo = commands.add_parser("demo", parents=[common],
                                help="reproduce the seeds' tables on real data shipped with Python packages")
     demo.add_argument("name", nargs="?", default="domain-transfer",
@@ -108,6 +115,26 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-plots", action="store_true")
     return parser
+
+
+def _model_arguments(command: argparse.ArgumentParser) -> None:
+    """--model and --weights, as compress and export read them."""
+    command.add_argument("--model", required=True,
+                         help="factory building the original architecture: package.module:function (importable from "
+                              "the current directory) or path/to/file.py:function")
+    command.add_argument("--weights",
+                         help="the trained weights: .safetensors, or a torch.save'd state dict (.pt/.pth)")
+
+
+def _data_arguments(command: argparse.ArgumentParser) -> None:
+    """How --data is batched, resized and normalised, as compress and export read it."""
+    from netcompress.cli.inputs import PRESETS
+
+    command.add_argument("--batch-size", type=int, default=64)
+    command.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize images of a data folder")
+    command.add_argument("--mean", type=_floats, help="per-channel mean subtracted from images, e.g. 0.485,0.456,0.406")
+    command.add_argument("--std", type=_floats, help="per-channel standard deviation images are divided by")
+    command.add_argument("--preset", choices=sorted(PRESETS), help="--mean/--std of a known training set")
 
 
 def _settings(pairs: list[str]) -> dict:
@@ -244,6 +271,48 @@ def _report(args: argparse.Namespace) -> None:
     print(report.to_json() if args.json else report)
 
 
+def _check_onnx_target(args: argparse.Namespace) -> Path:
+    """The --onnx path, refused before anything is read if it is the --load directory or a foreign file."""
+    from netcompress.export import is_netcompress_onnx
+
+    path = Path(args.onnx)
+    if args.load and path.resolve() == Path(args.load).resolve():
+        raise ValueError(f"--onnx {path} is the --load directory; give the ONNX file a name of its own")
+    if path.is_dir():
+        raise ValueError(f"--onnx {path} is a directory; give a file name such as model.onnx")
+    if path.exists() and not args.force and not is_netcompress_onnx(path):
+        raise ValueError(f"{path} exists and is not an ONNX file netcompress wrote; choose another --onnx path, "
+                         "or pass --force to replace it")
+    return path
+
+
+def _export(args: argparse.Namespace) -> None:
+    import netcompress as nc
+    from netcompress.cli.inputs import batches, build_model, normalize, read_data
+    from netcompress.export import check_opset, require_onnx
+
+    # Everything that can be checked without the model and the data, before they are read.
+    require_onnx()
+    check_opset(args.opset)
+    path = _check_onnx_target(args)
+    if args.load and not Path(args.load).is_dir():
+        raise ValueError(f"--load {args.load} is not a directory; give the -o directory of `netcompress compress`")
+    normalisation = _normalisation(args)
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+
+    model = build_model(args.model, args.weights)
+    if args.load:
+        nc.load(model, args.load)
+    data = read_data(args.data, tuple(args.image_size) if args.image_size else None)
+    if normalisation is not None:
+        data = normalize(data, *normalisation)
+    first, *rest = batches(data, args.batch_size)
+    # Traced on the first batch and checked on every batch: a last, smaller one exercises the dynamic batch axis.
+    result = nc.export_onnx(model, first, path, check_data=rest, opset=args.opset, overwrite=args.force)
+    print(result)
+
+
 def _demo(args: argparse.Namespace) -> None:
     out = args.out or ("netcompress-demo" if args.name == "domain-transfer" else f"netcompress-{args.name}")
     if args.name in ("students", "low-bit", "recovery"):
@@ -297,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
-            {"compress": _compress, "report": _report, "demo": _demo}[args.command](args)
+            {"compress": _compress, "report": _report, "export": _export, "demo": _demo}[args.command](args)
     except KeyboardInterrupt:
         print("netcompress: interrupted; nothing was written", file=sys.stderr)
         return 130
