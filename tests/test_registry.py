@@ -152,3 +152,30 @@ def test_old_names_still_import_with_a_deprecation_warning():
         with pytest.warns(DeprecationWarning, match="moved to"):
             value = getattr(importlib.import_module(module), name)
         assert value is not None
+
+
+class _FailsAtForward(nn.Linear):
+    def forward(self, x):
+        raise RuntimeError("not implemented")
+
+
+def _halve_in_place_then_fail(layer, moments, *, sparsity: float = 0.5):
+    """A broken plugin: writes into the model's own weight, and its replacement fails at forward."""
+    with torch.no_grad():
+        layer.weight.mul_(0.5)
+    new = _FailsAtForward(layer.in_features, layer.out_features)
+    new.load_state_dict(layer.state_dict())
+    return new
+
+
+def test_a_plugin_that_writes_into_the_model_and_fails_is_reported_not_hidden():
+    """compress copies no weights to undo (it swaps modules); a write in place is caught by version counters."""
+    nc.register("broken-in-place", family="layer", accepts=(nn.Linear,), example={"sparsity": 0.5})(
+        _halve_in_place_then_fail)
+    try:
+        model = SmallNet()
+        with pytest.raises(RuntimeError, match="could not be put back: Linear.weight was written in place"):
+            nc.compress(model, _data(), method="broken-in-place", progress=False)
+        assert type(model.fc1) is nn.Linear  # the module tree is restored all the same
+    finally:
+        nc.unregister("broken-in-place")

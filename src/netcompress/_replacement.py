@@ -166,7 +166,7 @@ def apply_plan(model: nn.Module, plan: Plan, skipped: dict[str, str], method: st
     """Swap every replacement in, run the model once on the first batch, and report; on any failure undo it all."""
     modules = dict(model.named_modules())
     batch = first_batch(data)
-    with all_or_nothing(model):
+    with all_or_nothing(model, values=False):  # only modules are swapped: nothing to copy
         swap_in(model, plan)
         if batch is not None:
             check_runs(model, batch)

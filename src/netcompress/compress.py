@@ -139,7 +139,7 @@ class Family:
         request = dataclasses.replace(request, data=data)
         given, arguments = self.arguments(request, selected)  # once, on the original weights of every layer
         originals: dict[str, nn.Module] = {}
-        with all_or_nothing(model):
+        with all_or_nothing(model, values=False):  # only modules are swapped: nothing to copy
             for names in find_blocks(model, selected, request.blocks):
                 part = {name: selected[name] for name in names}
                 reference = (lambda: original_layers(model, originals)) if originals else None
@@ -333,7 +333,8 @@ def compress(
                          f"method {method!r} is a {family.name} method, which changes several layers together")
     request = Request(model, data, stats, chosen, settings, sizing, layers, exclude, positions, holdout, progress,
                       sequential, blocks)
-    return family.compress(request)
+    with all_or_nothing(model, values=False):  # a method that writes into the model in place and fails is caught
+        return family.compress(request)
 
 # Names this module held in netcompress 0.1 (answered with a DeprecationWarning for one release).
 __getattr__ = moved_names("netcompress.compress", {"sweep": "netcompress.lowrank.family"})
