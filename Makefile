@@ -25,7 +25,7 @@ test: install
 bench: install
 	$(PIP) install -q -e ".[bench,real]"
 	cd benchmarks && for script in bench_dalr bench_sweep bench_inference bench_storage bench_channel_pruning \
-		bench_quantization bench_real_models; do echo "== $$script"; ../$(PY) $$script.py || exit 1; done
+		bench_quantization bench_real_models bench_latency; do echo "== $$script"; ../$(PY) $$script.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) netcompress-demo netcompress-deep-compression

@@ -113,7 +113,7 @@ def export_onnx(
     with evaluating(model), torch.no_grad():
         expected = _outputs(model, example, f"example_input of shape {tuple(example.shape)}")
         with made_directories(path.parent), staged_file(path) as staged:
-            with _dense_layers(model):
+            with dense_layers(model):
                 _check_size(model)
                 _trace(model, example, expected, staged, opset)
             opset_used = _mark(onnx, staged)
@@ -248,7 +248,7 @@ def _dense(module: nn.Module) -> nn.Module | None:
 
 
 @contextmanager
-def _dense_layers(model: nn.Module) -> Iterator[None]:
+def dense_layers(model: nn.Module) -> Iterator[None]:
     """Swap masked and quantized layers for plain ones while the block runs, then put the originals back.
 
     Why: the exported graph then holds ordinary Gemm/Conv/Gather nodes with float weights,

@@ -5,6 +5,8 @@
     netcompress compress --model models.py:build --weights W.pth --data photos/ --preset imagenet \\
         --image-size 224 224 --method kmeans --setting bits=5 --exclude classifier -o OUT --ncz OUT.ncz
     netcompress compress ... --recipe deep-compression.yaml --labels Y.npy -o OUT --ncz OUT.ncz
+    netcompress compress --hf MODEL_DIR --text lines.txt --method uniform --setting bits=8 -o OUT \\
+        --save-pretrained PLAIN_DIR
     netcompress report OUT
     netcompress export --model pkg.module:factory --load OUT --data D --onnx model.onnx
     netcompress demo [domain-transfer | deep-compression] [--out DIR]
@@ -66,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("compress", parents=[common], help="compress a model with target-domain data")
-    _model_arguments(run)
-    run.add_argument("--data", required=True, help="target inputs: .pt, .npy, .npz or a folder of images")
+    _model_arguments(run, required=False)
+    run.add_argument("--data", help="target inputs: .pt, .npy, .npz or a folder of images")
+    _hf_arguments(run)
     run.add_argument("--method", default="dalr", choices=sorted(METHODS))
     size = run.add_mutually_exclusive_group()
     size.add_argument("--rank", type=_rank, help="a rank for every layer, or name=rank,name=rank")
@@ -117,13 +120,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_arguments(command: argparse.ArgumentParser) -> None:
+def _model_arguments(command: argparse.ArgumentParser, required: bool = True) -> None:
     """--model and --weights, as compress and export read them."""
-    command.add_argument("--model", required=True,
+    command.add_argument("--model", required=required,
                          help="factory building the original architecture: package.module:function (importable from "
                               "the current directory) or path/to/file.py:function")
     command.add_argument("--weights",
                          help="the trained weights: .safetensors, or a torch.save'd state dict (.pt/.pth)")
+
+
+def _hf_arguments(command: argparse.ArgumentParser) -> None:
+    """A Hugging Face model directory and calibration text instead of --model/--weights/--data."""
+    group = command.add_argument_group("Hugging Face models (instead of --model, --weights and --data)")
+    group.add_argument("--hf", metavar="DIR", help="a local transformers model directory (config.json, weights, "
+                                                   "tokenizer), read without downloading or running its code")
+    group.add_argument("--hf-class", metavar="NAME",
+                       help="the transformers class that loads --hf (default AutoModel), e.g. AutoModelForCausalLM")
+    group.add_argument("--text", metavar="FILE", help="calibration text for --hf: UTF-8, one sample per line")
+    group.add_argument("--max-length", type=int, metavar="N", help="tokens kept of each line (default 128)")
+    group.add_argument("--save-pretrained", metavar="DIR2",
+                       help="also write a plain save_pretrained directory (masked pruning and quantization only; "
+                            "a new or empty directory)")
 
 
 def _data_arguments(command: argparse.ArgumentParser) -> None:
@@ -213,7 +230,10 @@ def _steps(args: argparse.Namespace) -> list[dict]:
 
 
 def _compress(args: argparse.Namespace) -> None:
+    from contextlib import ExitStack
+
     import netcompress as nc
+    from netcompress.cli import hf
     from netcompress.cli.inputs import batches, build_model, normalize, read_data, read_labels
     from netcompress.storage.atomic import made_directories, staged_file
     from netcompress.storage.io import check_save_target
@@ -223,35 +243,56 @@ def _compress(args: argparse.Namespace) -> None:
     check_save_target(output, args.force)
     if ncz is not None:
         _check_ncz_target(ncz, output, args.force)
+    steps = _steps(args)
+    lines = hf.check_arguments(args, steps)  # --text's samples with --hf, else None
+    if lines is None and (args.model is None or args.data is None):
+        raise ValueError(f"compress needs {'--model' if args.model is None else '--data'}, "
+                         "or a Hugging Face model as --hf DIR --text FILE")
     normalisation = _normalisation(args)
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    steps = _steps(args)
 
-    model = build_model(args.model, args.weights)
-    data = read_data(args.data, tuple(args.image_size) if args.image_size else None)
-    if normalisation is not None:
-        data = normalize(data, *normalisation)
+    source = labels = None
+    if lines is not None:
+        source = hf.HFSource(args.hf, args.hf_class)
+        model = source.load_model()
+        calibration = source.batches(lines, args.batch_size, args.max_length, model)
+        original = hf.shapes(model)
+    else:
+        model = build_model(args.model, args.weights)
+        data = read_data(args.data, tuple(args.image_size) if args.image_size else None)
+        if normalisation is not None:
+            data = normalize(data, *normalisation)
+        calibration = list(batches(data, args.batch_size))
+        if args.recipe and any("finetune" in s for s in steps):
+            labels = read_labels(args.labels, args.data, len(data))
     if args.recipe:
-        labels = read_labels(args.labels, args.data, len(data)) if any("finetune" in s for s in steps) else None
-        reports = nc.run_pipeline(model, steps, data=list(batches(data, args.batch_size)),
+        reports = nc.run_pipeline(model, steps, data=calibration,
                                   train=(data.float(), labels) if labels is not None else None)
         report = nc.Report([row for r in reports for row in r.rows])
     else:
         settings = {k: v for k, v in steps[0].items() if k != "method"}
-        report = nc.compress(model, batches(data, args.batch_size), method=args.method, **settings)
+        report = nc.compress(model, calibration, method=args.method, **settings)
 
-    # Both outputs together: the container goes to a temporary name first, renamed only once -o is written.
-    if ncz is None:
-        nc.save(model, output, report, overwrite=args.force)
-    else:
-        with made_directories(ncz.parent), staged_file(ncz) as staged:
+    # All outputs together: --save-pretrained and the container go to temporary names first, renamed
+    # into place only once -o is written.
+    with ExitStack() as stack:
+        if source is not None and args.save_pretrained is not None:
+            stack.enter_context(hf.staged_pretrained(model, source, args.save_pretrained, original))
+        if ncz is not None:
+            stack.enter_context(made_directories(ncz.parent))
+            staged = stack.enter_context(staged_file(ncz))
             size = nc.save_compressed(model, staged, overwrite=True)  # our own temporary file
-            nc.save(model, output, report, overwrite=args.force)
+        nc.save(model, output, report, overwrite=args.force)
     print(report)
     print(f"\nwrote {output}: {report.params_before:,} → {report.params_after:,} parameters in the compressed layers")
+    if source is not None:
+        print(source.load_hint(output))
     if ncz is not None:
         print(f"wrote {ncz}: {size:,} bytes")
+    if source is not None and args.save_pretrained is not None:
+        print(f"wrote {args.save_pretrained}: plain layers (masks and codes folded), "
+              f"loadable with transformers.{source.class_name}.from_pretrained alone")
 
 
 def _report(args: argparse.Namespace) -> None:

@@ -1,0 +1,279 @@
+"""Hugging Face models for ``netcompress compress --hf DIR --text FILE``: loading, calibration text, save_pretrained.
+
+* The model is read from the local directory ``DIR`` (``config.json`` and weights, as
+  ``save_pretrained`` writes them) with ``transformers.AutoModel`` (or the ``--hf-class`` given,
+  e.g. ``AutoModelForMaskedLM``), in float32 and eval mode, with ``local_files_only=True`` and
+  ``trust_remote_code=False``: nothing is downloaded and no code from the directory runs. A model
+  whose class would initialise weights ``DIR`` lacks (at random) is refused.
+* The calibration data is a UTF-8 text file, one sample per line (blank lines skipped), tokenised
+  with the model's own tokenizer (``AutoTokenizer`` on ``DIR``), truncated to ``--max-length``
+  tokens, sorted by length and padded per batch (so that little padding enters the statistics), with
+  the attention masks: each batch is a dict of keyword inputs.
+* ``--save-pretrained DIR2`` also writes the compressed model as a plain Hugging Face directory
+  (``save_pretrained``: config, safetensors weights, tokenizer), loadable with ``from_pretrained``
+  alone. That needs every compressed layer to stay a plain layer of the original shape: masked
+  pruning (``magnitude``, ``sparsegpt``) is written with its zeros, quantization with its dequantised
+  float weights; low-rank and structured methods change the architecture and are refused before
+  any work.
+
+Tied weights (an LM head sharing the input embedding matrix) are never compressed: ``compress``
+leaves both layers dense with the reason "tied weights" in the Report, so the tie survives.
+Needs ``transformers`` (``pip install 'netcompress[hf]'``), imported only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["DEFAULT_CLASS", "DEFAULT_MAX_LENGTH", "HFSource", "check_arguments", "read_text", "shapes", "staged_pretrained"]
+
+DEFAULT_CLASS = "AutoModel"
+DEFAULT_MAX_LENGTH = 128
+# Options of `compress` that describe tensors or images, which --hf does not take.
+NOT_WITH_HF = {"model": "--model", "weights": "--weights", "data": "--data", "labels": "--labels",
+               "image_size": "--image-size", "mean": "--mean", "std": "--std", "preset": "--preset"}
+ONLY_WITH_HF = {"text": "--text", "max_length": "--max-length", "hf_class": "--hf-class",
+                "save_pretrained": "--save-pretrained"}
+# The family whose methods keep every layer plain and of its original shape once masks and codes are folded.
+FOLDABLE_FAMILY = "layer"
+
+
+def require_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError("--hf needs transformers; install it with pip install 'netcompress[hf]'") from None
+    return transformers
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+def check_arguments(args: argparse.Namespace, steps: list[dict]) -> list[str] | None:
+    """Refuse, before the model is read, what ``compress --hf`` cannot do (or HF options without ``--hf``).
+
+    Returns the calibration lines of ``--text`` (None without ``--hf``).
+    """
+    if not args.hf:
+        given = [flag for key, flag in ONLY_WITH_HF.items() if getattr(args, key, None) is not None]
+        if given:
+            raise ValueError(f"{given[0]} goes with --hf DIR (a Hugging Face model directory)")
+        return None
+    given = [flag for key, flag in NOT_WITH_HF.items() if getattr(args, key, None) is not None]
+    if given:
+        what = "the model" if given[0] in ("--model", "--weights") else "the calibration data as --text FILE"
+        raise ValueError(f"--hf takes {what}, so {given[0]} does not go with it")
+    if args.text is None:
+        raise ValueError("--hf needs calibration text: --text FILE, one sample per line")
+    if args.max_length is not None and args.max_length <= 0:
+        raise ValueError(f"--max-length must be positive, got {args.max_length}")
+    if any("finetune" in step for step in steps):
+        raise ValueError("fine-tuning steps need labelled tensors, which --hf does not take; "
+                         "drop the finetune steps from the recipe")
+    folder = Path(args.hf)
+    if not folder.is_dir():
+        raise ValueError(f"--hf {folder} is not a directory; give a local Hugging Face model directory "
+                         "(as save_pretrained writes it)")
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--hf {folder} has no config.json, so it is not a Hugging Face model directory")
+    if _same(Path(args.output), folder):
+        raise ValueError(f"-o {args.output} is the --hf directory; write the compressed model to a directory "
+                         "of its own")
+    if args.ncz and _same(Path(args.ncz).parent, folder):
+        raise ValueError(f"--ncz {args.ncz} is inside the --hf directory; write the container elsewhere")
+    if args.save_pretrained is not None:
+        _check_pretrained_target(Path(args.save_pretrained), args, steps)
+    return read_text(args.text)
+
+
+def _check_pretrained_target(path: Path, args: argparse.Namespace, steps: list[dict]) -> None:
+    from netcompress.compress import METHODS
+
+    for step in steps:
+        chosen = METHODS[step["method"]] if "method" in step else None
+        if chosen is not None and chosen.family != FOLDABLE_FAMILY:
+            raise ValueError(
+                f"--save-pretrained writes plain layers of the original shapes, which {chosen.name!r} does not keep "
+                "(it changes the architecture); use masked pruning (magnitude, sparsegpt) or quantization "
+                "(uniform, kmeans, gptq, …), or load -o with nc.load"
+            )
+    for other, flag in ((args.output, "-o"), (args.ncz, "--ncz")):
+        if other is not None and _same(path, Path(other)):
+            raise ValueError(f"--save-pretrained {path} is the {flag} path; give it a directory of its own")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ValueError(f"--save-pretrained {path} exists and is not an empty directory; choose a new or empty "
+                         "directory (netcompress never writes over a model directory)")
+
+
+def read_text(path: str | os.PathLike) -> list[str]:
+    """The non-blank lines of the UTF-8 text file ``path``, stripped: one calibration sample each."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--text {path} " + ("is a directory; give a text file" if path.is_dir() else "does not exist"))
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as error:
+        raise ValueError(f"--text {path} cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--text {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    lines = [line.strip() for line in text.split("\n")]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ValueError(f"--text {path} holds no text; give one calibration sample per line")
+    return lines
+
+
+class HFSource:
+    """A Hugging Face model directory, its tokenizer and the class that loads it."""
+
+    def __init__(self, folder: str | os.PathLike, class_name: str | None = None):
+        self.transformers = require_transformers()
+        self.folder = Path(folder)
+        self.class_name = class_name or DEFAULT_CLASS
+        auto = getattr(self.transformers, self.class_name, None) if self.class_name.startswith("AutoModel") else None
+        if auto is None or not hasattr(auto, "from_pretrained"):
+            raise ValueError(f"--hf-class {self.class_name} is not a transformers AutoModel class; give e.g. "
+                             "AutoModel, AutoModelForMaskedLM or AutoModelForCausalLM")
+        self.auto = auto
+        with self._quiet():
+            try:
+                self.tokenizer = self.transformers.AutoTokenizer.from_pretrained(
+                    str(self.folder), local_files_only=True, trust_remote_code=False)
+            except Exception as error:  # transformers raises OSError, ValueError, KeyError, …
+                raise ValueError(f"--hf {self.folder} has no tokenizer AutoTokenizer can read "
+                                 f"({_first_line(error)})") from None
+
+    @contextlib.contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """No progress bars from transformers while it reads the directory (its warnings still show)."""
+        log = self.transformers.utils.logging
+        bars_were_on = log.is_progress_bar_enabled()
+        log.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if bars_were_on:
+                log.enable_progress_bar()
+
+    def load_model(self) -> nn.Module:
+        """The model in float32 and eval mode; refused if the class would initialise weights at random."""
+        from packaging.version import Version
+
+        dtype = "dtype" if Version(self.transformers.__version__) >= Version("4.56") else "torch_dtype"
+        with self._quiet():
+            try:
+                model, info = self.auto.from_pretrained(
+                    str(self.folder), local_files_only=True, trust_remote_code=False, output_loading_info=True,
+                    **{dtype: torch.float32})
+            except Exception as error:
+                raise ValueError(f"{self.class_name} cannot load --hf {self.folder} ({_first_line(error)})") from None
+        missing = sorted(info.get("missing_keys") or ())
+        mismatched = list(info.get("mismatched_keys") or ())
+        if missing or mismatched:
+            first = missing[0] if missing else mismatched[0][0] if isinstance(mismatched[0], tuple) else mismatched[0]
+            raise ValueError(f"--hf {self.folder} lacks weights {self.class_name} needs ({len(missing) + len(mismatched)} "
+                             f"tensor(s), first {first!r}), which it would initialise at random; give the --hf-class "
+                             "the checkpoint was saved as")
+        return model.eval()
+
+    def batches(self, lines: list[str], batch_size: int, max_length: int | None, model: nn.Module) -> list[dict]:
+        """Keyword-input batches for ``model``: sorted by length, truncated, padded per batch, with attention masks."""
+        if batch_size <= 0:
+            raise ValueError(f"--batch-size must be positive, got {batch_size}")
+        tokenizer = self.tokenizer
+        if tokenizer.pad_token is None:  # GPT-2 and other causal LMs: any token pads, the attention mask hides it
+            fill = tokenizer.eos_token or tokenizer.unk_token
+            if fill is None:
+                raise ValueError(f"the tokenizer of {self.folder} has no padding, end or unknown token to pad with; "
+                                 "use --batch-size 1")
+            tokenizer = self.transformers.AutoTokenizer.from_pretrained(
+                str(self.folder), local_files_only=True, trust_remote_code=False, pad_token=fill)
+        length = max_length or DEFAULT_MAX_LENGTH
+        limit = getattr(tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit < length:
+            length = limit  # beyond it the model has no position embeddings
+        counts = tokenizer(lines, truncation=True, max_length=length)["input_ids"]
+        order = sorted(range(len(lines)), key=lambda i: len(counts[i]))
+        ordered = [lines[i] for i in order]
+        takes = _keyword_inputs(model)
+        out = []
+        for start in range(0, len(ordered), batch_size):
+            batch = tokenizer(ordered[start:start + batch_size], padding=True, truncation=True, max_length=length,
+                              return_tensors="pt")
+            out.append({k: v for k, v in batch.items() if takes is None or k in takes})
+        return out
+
+    def load_hint(self, output: str | os.PathLike) -> str:
+        return (f"load it with: nc.load(transformers.{self.class_name}.from_pretrained({str(self.folder)!r}), "
+                f"{str(output)!r})")
+
+
+def _keyword_inputs(model: nn.Module) -> set[str] | None:
+    """The keyword arguments ``model.forward`` names, or None when it takes any (``**kwargs``)."""
+    parameters = inspect.signature(model.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters}
+
+
+def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+@contextlib.contextmanager
+def staged_pretrained(model: nn.Module, source: HFSource, path: str | os.PathLike,
+                      original: dict[str, tuple[int, ...]]) -> Iterator[None]:
+    """Write ``model`` with its masks and codes folded (``save_pretrained``) under a temporary name beside ``path``.
+
+    The directory is renamed onto ``path`` when the block succeeds (``path`` new or empty), else removed.
+    ``original`` is the original model's state-dict shapes, which the folded model must have exactly.
+    """
+    from netcompress._layers import replacement_types
+    from netcompress.export import dense_layers
+    from netcompress.storage.atomic import made_directories, umask_mode
+
+    path = Path(path)
+    with made_directories(path.parent):
+        staged = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            os.chmod(staged, umask_mode(0o777))  # mkdtemp makes a 0700 directory; give the usual permissions
+            with dense_layers(model):
+                left = next(((n, m) for n, m in model.named_modules() if isinstance(m, replacement_types())), None)
+                folded = shapes(model)
+                if left is not None or folded != original:
+                    where = (f"layer {left[0]!r} is a {type(left[1]).__name__}" if left is not None else
+                             f"tensor {next(k for k in {*folded, *original} if folded.get(k) != original.get(k))!r} "
+                             "differs")
+                    raise ValueError(f"--save-pretrained needs plain layers of the original shapes, but {where}; "
+                                     "load -o with nc.load instead")
+                options = {"safe_serialization": True} if "safe_serialization" in inspect.signature(
+                    model.save_pretrained).parameters else {}
+                with source._quiet():
+                    model.save_pretrained(str(staged), **options)
+            source.tokenizer.save_pretrained(str(staged))
+            for file in staged.rglob("*"):
+                if file.is_file():  # some writers stage 0600 temporary files; give the usual permissions
+                    os.chmod(file, umask_mode(0o666))
+            yield
+            if path.is_dir():
+                path.rmdir()  # empty, as checked before any work; a file put there since makes this fail
+            os.rename(staged, path)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)  # our own temporary directory
+            raise
