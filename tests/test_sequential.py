@@ -170,3 +170,14 @@ def test_every_rank_error_against_the_original_network_equals_the_error_measured
                 direct = float((new - old).norm() / old.norm())
                 measured = f.relative_error(k) if part == "fit" else float(curve[k]) ** 0.5
                 assert measured == pytest.approx(direct, rel=1e-6, abs=1e-9), (part, k)
+
+
+def test_fully_shrunk_sequential_dalr_is_truncated_svd():
+    """α = 1 shrinks both XX̃ᵀ and X̃X̃ᵀ to one scaled identity: C → W, and DALR's factors are SVD's."""
+    model, data = Stack(), _data()
+    svd_model = copy.deepcopy(model)
+    nc.compress(model, data, method="dalr", rank=3, shrinkage=1.0, sequential=True, progress=False)
+    nc.compress(svd_model, data, method="svd", rank=3, progress=False)
+    for name in ("blocks.0.0", "blocks.1.0", "head"):
+        a, b = model.get_submodule(name), svd_model.get_submodule(name)
+        torch.testing.assert_close(a.up.weight @ a.down.weight, b.up.weight @ b.down.weight, rtol=1e-4, atol=1e-5)

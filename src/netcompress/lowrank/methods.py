@@ -36,7 +36,9 @@ __all__ = [
     "dalr_bc",
     "layer_matrix",
     "shrinkage_intensity",
+    "shrinkage_weight",
     "shrunk_second_moment",
+    "shrunk_towards_identity",
     "svd",
     "svd_bc",
 ]
@@ -322,7 +324,9 @@ def dalr(
     rank = _checked_rank(layer, W, rank)
     lam = check_lam(DEFAULT_LAM if lam is None else lam)
     moments = _on(moments, W.device)
-    Q = shrunk_second_moment(moments, bias_compensation, shrinkage)
+    alpha = shrinkage_weight(moments, shrinkage)
+    H = moments.centered_gram if bias_compensation else moments.gram
+    Q = shrunk_towards_identity(H, H, alpha)
     ridge = lam * float(Q.diagonal().sum()) / Q.shape[0]
     if moments.reference is None:
         U, wqw_trace = leading_output_directions(W, Q, rank)
@@ -332,8 +336,10 @@ def dalr(
     # Sequential: the original outputs Z = WX regressed on the layer's own inputs X̃ (the
     # compressed layers before it feed it), C = ZX̃ᵀ(X̃X̃ᵀ + λI)⁻¹; the best rank-k map keeps
     # the leading directions of the fitted outputs, C(X̃X̃ᵀ)Cᵀ (reduced-rank regression).
+    # XX̃ᵀ is shrunk with X̃X̃ᵀ, towards the same scaled identity: with few samples (α → 1)
+    # C → W and sequential DALR, like DALR, moves to SVD rather than fitting the sample.
     _, M, _ = moments.reference_products(centre=bias_compensation)
-    C = ridge_solve(Q, ridge, (W @ M).T).T
+    C = ridge_solve(Q, ridge, (W @ shrunk_towards_identity(M, H, alpha)).T).T
     U, trace = leading_output_directions(C, Q, rank)
     bias, original = _targets(layer, W, C, moments, bias_compensation)
     return Factorization(layer, C, bias, U, U.T @ C, moments, bias_compensation, trace, Q, original)
@@ -365,15 +371,23 @@ def shrinkage_intensity(moments: Moments) -> float:
 def shrunk_second_moment(moments: Moments, centred: bool = False, shrinkage: float | str = "auto") -> torch.Tensor:
     """``(1 − α)·Q + α·(tr Q / p)·I``, α given or (``"auto"``) from :func:`shrinkage_intensity`; ``Q`` centred if asked."""
     Q = moments.centered_gram if centred else moments.gram
+    return shrunk_towards_identity(Q, Q, shrinkage_weight(moments, shrinkage))
+
+
+def shrinkage_weight(moments: Moments, shrinkage: float | str = "auto") -> float:
+    """α: the given fraction, or (``"auto"``) Ledoit–Wolf's intensity for these statistics."""
     shrinkage = check_shrinkage(shrinkage)
     if shrinkage == "auto":
-        alpha = shrinkage_intensity(moments) if float(moments.norm4) > 0 else 0.0
-    else:
-        alpha = shrinkage
+        return shrinkage_intensity(moments) if float(moments.norm4) > 0 else 0.0
+    return shrinkage
+
+
+def shrunk_towards_identity(matrix: torch.Tensor, scale_from: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``(1 − α)·matrix + α·(tr S / p)·I`` with ``S = scale_from``: the same prior for every second moment."""
     if alpha == 0:
-        return Q
-    shrunk = (1 - alpha) * Q
-    shrunk.diagonal().add_(alpha * float(Q.diagonal().sum()) / Q.shape[0])
+        return matrix
+    shrunk = (1 - alpha) * matrix
+    shrunk.diagonal().add_(alpha * float(scale_from.diagonal().sum()) / scale_from.shape[0])
     return shrunk
 
 
