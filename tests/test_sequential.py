@@ -181,3 +181,18 @@ def test_fully_shrunk_sequential_dalr_is_truncated_svd():
     for name in ("blocks.0.0", "blocks.1.0", "head"):
         a, b = model.get_submodule(name), svd_model.get_submodule(name)
         torch.testing.assert_close(a.up.weight @ a.down.weight, b.up.weight @ b.down.weight, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_errors_measured_a_few_output_rows_at_a_time_are_the_same(monkeypatch, sequential):
+    """A language model's 32,000-row head is compared in row blocks: same errors as all rows at once."""
+    import netcompress.moments
+
+    reports = []
+    for elements in (1 << 22, 30):  # 30 values: one or two rows per block
+        monkeypatch.setattr(netcompress.moments, "ROW_BLOCK_ELEMENTS", elements)
+        model = Stack()
+        reports.append(nc.compress(model, _data(), method="uniform", bits=3, sequential=sequential, progress=False))
+    for a, b in zip(*(r.rows for r in reports), strict=True):
+        assert b.relative_error == pytest.approx(a.relative_error, rel=1e-9)
+        assert b.heldout_error == pytest.approx(a.heldout_error, rel=1e-9)

@@ -153,21 +153,41 @@ def relative_output_error(
     """
     if moments.reference is not None and moments.cross is not None and groups == 1:
         return _error_against_reference(weight, bias, new_weight, new_bias, moments)
-    f64 = torch.float64
-    device = moments.gram.device
-    W = weight.detach().reshape(weight.shape[0], -1).to(device, f64)
-    D = W - new_weight.detach().reshape(weight.shape[0], -1).to(device, f64)
-    b = torch.zeros(W.shape[0], dtype=f64, device=device) if bias is None else bias.detach().to(device, f64)
-    b_new = torch.zeros_like(b) if new_bias is None else new_bias.detach().to(device, f64)
-    d = b - b_new
-    n = moments.count
-    error = float((moments.times_gram(D) * D).sum() + 2 * d @ moments.times_sum(D) + n * d @ d)
-    energy = float((moments.times_gram(W) * W).sum() + 2 * b @ moments.times_sum(W) + n * b @ b)
+    f64, device, n = torch.float64, moments.gram.device, moments.count
+    error = energy = 0.0
+    for rows in _row_blocks(weight, groups):
+        W = weight[rows].detach().reshape(len(rows), -1).to(device, f64)
+        D = W - new_weight[rows].detach().reshape(len(rows), -1).to(device, f64)
+        b = _vector(bias, rows, W)
+        d = b - _vector(new_bias, rows, W)
+        error += float((moments.times_gram(D) * D).sum() + 2 * d @ moments.times_sum(D) + n * d @ d)
+        energy += float((moments.times_gram(W) * W).sum() + 2 * b @ moments.times_sum(W) + n * b @ b)
+    return _ratio(error, energy)
+
+
+# Output rows are compared this many float64 values at a time, so that a 32,000-row output
+# layer (a language model's head) costs tens of MB, not several copies of its weight.
+ROW_BLOCK_ELEMENTS = 1 << 22
+
+
+def _row_blocks(weight: torch.Tensor, groups: int) -> list[range]:
+    """The output rows of a layer in blocks of about ``ROW_BLOCK_ELEMENTS`` (a grouped layer: all at once)."""
+    out = weight.shape[0]
+    step = out if groups > 1 else max(1, ROW_BLOCK_ELEMENTS // max(weight[0].numel(), 1))
+    return [range(start, min(start + step, out)) for start in range(0, out, step)]
+
+
+def _vector(bias: torch.Tensor | None, rows: range, like: torch.Tensor) -> torch.Tensor:
+    """The bias of ``rows`` in float64 (zeros without one)."""
+    if bias is None:
+        return torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
+    return bias[rows].detach().to(like.device, like.dtype)
+
+
+def _ratio(error: float, energy: float) -> float:
     if not (math.isfinite(error) and math.isfinite(energy)):
         raise ValueError("the compressed layer has NaN or Inf weights")
     return (max(error, 0.0) / energy) ** 0.5 if energy > 0 else 0.0
-
-
 
 
 def _error_against_reference(weight: torch.Tensor, bias: torch.Tensor | None, new_weight: torch.Tensor,
@@ -176,19 +196,15 @@ def _error_against_reference(weight: torch.Tensor, bias: torch.Tensor | None, ne
 
     ``Σ||y − ŷ||² = Σ||y||² − 2 Σ yᵀŷ + Σ||ŷ||²``, each term from ``XXᵀ``, ``XX̃ᵀ``, ``X̃X̃ᵀ`` and the sums.
     """
-    f64, device = torch.float64, moments.gram.device
+    f64, device, n = torch.float64, moments.gram.device, moments.count
     ref = moments.reference
-    W = weight.detach().reshape(weight.shape[0], -1).to(device, f64)
-    V = new_weight.detach().reshape(weight.shape[0], -1).to(device, f64)
-    zeros = torch.zeros(W.shape[0], dtype=f64, device=device)
-    b = zeros if bias is None else bias.detach().to(device, f64)
-    c = zeros if new_bias is None else new_bias.detach().to(device, f64)
-    n = moments.count
-    Ws, Vs = W @ ref.input_sum, V @ moments.input_sum
-    energy = float((W @ ref.gram * W).sum() + 2 * b @ Ws + n * b @ b)
-    product = float((W @ moments.cross * V).sum() + b @ Vs + c @ Ws + n * b @ c)
-    new_energy = float((V @ moments.gram * V).sum() + 2 * c @ Vs + n * c @ c)
-    error = energy - 2 * product + new_energy
-    if not (math.isfinite(error) and math.isfinite(energy)):
-        raise ValueError("the compressed layer has NaN or Inf weights")
-    return (max(error, 0.0) / energy) ** 0.5 if energy > 0 else 0.0
+    energy = product = new_energy = 0.0
+    for rows in _row_blocks(weight, 1):
+        W = weight[rows].detach().reshape(len(rows), -1).to(device, f64)
+        V = new_weight[rows].detach().reshape(len(rows), -1).to(device, f64)
+        b, c = _vector(bias, rows, W), _vector(new_bias, rows, W)
+        Ws, Vs = W @ ref.input_sum, V @ moments.input_sum
+        energy += float((W @ ref.gram * W).sum() + 2 * b @ Ws + n * b @ b)
+        product += float((W @ moments.cross * V).sum() + b @ Vs + c @ Ws + n * b @ c)
+        new_energy += float((V @ moments.gram * V).sum() + 2 * c @ Vs + n * c @ c)
+    return _ratio(energy - 2 * product + new_energy, energy)
