@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from netcompress._layers import DENSE
+from netcompress._transaction import evaluating
 
 __all__ = ["ChannelGraph", "Segment", "trace_channels"]
 
@@ -106,7 +107,8 @@ def trace_channels(model: nn.Module, example) -> ChannelGraph:
 
     try:
         traced = fx.GraphModule(model, _LayerTracer().trace(model))
-        ShapeProp(traced).propagate(*_placeholder_values(traced, example))
+        with evaluating(traced), torch.no_grad():  # a training-mode BatchNorm would update its running statistics
+            ShapeProp(traced).propagate(*_placeholder_values(traced, example))
     except Exception as error:  # fx raises many types; any of them means "cannot follow"
         raise ValueError(
             f"structured pruning needs a model torch.fx can trace ({type(error).__name__}: "
