@@ -216,3 +216,18 @@ def test_shared_statistics_round_trip_through_safetensors(tmp_path):
     loaded = nc.LayerStats.load(tmp_path / "s.safetensors")
     assert loaded.shared == stats.shared and loaded.grams == 2 and loaded.heldout.grams == 2
     np.testing.assert_allclose(loaded["v"].gram.numpy(), stats["v"].gram.numpy())
+
+
+def test_wide_outputs_are_folded_a_block_of_samples_at_a_time(monkeypatch):
+    """A 32,000-word head's responses are taken in float64 in blocks: the same statistics as all at once."""
+    import netcompress.stats
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 50), nn.ReLU(), nn.Linear(50, 7))
+    x = torch.randn(40, 6)
+    whole = nc.collect(net, x.split(10), progress=False)
+    monkeypatch.setattr(netcompress.stats, "CHUNK_ELEMENTS", 60)  # one or a few samples per block
+    blocks = nc.collect(net, x.split(10), progress=False)
+    for name in whole:
+        for field in ("positive_count", "response_sum", "response_max", "gram"):
+            torch.testing.assert_close(getattr(blocks[name], field), getattr(whole[name], field))

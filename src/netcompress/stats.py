@@ -258,7 +258,7 @@ class _Recorder:
 
     def _fold(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor, images: int,
               original: torch.Tensor | None) -> None:
-        out = _output_matrix(module, y).to(torch.float64)
+        out = _output_matrix(module, y)  # in the model's dtype: a wide output (a 32,000-word head) is large
         m = self.target
         if m.positive_count.device != out.device:
             _move(m, out.device)
@@ -276,10 +276,13 @@ class _Recorder:
             if reference is not None:
                 _fold_inputs(m.reference, reference)
                 m.cross.addmm_(reference.T, rows)
-        response = out.clamp_min(0)
-        m.positive_count += (out > 0).sum(0)
-        m.response_sum += response.sum(0)
-        torch.maximum(m.response_max, response.amax(0), out=m.response_max)
+        step = max(1, CHUNK_ELEMENTS // max(out.shape[1], 1))
+        for start in range(0, out.shape[0], step):  # float64 responses, a block of samples at a time
+            block = out[start:start + step].to(torch.float64)
+            response = block.clamp_min(0)
+            m.positive_count += (block > 0).sum(0)
+            m.response_sum += response.sum(0)
+            torch.maximum(m.response_max, response.amax(0), out=m.response_max)
         m.output_count += out.shape[0]
 
     def _positions(self, samples: int, images: int) -> torch.Tensor | None:
