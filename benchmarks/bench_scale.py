@@ -37,8 +37,13 @@ run allocated counts against the next, and every figure is that process's:
 Times are wall seconds of the ``compress`` call on this machine and are not asserted on.
 Writes the tables to ``results/scale.md``. Not part of ``make bench`` (it takes minutes).
 
+    python bench_scale.py                              # magnitude, sequential: the quick check (~10 min)
+    python bench_scale.py --methods all --modes all    # the full table (hours on 2 cores)
     python bench_scale.py [--size 125m|1.1b] [--methods uniform,gptq,...] [--modes independent,sequential]
-                          [--sequences 32] [--heldout 8] [--seq-len 128] [--batch-size 8]
+                          [--sequences 32] [--heldout 8] [--seq-len 128] [--batch-size 8] [--reuse]
+
+``--reuse`` takes the rows that earlier runs of the same setup stored in ``results/scale.json``, so that
+a long table can be filled in by several shorter runs.
 """
 
 from __future__ import annotations
@@ -365,8 +370,11 @@ def write_markdown(preamble: list[str], tables: list[tuple[list[str], list[list[
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=list(SIZES), default="125m")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from " + ", ".join(METHODS))
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, from " + ", ".join(MODES))
+    # The default is one configuration: on 2 CPU cores every run of the 125 M model takes minutes.
+    parser.add_argument("--methods", default="magnitude",
+                        help="comma-separated, from " + ", ".join(METHODS) + ", or all (default magnitude)")
+    parser.add_argument("--modes", default="sequential",
+                        help="comma-separated, from " + ", ".join(MODES) + ", or all (default sequential)")
     parser.add_argument("--sequences", type=int, default=32, help="calibration sequences")
     parser.add_argument("--heldout", type=int, default=8, help="held-out sequences for the logits' error")
     parser.add_argument("--seq-len", type=int, default=128)
@@ -379,6 +387,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.methods = ",".join(METHODS) if args.methods == "all" else args.methods
+    args.modes = ",".join(MODES) if args.modes == "all" else args.modes
     args.device = args.device or default_device()
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     return args
@@ -441,6 +451,7 @@ def main() -> None:
             raise SystemExit(f"building the model and data failed: {facts['error']}")
         preamble = preamble_lines(args, facts["params"])
         print("\n".join(preamble), flush=True)
+        print(f"Methods: {args.methods}; modes: {args.modes}.", flush=True)
         for method in methods:
             for mode in modes:
                 key = _key(args, method, mode)

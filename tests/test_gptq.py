@@ -52,8 +52,14 @@ def test_the_factor_is_the_upper_cholesky_factor_of_the_inverse():
     np.testing.assert_allclose(U.numpy().T @ U.numpy(), np.linalg.inv(damped), rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("bits, group_size, symmetric", [(3, None, True), (4, 8, True), (3, 8, False)])
-def test_gptq_equals_the_obq_update_written_directly(bits, group_size, symmetric):
+@pytest.mark.parametrize("bits, group_size, symmetric, rows_per_sweep",
+                         [(3, None, True, None), (4, 8, True, None), (3, 8, False, 3)])
+def test_gptq_equals_the_obq_update_written_directly(bits, group_size, symmetric, rows_per_sweep, monkeypatch):
+    """``rows_per_sweep``: the rows swept in blocks of 3 (as a 32,000-row head is), same result."""
+    import netcompress._hessian
+
+    if rows_per_sweep:
+        monkeypatch.setattr(netcompress._hessian, "SWEEP_ELEMENTS", 24 * rows_per_sweep)
     torch.manual_seed(0)
     layer = nn.Linear(24, 10).double()
     x = correlated_inputs(200, 24)

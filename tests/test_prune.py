@@ -19,6 +19,20 @@ def test_magnitude_removes_exactly_the_smallest_weights():
     assert isinstance(pruned, nn.Linear) and int(pruned.mask.sum()) == W.size // 4
 
 
+def test_magnitude_removes_the_exact_count_when_weights_tie():
+    layer = nn.Linear(10, 6)
+    with torch.no_grad():  # 60 weights, 24 of them tied at |w| = 0.5 across the 50 % threshold
+        layer.weight.copy_(torch.linspace(-1, 1, 60).reshape(6, 10))
+        layer.weight.view(-1)[18:42] = 0.5 * torch.tensor([-1.0, 1.0]).repeat(12)
+    pruned = nc.prune.magnitude(layer, sparsity=0.5)
+    W = layer.weight.detach().abs().reshape(-1)
+    removed = ~pruned.mask.reshape(-1)
+    assert int(removed.sum()) == 30
+    assert W[removed].max() <= W[~removed].min()  # never a larger weight removed before a smaller one
+    tied = (W == 0.5).nonzero().squeeze(1)
+    assert removed[tied[:int(removed[tied].sum())]].all()  # of the tied, the first ones go
+
+
 def test_pruning_again_only_removes_more():
     layer = nc.prune.magnitude(nn.Linear(30, 20), sparsity=0.5)
     again = nc.prune.magnitude(layer, sparsity=0.8)

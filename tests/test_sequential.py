@@ -186,11 +186,11 @@ def test_fully_shrunk_sequential_dalr_is_truncated_svd():
 @pytest.mark.parametrize("sequential", [False, True])
 def test_errors_measured_a_few_output_rows_at_a_time_are_the_same(monkeypatch, sequential):
     """A language model's 32,000-row head is compared in row blocks: same errors as all rows at once."""
-    import netcompress.moments
+    import netcompress._tensors
 
     reports = []
     for elements in (1 << 22, 30):  # 30 values: one or two rows per block
-        monkeypatch.setattr(netcompress.moments, "ROW_BLOCK_ELEMENTS", elements)
+        monkeypatch.setattr(netcompress._tensors, "ROW_BLOCK_ELEMENTS", elements)
         model = Stack()
         reports.append(nc.compress(model, _data(), method="uniform", bits=3, sequential=sequential, progress=False))
     for a, b in zip(*(r.rows for r in reports), strict=True):

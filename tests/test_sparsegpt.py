@@ -18,8 +18,8 @@ def _stats(layer, x):
 
 def _obs_reference(W, H, sparsity, damp, block):
     """Column by column: a removed weight's error ``w/[H_F⁻¹]_00`` moves the columns F still to come along
-    ``[H_F⁻¹]_0,F`` (explicit inverse of H on F). Each block's removals are the least ``w²/[H_F⁻¹]_00``,
-    chosen on the weights as updated when the block starts."""
+    ``[H_F⁻¹]_0,F`` (explicit inverse of H on F). Each row's removals in a block are its least
+    ``w²/[H_F⁻¹]_00``, chosen on the weights as updated when the block starts."""
     W, H = W.copy(), H.copy()
     H += damp * np.mean(np.diag(H)) * np.eye(len(H))
     out, d = W.shape
@@ -28,10 +28,9 @@ def _obs_reference(W, H, sparsity, damp, block):
     for start in range(0, d, block):
         end = min(start + block, d)
         saliency = W[:, start:end] ** 2 / inverse_diag[start:end]
-        remove = int(saliency.size * sparsity)
-        chosen = np.zeros(saliency.size, dtype=bool)
-        chosen[np.argsort(saliency.ravel(), kind="stable")[:remove]] = True
-        pruned[:, start:end] = chosen.reshape(saliency.shape)
+        remove = int((end - start) * sparsity)
+        for row in range(out):
+            pruned[row, start + np.argsort(saliency[row], kind="stable")[:remove]] = True
         for i in range(start, end):
             Hinv = np.linalg.inv(H[i:, i:])
             error = np.where(pruned[:, i], W[:, i], 0.0) / Hinv[0, 0]
@@ -40,11 +39,15 @@ def _obs_reference(W, H, sparsity, damp, block):
     return W, pruned
 
 
-@pytest.mark.parametrize("sparsity", [0.5, 0.75])
-def test_sparsegpt_equals_the_obs_update_written_directly(sparsity, monkeypatch):
+@pytest.mark.parametrize("sparsity, rows_per_sweep", [(0.5, None), (0.75, 2)])
+def test_sparsegpt_equals_the_obs_update_written_directly(sparsity, rows_per_sweep, monkeypatch):
+    """``rows_per_sweep``: the rows swept in blocks of 2 (as a 32,000-row head is), same result."""
+    import netcompress._hessian
     import netcompress.prune.obs as obs
 
     monkeypatch.setattr(obs, "BLOCK", 8)  # several blocks on a small layer
+    if rows_per_sweep:
+        monkeypatch.setattr(netcompress._hessian, "SWEEP_ELEMENTS", 20 * rows_per_sweep)
     torch.manual_seed(0)
     layer = nn.Linear(20, 7).double()
     x = correlated_inputs(300, 20)
@@ -52,7 +55,7 @@ def test_sparsegpt_equals_the_obs_update_written_directly(sparsity, monkeypatch)
     expected, mask = _obs_reference(layer.weight.detach().numpy(), (x.T @ x).numpy(), sparsity, 0.01, 8)
     np.testing.assert_array_equal(~pruned.mask.numpy(), mask)
     np.testing.assert_allclose(pruned.weight.detach().numpy(), expected, rtol=1e-7, atol=1e-9)
-    assert (~pruned.mask).sum() == sum(int(7 * min(8, 20 - s) * sparsity) for s in range(0, 20, 8))
+    assert (~pruned.mask).sum() == 7 * sum(int(min(8, 20 - s) * sparsity) for s in range(0, 20, 8))
 
 
 def test_sparsegpt_errs_less_on_the_target_outputs_than_magnitude_pruning():

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from netcompress._layers import DENSE
+from netcompress._tensors import row_blocks
 
 __all__ = ["DEFAULT_DAMP", "check_hessian_layer", "inverse_hessian_factor", "sweep_columns"]
 
@@ -50,36 +51,48 @@ def check_hessian_layer(layer: nn.Module, method: str, damp: float) -> None:
                          f"{method} leaves it dense")
 
 
+# Rows swept together (float64 values): rows are independent given H, so a block of them at a
+# time bounds the working copy (32 MB) while amortising the per-column Python loop.
+SWEEP_ELEMENTS = 1 << 22
+
+
 def sweep_columns(
     layer: nn.Module,
     moments,
     damp: float,
-    round_column: Callable[[int, torch.Tensor], torch.Tensor],
-    start_block: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+    round_column: Callable[[slice, int, torch.Tensor], torch.Tensor],
+    start_block: Callable[[slice, int, int, torch.Tensor, torch.Tensor], None] | None = None,
+    finish_rows: Callable[[slice, torch.Tensor], None] | None = None,
     block: int = 128,
-) -> torch.Tensor:
+) -> None:
     """Optimal Brain Surgeon/Quantization's sweep over the input columns of ``layer``, GPTQ-style.
 
-    Column ``i`` becomes ``round_column(i, W)`` (W the float64 (out, in) matrix as updated so far);
-    its error, divided by ``U_ii``, moves the columns after it along row ``i`` of ``U``, the upper
-    Cholesky factor of the damped ``H⁻¹``. Updates beyond the current ``block`` of columns are
-    applied once per block (lazy batch updates); ``start_block(start, end, W, U)`` runs before each.
-    Inputs the target data never uses have their weights set to zero. Returns the final ``W``.
+    Each row's sweep depends only on that row and ``H``, so the output rows are swept a block
+    (``rows``) at a time, ``W`` a float64 copy of those rows. Column ``i`` becomes
+    ``round_column(rows, i, W)``; its error, divided by ``U_ii``, moves the columns after it
+    along row ``i`` of ``U``, the upper Cholesky factor of the damped ``H⁻¹``. Updates beyond
+    the current ``block`` of columns are applied once per block (lazy batch updates);
+    ``start_block(rows, start, end, W, U)`` runs before each, ``finish_rows(rows, W)`` after
+    the last column. Inputs the target data never uses have their weights set to zero.
     """
-    W = layer.weight.detach().reshape(layer.weight.shape[0], -1).to(torch.float64).clone()
-    out, columns = W.shape
+    weight = layer.weight.detach()
+    weight = weight.reshape(weight.shape[0], -1)
+    out, columns = weight.shape
     if moments.gram.dim() != 2 or moments.gram.shape[0] != columns:
         raise ValueError(f"the statistics have {moments.gram.shape[-1]} input features but the layer has {columns}")
-    U, dead = inverse_hessian_factor(moments.gram.to(W.device), damp)
-    W[:, dead] = 0.0
-    for start in range(0, columns, block):
-        end = min(start + block, columns)
-        if start_block is not None:
-            start_block(start, end, W, U)
-        errors = torch.zeros(out, end - start, dtype=W.dtype, device=W.device)
-        for i in range(start, end):
-            error = (W[:, i] - round_column(i, W)) / U[i, i]
-            W[:, i:end] -= error[:, None] * U[i, i:end][None, :]
-            errors[:, i - start] = error
-        W[:, end:] -= errors @ U[start:end, end:]
-    return W
+    U, dead = inverse_hessian_factor(moments.gram.to(weight.device), damp)
+    for rows in row_blocks(out, columns, SWEEP_ELEMENTS):
+        W = weight[rows].to(torch.float64, copy=True)
+        W[:, dead] = 0.0
+        for start in range(0, columns, block):
+            end = min(start + block, columns)
+            if start_block is not None:
+                start_block(rows, start, end, W, U)
+            errors = torch.zeros(W.shape[0], end - start, dtype=W.dtype, device=W.device)
+            for i in range(start, end):
+                error = (W[:, i] - round_column(rows, i, W)) / U[i, i]
+                W[:, i:end] -= error[:, None] * U[i, i:end][None, :]
+                errors[:, i - start] = error
+            W[:, end:] -= errors @ U[start:end, end:]
+        if finish_rows is not None:
+            finish_rows(rows, W)

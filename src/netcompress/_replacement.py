@@ -15,7 +15,7 @@ from torch import nn
 
 from netcompress._architecture import remember_original
 from netcompress._layers import Padded, explicit_padding, replace_module
-from netcompress._tensors import call_model, model_device_dtype, weight_matrix
+from netcompress._tensors import WeightRows, call_model, model_device_dtype, plain_bias
 from netcompress._transaction import all_or_nothing, evaluating
 from netcompress.moments import Moments, relative_output_error
 from netcompress.report import LayerRow, Report
@@ -47,8 +47,9 @@ def output_errors(old: nn.Module, new: nn.Module, stats: LayerStats | None, name
     """In-sample and held-out relative output error of replacing ``old`` by ``new``."""
     if stats is None or name not in stats:
         return None, None
-    W, b = weight_matrix(old)
-    W_new, b_new = weight_matrix(new)
+    # Read a block of rows at a time: a 32,000-row head is never decoded or copied to float64 whole.
+    W, b = WeightRows(old), plain_bias(old)
+    W_new, b_new = WeightRows(new), plain_bias(new)
     groups = getattr(old, "groups", 1)
     in_sample = relative_output_error(W, b, W_new, b_new, stats[name], groups)
     heldout = stats.heldout.layers.get(name) if stats.heldout is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 
 import torch
@@ -11,7 +12,12 @@ from torch import nn
 from netcompress._layers import Padded, explicit_padding
 
 __all__ = [
+    "ROW_BLOCK_ELEMENTS",
+    "WeightRows",
+    "row_blocks",
+    "plain_bias",
     "weight_matrix",
+    "weight_rows",
     "batch_input",
     "batch_size",
     "call_model",
@@ -109,14 +115,86 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
-def input_columns(out_features: int, per_row: int, groups: int) -> torch.Tensor:
-    """For each (row, column) of a weight matrix, its input feature in the layer's im2col vector.
+def input_columns(out_features: int, per_row: int, groups: int, rows: slice = slice(None)) -> torch.Tensor:
+    """For each (row, column) of a weight matrix (of its ``rows`` only), its input feature in the im2col vector.
 
     With ``groups > 1`` (a grouped or depthwise Conv2d) row ``r`` reads only the inputs of its
     group, the ``per_row`` features starting at ``(r // (out / groups)) · per_row``.
     """
-    offsets = (torch.arange(out_features) // max(out_features // groups, 1)) * per_row
+    offsets = (torch.arange(out_features)[rows] // max(out_features // groups, 1)) * per_row
     return offsets[:, None] + torch.arange(per_row)[None, :]
+
+
+# Large weights are worked on this many values at a time, so that a 32,000-row output layer
+# (a language model's head) costs tens of MB of float64 temporaries, not several copies of itself.
+ROW_BLOCK_ELEMENTS = 1 << 20
+
+
+def row_blocks(out: int, per_row: int, elements: int | None = None) -> list[slice]:
+    """The output rows ``0 … out−1`` in blocks of about ``elements`` (:data:`ROW_BLOCK_ELEMENTS`) weights each."""
+    step = max(1, (elements or ROW_BLOCK_ELEMENTS) // max(per_row, 1))
+    return [slice(start, min(start + step, out)) for start in range(0, out, step)]
+
+
+def weight_rows(module: nn.Module, rows: slice) -> torch.Tensor:
+    """Output rows ``rows`` of the (out, in·kh·kw) matrix a layer computes with, in its own dtype.
+
+    The rows of :func:`weight_matrix` without building the rest: a pruned layer's mask applied,
+    a quantized layer's codes decoded, a factored layer's product taken, for those rows only.
+    """
+    if isinstance(module, Padded):
+        return weight_rows(module.layer, rows)
+    if hasattr(module, "effective_weight"):  # a user's replacement may only offer the whole matrix
+        if inspect.signature(module.effective_weight).parameters:
+            return module.effective_weight(rows)[0]
+        return module.effective_weight()[0][rows]
+    codes = getattr(module, "codes", None)
+    if isinstance(codes, torch.Tensor):  # a quantized layer: decode these rows only
+        index = torch.arange(codes.shape[0], device=codes.device)[rows]
+        values = module._rows(codes[rows].reshape(index.numel(), -1), index)
+        mask = getattr(module, "mask", None)
+        return values * mask[rows].reshape(values.shape) if mask is not None else values
+    weight = module.weight.detach()[rows]
+    weight = weight.reshape(weight.shape[0], -1)
+    mask = getattr(module, "mask", None)
+    return weight * mask[rows].reshape(weight.shape) if mask is not None else weight
+
+
+def plain_bias(module: nn.Module) -> torch.Tensor | None:
+    """The bias a layer adds to its output (a factored layer's is its second factor's)."""
+    if isinstance(module, Padded):
+        return plain_bias(module.layer)
+    up = getattr(module, "up", None)
+    return up.bias if hasattr(module, "effective_weight") and isinstance(up, nn.Module) else module.bias
+
+
+class WeightRows:
+    """A layer's (out, in·kh·kw) weight matrix, read a block of output rows at a time: ``rows[a:b]``.
+
+    What :func:`~netcompress.moments.relative_output_error` takes in place of the whole matrix,
+    so that comparing a large layer with its replacement never decodes the whole of either.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        first = weight_rows(module, slice(0, 1))
+        self.dtype = first.dtype
+        self.shape = (_out_features(module), first.shape[1])
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return weight_rows(self.module, rows)
+
+
+def _out_features(module: nn.Module) -> int:
+    if isinstance(module, Padded):
+        return _out_features(module.layer)
+    codes = getattr(module, "codes", None)
+    if isinstance(codes, torch.Tensor):
+        return codes.shape[0]
+    if hasattr(module, "effective_weight"):
+        up = getattr(module, "up", None)
+        return up.weight.shape[0] if isinstance(up, nn.Module) else module.effective_weight()[0].shape[0]
+    return module.weight.shape[0]
 
 
 def weight_matrix(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:

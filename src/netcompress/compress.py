@@ -152,6 +152,7 @@ class Family:
                 originals.update({name: modules[name] for name in plan.replacements})
                 swap_in(model, plan)
                 rows.update(plan.rows)
+                del stats, plan  # one block's statistics at a time: freed before the next block's pass
             check_runs(model, first_batch(data))
         return full_report(modules, rows, skipped, chosen.name)
 

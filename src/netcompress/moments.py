@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from netcompress._tensors import row_blocks
+
 __all__ = [
     "Moments",
     "relative_output_error",
@@ -154,10 +156,11 @@ def relative_output_error(
     if moments.reference is not None and moments.cross is not None and groups == 1:
         return _error_against_reference(weight, bias, new_weight, new_bias, moments)
     f64, device, n = torch.float64, moments.gram.device, moments.count
+    per_row = math.prod(weight.shape[1:])
     error = energy = 0.0
     for rows in _row_blocks(weight, groups):
-        W = weight[rows].detach().reshape(len(rows), -1).to(device, f64)
-        D = W - new_weight[rows].detach().reshape(len(rows), -1).to(device, f64)
+        W = weight[rows].detach().reshape(-1, per_row).to(device, f64)
+        D = W - new_weight[rows].detach().reshape(-1, per_row).to(device, f64)
         b = _vector(bias, rows, W)
         d = b - _vector(new_bias, rows, W)
         error += float((moments.times_gram(D) * D).sum() + 2 * d @ moments.times_sum(D) + n * d @ d)
@@ -165,19 +168,13 @@ def relative_output_error(
     return _ratio(error, energy)
 
 
-# Output rows are compared this many float64 values at a time, so that a 32,000-row output
-# layer (a language model's head) costs tens of MB, not several copies of its weight.
-ROW_BLOCK_ELEMENTS = 1 << 22
-
-
-def _row_blocks(weight: torch.Tensor, groups: int) -> list[range]:
+def _row_blocks(weight, groups: int) -> list[slice]:
     """The output rows of a layer in blocks of about ``ROW_BLOCK_ELEMENTS`` (a grouped layer: all at once)."""
-    out = weight.shape[0]
-    step = out if groups > 1 else max(1, ROW_BLOCK_ELEMENTS // max(weight[0].numel(), 1))
-    return [range(start, min(start + step, out)) for start in range(0, out, step)]
+    out, per_row = weight.shape[0], math.prod(weight.shape[1:])
+    return [slice(0, out)] if groups > 1 else row_blocks(out, per_row)
 
 
-def _vector(bias: torch.Tensor | None, rows: range, like: torch.Tensor) -> torch.Tensor:
+def _vector(bias: torch.Tensor | None, rows: slice, like: torch.Tensor) -> torch.Tensor:
     """The bias of ``rows`` in float64 (zeros without one)."""
     if bias is None:
         return torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
@@ -197,11 +194,12 @@ def _error_against_reference(weight: torch.Tensor, bias: torch.Tensor | None, ne
     ``Σ||y − ŷ||² = Σ||y||² − 2 Σ yᵀŷ + Σ||ŷ||²``, each term from ``XXᵀ``, ``XX̃ᵀ``, ``X̃X̃ᵀ`` and the sums.
     """
     f64, device, n = torch.float64, moments.gram.device, moments.count
+    per_row = math.prod(weight.shape[1:])
     ref = moments.reference
     energy = product = new_energy = 0.0
     for rows in _row_blocks(weight, 1):
-        W = weight[rows].detach().reshape(len(rows), -1).to(device, f64)
-        V = new_weight[rows].detach().reshape(len(rows), -1).to(device, f64)
+        W = weight[rows].detach().reshape(-1, per_row).to(device, f64)
+        V = new_weight[rows].detach().reshape(-1, per_row).to(device, f64)
         b, c = _vector(bias, rows, W), _vector(new_bias, rows, W)
         Ws, Vs = W @ ref.input_sum, V @ moments.input_sum
         energy += float((W @ ref.gram * W).sum() + 2 * b @ Ws + n * b @ b)

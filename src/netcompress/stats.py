@@ -550,6 +550,7 @@ def collect(
     finally:
         for handle in handles:
             handle.remove()
+        shared.new_call()  # its entries point back at the recorders: a cycle that would keep every Moments alive
     if samples == 0:
         raise ValueError("data yielded no samples; pass at least one batch of target data")
     for rec in recorders.values():

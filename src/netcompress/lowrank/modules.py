@@ -27,9 +27,9 @@ class LowRankLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))
 
-    def effective_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The (out, in·kh·kw) float64 matrix ``up · down`` this layer computes with, and its bias."""
-        return _product(self.up, self.down)
+    def effective_weight(self, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (out, in·kh·kw) float64 matrix ``up · down`` this layer computes with (its ``rows``), and its bias."""
+        return _product(self.up, self.down, rows)
 
     def describe(self) -> dict:
         return {**linear_fields(self), "rank": self.rank, "bias": self.up.bias is not None}
@@ -63,9 +63,9 @@ class LowRankConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))
 
-    def effective_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The (out, in·kh·kw) float64 matrix ``up · down`` this layer computes with, and its bias."""
-        return _product(self.up, self.down)
+    def effective_weight(self, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (out, in·kh·kw) float64 matrix ``up · down`` this layer computes with (its ``rows``), and its bias."""
+        return _product(self.up, self.down, rows)
 
     def describe(self) -> dict:
         return {**conv_fields(self.down), "in_channels": self.in_channels, "out_channels": self.out_channels,
@@ -101,7 +101,7 @@ def build_low_rank(layer: nn.Module, rank: int, bias: bool) -> nn.Module:
     return module.to(**factory)
 
 
-def _product(up: nn.Module, down: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    A = up.weight.detach().reshape(up.weight.shape[0], -1).double()
+def _product(up: nn.Module, down: nn.Module, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor | None]:
+    A = up.weight.detach()[rows].reshape(-1, up.weight.shape[1]).double()
     B = down.weight.detach().reshape(down.weight.shape[0], -1).double()
     return A @ B, up.bias

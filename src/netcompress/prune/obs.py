@@ -2,9 +2,10 @@
 
 Frantar and Alistarh, "SparseGPT: Massive language models can be accurately pruned in
 one-shot", ICML 2023 (Optimal Brain Surgeon, Hassibi and Stork 1993, one input column at a
-time). A block of columns at a time, the weights with the least saliency ``w² / [H⁻¹]_ii``
+time). A block of columns at a time, each row's weights with the least saliency ``w² / [H⁻¹]_ii``
 (``H = XXᵀ`` of the target data, damped; ``[H⁻¹]_ii`` of the columns still to come) are
-chosen; then column by column the removed weights' error is spread over the later columns
+chosen, the same share in every row as in the authors' implementation (which keeps rows
+independent, so a block of rows is swept at a time); then column by column the removed weights' error is spread over the later columns
 through the upper Cholesky factor of ``H⁻¹`` (:mod:`netcompress._hessian`), so that the layer's
 outputs on the target data stay close.
 """
@@ -41,30 +42,31 @@ def sparsegpt(layer: nn.Module, moments: Moments, *, sparsity: float, damp: floa
 
     Args:
         moments: the layer's target statistics (``XXᵀ`` is the Hessian of the output error).
-        sparsity: the fraction removed in every block of 128 columns (so in the layer).
+        sparsity: the fraction removed from each row in every block of 128 columns (so in the layer).
         damp: ``λ`` added to the diagonal of ``XXᵀ``, as a fraction of its mean.
 
     Returns:
         A :class:`~netcompress.prune.MaskedLinear` / ``MaskedConv2d`` whose kept weights are updated.
     """
     check_sparsegpt(layer, sparsity=sparsity, damp=damp)
+    module = masked_like(layer)
     pruned = torch.zeros(layer.weight.shape[0], layer.weight[0].numel(), dtype=torch.bool,
                          device=layer.weight.device)
 
-    def choose(start: int, end: int, W: torch.Tensor, U: torch.Tensor) -> None:
-        """The block's removals: the least saliency w²/[H⁻¹]_ii on the weights as updated so far."""
+    def choose(rows: slice, start: int, end: int, W: torch.Tensor, U: torch.Tensor) -> None:
+        """Each row's removals in the block: its least saliency w²/[H⁻¹]_ii on the weights as updated so far."""
         saliency = W[:, start:end].square() / U.diagonal()[start:end].square()[None, :]
-        remove = int(saliency.numel() * sparsity)
+        remove = int((end - start) * sparsity)
         if remove:
-            chosen = torch.zeros(saliency.numel(), dtype=torch.bool, device=W.device)
-            chosen[saliency.flatten().argsort(stable=True)[:remove]] = True
-            pruned[:, start:end] = chosen.reshape(saliency.shape)
+            least = saliency.argsort(dim=1, stable=True)[:, :remove]
+            pruned[rows, start:end] = torch.zeros_like(saliency, dtype=torch.bool).scatter_(1, least, True)
 
-    W = sweep_columns(layer, moments, damp, lambda i, W: W[:, i].masked_fill(pruned[:, i], 0.0), choose, BLOCK)
-    W[pruned] = 0.0
-    module = masked_like(layer)
+    def finish(rows: slice, W: torch.Tensor) -> None:
+        module.weight.view(module.weight.shape[0], -1)[rows] = W.masked_fill_(pruned[rows], 0.0)
+
     with torch.no_grad():
-        module.weight.copy_(W.reshape(module.weight.shape))
+        sweep_columns(layer, moments, damp, lambda rows, i, W: W[:, i].masked_fill(pruned[rows, i], 0.0),
+                      choose, finish, BLOCK)
         module.mask.copy_(~pruned.reshape(module.mask.shape))
         if layer.bias is not None:
             module.bias.copy_(layer.bias)

@@ -68,19 +68,22 @@ def gptq(layer: nn.Module, moments: Moments, *, bits: int, group_size: int | Non
     check_gptq(layer, bits=bits, group_size=group_size, symmetric=symmetric, damp=damp)
     out, columns = layer.weight.shape[0], layer.weight[0].numel()
     size = columns if group_size is None else group_size
-    codes = torch.zeros(out, columns, dtype=torch.float64, device=layer.weight.device)
-    scales = torch.zeros(out, columns // size, dtype=torch.float64, device=layer.weight.device)
+    device = layer.weight.device
+    codes = torch.zeros(out, columns, dtype=torch.uint8, device=device)
+    scales = torch.zeros(out, columns // size, dtype=torch.float64, device=device)
     zeros = torch.zeros_like(scales)
-    ones = torch.ones(out, size, dtype=torch.float64, device=layer.weight.device)
 
-    def round_column(i: int, W: torch.Tensor) -> torch.Tensor:
+    def round_column(rows: slice, i: int, W: torch.Tensor) -> torch.Tensor:
         g = i // size
+        scale, zero = scales[rows, g], zeros[rows, g]
         if i % size == 0:  # a new group: its grid from the weights as they are now
-            scales[:, g], zeros[:, g], _ = _affine_grid(W[:, i:i + size], ones, bits, symmetric)
-        codes[:, i] = grid_codes(W[:, i:i + 1], scales[:, g:g + 1], zeros[:, g:g + 1], bits)[:, 0]
-        return (codes[:, i] - zeros[:, g]) * scales[:, g]
+            ones = torch.ones(W.shape[0], size, dtype=W.dtype, device=W.device)
+            scale[:], zero[:], _ = _affine_grid(W[:, i:i + size], ones, bits, symmetric)
+        code = grid_codes(W[:, i], scale, zero, bits)
+        codes[rows, i] = code.to(torch.uint8)
+        return (code - zero) * scale
 
     sweep_columns(layer, moments, damp, round_column, block=BLOCK)
     module = quantized_like(layer, scheme="symmetric" if symmetric else "asymmetric", bits=bits, group_size=size)
     tensors = {"scale": scales} if symmetric else {"scale": scales, "zero_point": zeros.to(torch.uint8)}
-    return _finish(module, layer, codes.to(torch.uint8), None, **tensors)
+    return _finish(module, layer, codes, None, **tensors)

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from netcompress._tensors import input_columns
+from netcompress._tensors import input_columns, row_blocks, weight_rows
 from netcompress.moments import Moments
 from netcompress.quantize.modules import QUANTIZABLE, QuantizedEmbedding, quantized_like
 from netcompress.registry import register
@@ -84,14 +84,20 @@ def _finish(module: nn.Module, layer: nn.Module, codes: torch.Tensor, mask: torc
     return module
 
 
-def _weight_and_mask(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The dense float64 weight matrix (out, rest) of a plain, masked or quantized layer, and its mask."""
-    weight = layer.weight.detach()
+def _weight_and_mask(layer: nn.Module, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The float64 weight matrix (rows, in·kh·kw) of a plain, masked or quantized layer's ``rows``, and their mask."""
+    weight = weight_rows(layer, rows).to(torch.float64)
     mask = getattr(layer, "mask", None)
-    out = weight.shape[0]
     if mask is not None:
-        mask = mask.reshape(out, -1).bool()
-    return weight.reshape(out, -1).to(torch.float64), mask
+        mask = mask[rows].reshape(weight.shape).bool()
+    return weight, mask
+
+
+def _weight_shape(layer: nn.Module) -> tuple[int, int]:
+    """(output rows, weights per row) of a plain, masked or quantized layer, without decoding it."""
+    stored = getattr(layer, "codes", None)
+    stored = stored if isinstance(stored, torch.Tensor) else layer.weight
+    return stored.shape[0], math.prod(stored.shape[1:])
 
 
 # ---- validation (cheap: shapes and settings only, nothing is built) ---------------------------------------------
@@ -194,13 +200,15 @@ def clip_weights(moments: Moments | None, matrix: torch.Tensor, groups: int = 1)
     energy = energy / energy.mean().clamp_min(1e-30)
     features = energy.numel()
     alpha = features / (moments.count + features)
-    energy = (1 - alpha) * energy + alpha
-    return energy[input_columns(matrix.shape[0], matrix.shape[1], groups).to(matrix.device)].to(matrix.dtype)
+    energy = ((1 - alpha) * energy + alpha).to(matrix.dtype)
+    if groups == 1:  # every row reads the same inputs: a broadcast view, not an (out, in) copy
+        return energy[None, :].expand(matrix.shape)
+    return energy[input_columns(matrix.shape[0], matrix.shape[1], groups).to(matrix.device)]
 
 
 def grid_codes(values: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
     """The nearest ``bits``-bit codes of ``values`` on the grid ``(code − zero)·scale`` (float, broadcast)."""
-    return (values / scale + zero).round().clamp(0, (1 << bits) - 1)
+    return (values / scale).add_(zero).round_().clamp_(0, (1 << bits) - 1)
 
 
 def _affine_grid(values: torch.Tensor, cost: torch.Tensor, bits: int, symmetric: bool
@@ -269,19 +277,35 @@ def uniform(layer: nn.Module, moments: Moments | None = None, *, bits: int, gran
         searched on :data:`CLIP_FRACTIONS`.
     """
     check_uniform(layer, bits, granularity, group_size, symmetric)
-    matrix, mask = _weight_and_mask(layer)
-    out, per_row = matrix.shape
+    out, per_row = _weight_shape(layer)
     size = _columns_per_group(layer, granularity, group_size)
-    cost = clip_weights(None if isinstance(layer, (nn.Embedding, QuantizedEmbedding)) else moments, matrix,
-                        getattr(layer, "groups", 1))
-    live = mask if mask is not None else torch.ones_like(matrix, dtype=torch.bool)
-    blocks = (1, out * per_row) if granularity == "tensor" else (out * per_row // size, size)
-    values = torch.where(live, matrix, torch.nan).reshape(blocks)
-    scale, zero, codes = _affine_grid(values, cost.reshape(blocks), bits, symmetric)
+    groups = getattr(layer, "groups", 1)
+    data = None if isinstance(layer, (nn.Embedding, QuantizedEmbedding)) else moments
+    # Groups never span rows: a block of rows at a time (a language model's head is 32,000 rows).
+    whole = granularity == "tensor" or groups > 1
+    codes = torch.empty(out, per_row, dtype=torch.uint8, device=_weight_device(layer))
+    scales, zeros, masks = [], [], []
+    for rows in [slice(0, out)] if whole else row_blocks(out, per_row):
+        matrix, mask = _weight_and_mask(layer, rows)
+        cost = clip_weights(data, matrix, groups)
+        values = matrix if mask is None else matrix.masked_fill(~mask, torch.nan)
+        blocks = (1, -1) if granularity == "tensor" else (-1, size)
+        scale, zero, block_codes = _affine_grid(values.reshape(blocks), cost.reshape(blocks), bits, symmetric)
+        codes[rows] = block_codes.reshape(-1, per_row)
+        scales.append(scale)
+        zeros.append(zero)
+        masks.append(mask)
+    mask = torch.cat(masks) if masks[0] is not None else None
     module = quantized_like(layer, scheme="symmetric" if symmetric else "asymmetric", bits=bits, group_size=size,
                             per_tensor=granularity == "tensor", masked=mask is not None)
-    tensors = {"scale": scale} if symmetric else {"scale": scale, "zero_point": zero.to(torch.uint8)}
-    return _finish(module, layer, codes.reshape(out, per_row).to(torch.uint8), mask, **tensors)
+    tensors = {"scale": torch.cat(scales)} if symmetric else \
+        {"scale": torch.cat(scales), "zero_point": torch.cat(zeros).to(torch.uint8)}
+    return _finish(module, layer, codes, mask, **tensors)
+
+
+def _weight_device(layer: nn.Module) -> torch.device:
+    stored = getattr(layer, "codes", None)
+    return (stored if isinstance(stored, torch.Tensor) else layer.weight).device
 
 
 # ---- codebook quantizers ------------------------------------------------------------------------------------------

@@ -108,13 +108,15 @@ class QuantizedLayer(nn.Module):
             raise RuntimeError("a quantized layer has neither a codebook nor a scale")
         index = rows if scale.shape[0] > 1 else torch.zeros_like(rows)
         shape = list(codes.shape[:-1]) + [int(scale.shape[1]), self.group_size]
-        values = codes.reshape(shape).to(scale.dtype)
+        values = codes.reshape(shape).to(scale.dtype)  # a new tensor: the steps below work on it in place
         zero_point = self.zero_point
         if zero_point is not None:
-            values = values - zero_point[index].to(scale.dtype).unsqueeze(-1)
+            values.sub_(zero_point[index].to(scale.dtype).unsqueeze(-1))
         else:
-            values = values - self.zero_code
-        return (values * scale[index].unsqueeze(-1)).reshape(codes.shape)
+            values.sub_(self.zero_code)
+        if torch.is_grad_enabled() and scale.requires_grad:  # autograd keeps the codes for the scale's gradient
+            return (values * scale[index].unsqueeze(-1)).reshape(codes.shape)
+        return values.mul_(scale[index].unsqueeze(-1)).reshape(codes.shape)
 
     @property
     def weight(self) -> torch.Tensor:
