@@ -63,7 +63,7 @@ from pathlib import Path
 from _common import print_table
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "scale.md"
+RESULTS = HERE / "results"
 STORED = HERE / "results" / "scale.json"  # every (method, mode) result, for --reuse
 SEED = 0
 MB = 1e6
@@ -265,8 +265,14 @@ def reference_main(args: argparse.Namespace) -> dict:
     import torch
 
     vocab = SIZES[args.size]["vocab_size"]
-    calibration = token_sequences("calibration", args.sequences, args.seq_len, vocab)
-    heldout = token_sequences("heldout", args.heldout, args.seq_len, vocab)
+    if args.tokens:  # token ids written by --write-tokens where the tokenizer's package is installed
+        tokens = torch.load(args.tokens, weights_only=True)
+        calibration, heldout = tokens["calibration"][: args.sequences], tokens["heldout"][: args.heldout]
+        if calibration.shape != (args.sequences, args.seq_len) or heldout.shape != (args.heldout, args.seq_len):
+            raise SystemExit(f"{args.tokens} holds fewer or shorter sequences than asked for; write it again")
+    else:
+        calibration = token_sequences("calibration", args.sequences, args.seq_len, vocab)
+        heldout = token_sequences("heldout", args.heldout, args.seq_len, vocab)
     before = _status_bytes("VmRSS")
     model = build_model(args.size, args.device, args.dtype)
     loaded = _status_bytes("VmRSS") - before
@@ -311,7 +317,8 @@ def run_child(args: argparse.Namespace, extra: list[str]) -> dict:
     """This script again, in a fresh interpreter, with ``extra`` arguments; its JSON result or an error."""
     command = [sys.executable, __file__, "--size", args.size, "--device", args.device, "--dtype", args.dtype,
                "--sequences", str(args.sequences), "--heldout", str(args.heldout), "--seq-len", str(args.seq_len),
-               "--batch-size", str(args.batch_size), "--data", str(args.data), *extra]
+               "--batch-size", str(args.batch_size), "--data", str(args.data),
+               *(["--tokens", str(Path(args.tokens).resolve())] if args.tokens else []), *extra]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT, cwd=HERE, env=env)
@@ -357,11 +364,17 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def write_markdown(preamble: list[str], tables: list[tuple[list[str], list[list[str]]]]) -> None:
-    RESULTS.parent.mkdir(exist_ok=True)
+def results_file(args: argparse.Namespace) -> Path:
+    """``results/scale.md`` for the 125 M model on CPU, ``results/scale-<size>-<device>.md`` for another setup."""
+    default = args.size == "125m" and args.device == "cpu"
+    return RESULTS / ("scale.md" if default else f"scale-{args.size}-{args.device}.md")
+
+
+def write_markdown(path: Path, preamble: list[str], tables: list[tuple[list[str], list[list[str]]]]) -> None:
+    path.parent.mkdir(exist_ok=True)
     text = "# Compressing a LLaMA-shaped model: time and peak memory\n\n" + "\n".join(preamble) + "\n"
     text += "".join("\n" + markdown(h, r) + "\n" for h, r in tables)
-    RESULTS.write_text(text)
+    path.write_text(text)
 
 
 # --------------------------------------------------------------------------- main
@@ -383,6 +396,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default=None, help="bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--reuse", action="store_true",
                         help="take (method, mode) results of this setup stored in results/scale.json by earlier runs")
+    parser.add_argument("--tokens", default=None,
+                        help="token ids saved by --write-tokens (for a machine without the MiniLM tokenizer's package)")
+    parser.add_argument("--write-tokens", default=None, metavar="FILE",
+                        help="save the calibration and held-out token ids to FILE and stop")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -437,6 +454,14 @@ def main() -> None:
         result = reference_main(args) if args.reference else one_main(args)
         print("RESULT " + json.dumps(result), flush=True)
         return
+    if args.write_tokens:
+        import torch
+
+        vocab = SIZES[args.size]["vocab_size"]
+        torch.save({"calibration": token_sequences("calibration", args.sequences, args.seq_len, vocab),
+                    "heldout": token_sequences("heldout", args.heldout, args.seq_len, vocab)}, args.write_tokens)
+        print(f"wrote {args.sequences} + {args.heldout} sequences of {args.seq_len} token ids to {args.write_tokens}")
+        return
     methods, modes = args.methods.split(","), args.modes.split(",")
     unknown = [m for m in methods if m not in METHODS] + [m for m in modes if m not in MODES]
     if unknown:
@@ -477,8 +502,8 @@ def main() -> None:
                  f"({total:.0f} s{', some rows stored by earlier runs' if args.reuse else ''}).",
                  "", "peak / size = (loaded model + extra peak during compress) / float32 model size; "
                  "the target is ≤ 2 in sequential mode.", "", "Yardsticks: " + "; ".join(sticks) + "."]
-    write_markdown(preamble, [(header, rows), (where_header, where_rows)])
-    print(f"\ntotal {total:.0f} s; wrote {RESULTS.relative_to(HERE.parent)}")
+    write_markdown(results_file(args), preamble, [(header, rows), (where_header, where_rows)])
+    print(f"\ntotal {total:.0f} s; wrote {results_file(args).relative_to(HERE.parent)}")
 
 
 if __name__ == "__main__":

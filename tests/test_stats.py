@@ -220,13 +220,13 @@ def test_shared_statistics_round_trip_through_safetensors(tmp_path):
 
 def test_wide_outputs_are_folded_a_block_of_samples_at_a_time(monkeypatch):
     """A 32,000-word head's responses are taken in float64 in blocks: the same statistics as all at once."""
-    import netcompress.stats
+    import netcompress._tensors
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 50), nn.ReLU(), nn.Linear(50, 7))
     x = torch.randn(40, 6)
     whole = nc.collect(net, x.split(10), progress=False)
-    monkeypatch.setattr(netcompress.stats, "CHUNK_ELEMENTS", 60)  # one or a few samples per block
+    monkeypatch.setattr(netcompress._tensors, "ROW_BLOCK_ELEMENTS", 60)  # one or a few samples per block
     blocks = nc.collect(net, x.split(10), progress=False)
     for name in whole:
         for field in ("positive_count", "response_sum", "response_max", "gram"):

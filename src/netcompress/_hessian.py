@@ -31,13 +31,15 @@ def inverse_hessian_factor(gram: torch.Tensor, damp: float = DEFAULT_DAMP) -> tu
     An input that is always zero on the target data gets ``H_ii = 1`` (its weights cannot
     matter and are set to zero by the caller), so ``H`` stays positive definite.
     """
-    H = gram.to(torch.float64).clone()
-    dead = H.diagonal() <= 0
-    H.diagonal()[dead] = 1.0
+    H = gram.to(torch.float64).flip(0, 1)  # P H P, a copy: damped in place below
+    dead = H.diagonal().flip(0) <= 0
+    H.diagonal()[dead.flip(0)] = 1.0
     H.diagonal().add_(damp * float(H.diagonal().mean()))
-    L = torch.linalg.cholesky(H.flip(0, 1))
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1), dead
+    L = torch.linalg.cholesky(H)
+    del H  # a d×d float64 matrix less at the peak (d = 5,632 in a 1 B model's MLP: 254 MB)
+    inverse = torch.linalg.solve_triangular(L, torch.eye(L.shape[0], dtype=L.dtype, device=L.device), upper=False)
+    del L
+    return inverse.flip(0, 1), dead
 
 
 def check_hessian_layer(layer: nn.Module, method: str, damp: float) -> None:

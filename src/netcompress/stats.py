@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from netcompress import _tensors
 from netcompress._compat import moved_names
 from netcompress._layers import explicit_names, explicit_padding, progress_disabled, resolve_layers
 from netcompress._tensors import (
@@ -276,8 +277,8 @@ class _Recorder:
             if reference is not None:
                 _fold_inputs(m.reference, reference)
                 m.cross.addmm_(reference.T, rows)
-        step = max(1, CHUNK_ELEMENTS // max(out.shape[1], 1))
-        for start in range(0, out.shape[0], step):  # float64 responses, a block of samples at a time
+        step = max(1, _tensors.ROW_BLOCK_ELEMENTS // max(out.shape[1], 1))
+        for start in range(0, out.shape[0], step):  # float64 responses, a few MB of samples at a time
             block = out[start:start + step].to(torch.float64)
             response = block.clamp_min(0)
             m.positive_count += (block > 0).sum(0)
