@@ -97,6 +97,24 @@ def test_activation_pruning_drops_the_weakest_units(criterion):
     torch.testing.assert_close(model[0].weight, expected)
 
 
+@pytest.mark.parametrize("criterion", ["mean", "max", "rate"])
+def test_activation_pruning_removes_the_weakest_channels_of_a_convolution(criterion):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 4))
+    x = torch.randn(40, 3, 8, 8)
+    response = torch.relu(model[0](x)).detach().transpose(0, 1).reshape(8, -1)  # channel × (image, position)
+    score = {"mean": response.mean(1), "max": response.amax(1), "rate": (response > 0).double().mean(1)}[criterion]
+    kept = score.double().argsort(stable=True)[4:].sort().values
+    expected = model[0].weight[kept].clone(), model[2].weight[:, kept].clone()
+    nc.compress(model, x, method="activation", sparsity=0.5, criterion=criterion, layers=["0"], holdout=0,
+                progress=False)
+    assert model[0].out_channels == 4 and model[2].in_channels == 4
+    torch.testing.assert_close(model[0].weight, expected[0])
+    torch.testing.assert_close(model[2].weight, expected[1])
+    assert model(x).shape == (40, 4)
+
+
 class Unsafe(nn.Module):
     def __init__(self):
         super().__init__()

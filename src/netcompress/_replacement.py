@@ -15,6 +15,7 @@ from torch import nn
 
 from netcompress._architecture import remember_original
 from netcompress._layers import Padded, explicit_padding, replace_module
+from netcompress._sizes import saved_bytes
 from netcompress._tensors import WeightRows, call_model, model_device_dtype, plain_bias
 from netcompress._transaction import all_or_nothing, evaluating
 from netcompress.moments import Moments, relative_output_error
@@ -151,14 +152,21 @@ def swap_in(model: nn.Module, plan: Plan) -> None:
         replace_module(model, name, new)
 
 
-def full_report(modules: dict[str, nn.Module], rows: dict[str, LayerRow], skipped: dict[str, str],
+def full_report(model: nn.Module, modules: dict[str, nn.Module], rows: dict[str, LayerRow], skipped: dict[str, str],
                 method: str) -> Report:
-    """Rows for every layer, in the model's order: the planned ones, then the skipped ones with their reasons."""
+    """Rows for every layer, in the model's order: the planned ones, then the skipped ones with their reasons.
+
+    Each row's ``saved_bytes`` is measured on the layer now in ``model``.
+    """
     rows = dict(rows)
     for name, reason in skipped.items():
         if name in modules and name not in rows:
             status = "not selected" if reason in ("not selected", "excluded") else "left dense"
             rows[name] = layer_row(name, modules[name], method, status=status, note="" if reason == "not selected" else reason)
+    now = dict(model.named_modules())
+    for name, row in rows.items():
+        if name in now:
+            row.saved_bytes = saved_bytes(now[name])
     order = {name: i for i, name in enumerate(modules)}
     return Report(sorted(rows.values(), key=lambda r: order.get(r.name, len(order))))
 
@@ -171,4 +179,4 @@ def apply_plan(model: nn.Module, plan: Plan, skipped: dict[str, str], method: st
         swap_in(model, plan)
         if batch is not None:
             check_runs(model, batch)
-    return full_report(modules, plan.rows, skipped, method)
+    return full_report(model, modules, plan.rows, skipped, method)

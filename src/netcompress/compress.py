@@ -154,7 +154,7 @@ class Family:
                 rows.update(plan.rows)
                 del stats, plan  # one block's statistics at a time: freed before the next block's pass
             check_runs(model, first_batch(data))
-        return full_report(modules, rows, skipped, chosen.name)
+        return full_report(model, modules, rows, skipped, chosen.name)
 
     def drop(self, request: Request, selected: dict[str, nn.Module], skipped: dict[str, str],
              explicit: set[str]) -> None:

@@ -60,6 +60,18 @@ class Moments:
             groups=groups,
         )
 
+    @classmethod
+    def white(cls, in_features: int, out_features: int) -> Moments:
+        """Statistics of ``n`` white inputs (zero mean, unit variance: ``XXᵀ = nI``, ``n`` the input width).
+
+        What data-free methods are measured on: ``relative_output_error`` then reads
+        ``‖W − Ŵ‖_F / (‖W‖²_F + ‖b‖²)^½`` for a layer that keeps its bias (``tr(D XXᵀ Dᵀ) = n‖D‖²_F``).
+        """
+        moments = cls.empty(in_features, out_features)
+        moments.gram = torch.eye(in_features, dtype=torch.float64) * in_features
+        moments.count = in_features
+        return moments
+
     @property
     def features(self) -> int:
         """The length of one input sample (all groups together)."""

@@ -36,6 +36,7 @@ class LayerRow:
     bits: float | None = None  # bits per stored weight, for quantized layers
     status: str = "compressed"
     heldout_error: float | None = None
+    saved_bytes: int | None = None  # what netcompress.save writes for the layer's tensors (codes packed)
 
     @property
     def replaced(self) -> bool:
@@ -57,6 +58,12 @@ class Report:
     def params_after(self) -> int:
         return sum(r.params_after for r in self.rows)
 
+    @property
+    def saved_bytes(self) -> int | None:
+        """The bytes ``save`` writes for the reported layers' tensors (``None`` where a row lacks them)."""
+        sizes = [r.saved_bytes for r in self.rows]
+        return None if any(b is None for b in sizes) else sum(sizes)
+
     def __getitem__(self, name: str) -> LayerRow:
         for row in self.rows:
             if row.name == name:
@@ -65,7 +72,7 @@ class Report:
 
     def __str__(self) -> str:
         header = ["layer", "type", "shape", "status", "setting", "params before", "params after", "kept %",
-                  "bits", "rel. error", "held-out", "note"]
+                  "bits", "saved bytes", "rel. error", "held-out", "note"]
         lines = [header]
         for r in self.rows:
             kept = 100 * r.params_after / r.params_before if r.params_before else 100.0
@@ -74,12 +81,14 @@ class Report:
                 r.name, r.kind, "×".join(map(str, r.shape)), r.status, setting,
                 f"{r.params_before:,}", f"{r.params_after:,}", f"{kept:.2f}",
                 "-" if r.bits is None else f"{r.bits:g}",
+                "-" if r.saved_bytes is None else f"{r.saved_bytes:,}",
                 "-" if r.relative_error is None else f"{r.relative_error:.4f}",
                 "-" if r.heldout_error is None else f"{r.heldout_error:.4f}", r.note,
             ])
         total = 100 * self.params_after / self.params_before if self.params_before else 100.0
+        saved = self.saved_bytes
         lines.append(["total", "", "", "", "", f"{self.params_before:,}", f"{self.params_after:,}", f"{total:.2f}",
-                      "", "", "", ""])
+                      "", "-" if saved is None else f"{saved:,}", "", "", ""])
         return text_table(lines[0], lines[1:])
 
     def to_dict(self) -> dict:

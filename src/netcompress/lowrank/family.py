@@ -89,6 +89,15 @@ class LowRankFamily(Family):
                 skipped[name] = reason
                 del selected[name]
 
+    def statistics(self, request: Request, selected: dict[str, nn.Module], skipped: dict[str, str],
+                   explicit: set[str], reference=None) -> LayerStats | None:
+        """The target statistics; without data, for a method that needs none (``svd``), white inputs'."""
+        stats = super().statistics(request, selected, skipped, explicit, reference)
+        if stats is not None:
+            return stats
+        return LayerStats({name: Moments.white(*_matrix_shape(plain_layer(layer))[::-1])
+                           for name, layer in selected.items()})
+
     def validate(self, request: Request, selected: dict[str, nn.Module], skipped: dict[str, str],
                  explicit: set[str]) -> None:
         sizing = request.sizing
@@ -144,6 +153,11 @@ class LowRankFamily(Family):
 
 
 register_family(LowRankFamily())
+
+
+def _matrix_shape(layer: nn.Module) -> tuple[int, int]:
+    """(outputs, inputs per output) of a Linear or an ungrouped Conv2d's im2col matrix."""
+    return layer.weight.shape[0], layer.weight[0].numel()
 
 
 def _factored(name: str, layer: nn.Module, f: Factorization, rank: int, stats: LayerStats,

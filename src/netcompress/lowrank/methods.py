@@ -267,9 +267,13 @@ def _check_dalr(*, lam: float | None = None, bias_compensation: bool = False, sh
 _LOW_RANK = {"family": "lowrank", "needs_stats": True, "example": {"rank": 2}}
 
 
-@register("svd", settings=(), **_LOW_RANK)
+@register("svd", settings=(), **{**_LOW_RANK, "needs_stats": False})
 def svd(layer: nn.Module, moments: Moments, rank: int, *, bias_compensation: bool = False) -> Factorization:
-    """Truncated SVD of the layer's weights (target data used only to measure the error)."""
+    """Truncated SVD of the layer's weights (target data used only to measure the error).
+
+    Without data (``compress(model, None, method="svd", ...)``) the statistics are those of white
+    inputs (:meth:`Moments.white`): errors, ``energy`` and ``budget`` then follow the weight spectrum.
+    """
     W = layer_matrix(layer)
     _check_moments(W, moments)
     rank = _checked_rank(layer, W, rank)

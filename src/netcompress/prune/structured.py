@@ -6,8 +6,10 @@ criteria below, *how much* from ``sparsity``. Removing channels of a producer sl
 rows and the matching inputs of every layer and BatchNorm that reads them.
 
 * ``activation`` (the "Pruning (mean)"/"Pruning (max)" baselines of Masana et al., ICCV 2017; Hu et al.'s
-  neuron importance): units ranked by their post-ReLU response on the target data:
-  ``criterion="mean"``, ``"max"`` or ``"rate"`` (activation rate).
+  neuron importance): units or channels ranked by their rectified response ``max(y, 0)`` on the
+  target data, over samples (and, for a convolution, every position): ``criterion="mean"``,
+  ``"max"`` or ``"rate"`` (activation rate). The response is the layer's own output: behind a
+  BatchNorm it is read before the normalisation.
 * ``channel``: filters ranked by how much output energy they feed into the layers that
   read them on the target data (``criterion="energy"``: ``Σ_f ||W_c[:, f]||² E[x_f²]``), or
   by the plain L1 norm of the filter (``criterion="l1"``). With ``refit=True`` each
@@ -216,7 +218,7 @@ def check_channel(*, sparsity: float, criterion: str = "energy", refit: bool = T
         raise ValueError(f"refit must be true or false, got {refit!r}")
 
 
-@register("activation", family="structural", accepts=(nn.Linear, MaskedLinear), needs_stats=True,
+@register("activation", family="structural", accepts=PRUNABLE, needs_stats=True,
           validate=check_activation, example={"sparsity": 0.5})
 def activation(model, graph, groups, stats, *, sparsity: float, criterion: str = "mean") -> dict[str, nn.Module]:
     """Remove the ``sparsity`` share of units with the weakest target-domain response."""

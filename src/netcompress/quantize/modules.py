@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from netcompress._description import Entry, conv_fields, describable, linear_fields
+from netcompress._tensors import ROW_BLOCK_ELEMENTS, row_blocks, weight_rows
 from netcompress.prune.modules import PRUNABLE
+from netcompress.quantize import kernels
 
 __all__ = [
     "QuantizedLayer",
@@ -118,6 +120,42 @@ class QuantizedLayer(nn.Module):
             return (values * scale[index].unsqueeze(-1)).reshape(codes.shape)
         return values.mul_(scale[index].unsqueeze(-1)).reshape(codes.shape)
 
+    def freeze(self) -> QuantizedLayer:
+        """Keep the decoded float weight for layouts no low-bit kernel takes (fast, 4 bytes per weight).
+
+        The codes stay the source of truth: the kept weight is rebuilt when they, the scales or
+        the codebook change in place, and is never saved. :meth:`unfreeze` drops it.
+        """
+        self.frozen = True
+        return self
+
+    def unfreeze(self) -> QuantizedLayer:
+        """Decode the weight on every call again (the memory of :meth:`freeze` is freed)."""
+        self.frozen, self._dense = False, None
+        return self
+
+    @torch.jit.unused
+    def _inference_weight(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The kept decoded weight of a frozen layer (rebuilt if the stored tensors changed), else ``None``."""
+        if not getattr(self, "frozen", False):
+            return None
+        key = [x.device]
+        for t in (self.codes, self.scale, self.zero_point, self.codebook, self.mask):
+            key += [None] if t is None else [t.data_ptr(), t._version]
+        dense = getattr(self, "_dense", None)
+        if dense is None or dense[0] != key:
+            with torch.no_grad():
+                dense = (key, self.weight)
+            self._dense = dense
+        return dense[1]
+
+    @torch.jit.unused
+    def _needs_gradient(self, x: torch.Tensor) -> bool:
+        """Whether this call must be differentiable (training the scales or codebook, or back into ``x``)."""
+        if not torch.is_grad_enabled():
+            return False
+        return x.requires_grad or any(p.requires_grad for p in self.parameters(recurse=False))
+
     @property
     def weight(self) -> torch.Tensor:
         out = self.codes.shape[0]
@@ -140,7 +178,31 @@ class QuantizedLinear(QuantizedLayer):
                          masked, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight, self.bias)
+        if torch.jit.is_scripting():
+            return nn.functional.linear(x, self.weight, self.bias)
+        return self._inference(x)
+
+    @torch.jit.unused
+    def _inference(self, x: torch.Tensor) -> torch.Tensor:
+        """A low-bit kernel where one takes this layout (:mod:`~netcompress.quantize.kernels`), else the decoded weight."""
+        if self._needs_gradient(x):
+            return nn.functional.linear(x, self.weight, self.bias)
+        prepared = getattr(self, "_prepared", None)
+        if prepared is None or prepared.key != kernels.state_key(self, x):
+            prepared = kernels.prepare(self, x)
+            self._prepared = prepared
+        if prepared is not None:
+            return prepared.linear(x, self.bias)
+        dense = self._inference_weight(x)
+        if dense is not None or self.codes.numel() <= ROW_BLOCK_ELEMENTS:
+            return nn.functional.linear(x, self.weight if dense is None else dense, self.bias)
+        # A large layer (a language model's head) decoded a block of output rows at a time: its float
+        # weight is never held whole.
+        y = x.new_empty(*x.shape[:-1], self.out_features)
+        for rows in row_blocks(self.out_features, self.in_features):
+            bias = None if self.bias is None else self.bias[rows]
+            y[..., rows] = nn.functional.linear(x, weight_rows(self, rows).to(x.dtype), bias)
+        return y
 
     def describe(self) -> dict:
         return {**linear_fields(self), **self._grid_fields(), "bias": self.bias is not None,
@@ -168,7 +230,13 @@ class QuantizedConv2d(QuantizedLayer):
         self._init_codes(shape, scheme, bits, group_size, levels, codebook_rows, per_tensor, masked, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        weight = self.weight if torch.jit.is_scripting() else self._conv_weight(x)
+        return nn.functional.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    @torch.jit.unused
+    def _conv_weight(self, x: torch.Tensor) -> torch.Tensor:
+        dense = None if self._needs_gradient(x) else self._inference_weight(x)
+        return self.weight if dense is None else dense
 
     def describe(self) -> dict:
         return {**conv_fields(self), "groups": self.groups, **self._grid_fields(), "bias": self.bias is not None,

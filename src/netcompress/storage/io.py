@@ -2,7 +2,8 @@
 
 ``save(model, path)`` writes into the directory ``path``
 
-* ``model.safetensors``: the whole ``state_dict`` of the compressed model;
+* ``model.safetensors``: the whole ``state_dict`` of the compressed model, sub-byte codes packed
+  (two 4-bit codes per byte; see :mod:`netcompress.storage.packing`);
 * ``manifest.json``: the type and shape of every layer (see :mod:`netcompress._description`), so that
   replaced, factorized, pruned-to-size and quantized layers can be rebuilt; a fingerprint of the
   *original* architecture (see :mod:`netcompress._architecture`); the SHA-256 of the weights;
@@ -39,12 +40,13 @@ from netcompress._layers import replace_module
 from netcompress._transaction import all_or_nothing
 from netcompress.report import Report
 from netcompress.storage.atomic import atomic_write_bytes, made_directories, staged_file
+from netcompress.storage.packing import pack_codes, unpack_codes
 
 __all__ = ["apply_manifest", "atomic_write_bytes", "check_save_target", "load", "manifest", "read_report", "save"]
 
 FORMAT = "netcompress.manifest"
-VERSION = 3
-READABLE = (2, 3)  # version 2 has no architecture fingerprint: only its layer names are checked
+VERSION = 4
+READABLE = (2, 3, 4)  # 2: no architecture fingerprint (only layer names are checked); 3: codes one per byte
 WEIGHTS, MANIFEST, REPORT = "model.safetensors", "manifest.json", "report.json"
 OWN_FILES = (WEIGHTS, MANIFEST, REPORT)
 MAX_JSON_BYTES = 64 << 20  # a manifest or report of a model with a million layers is far smaller
@@ -228,6 +230,7 @@ def save(model: nn.Module, path: str | os.PathLike, report: Report | None = None
     previous = (_previous_files(path) or ()) if path.is_dir() else ()
     record = manifest(model)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}  # tied weights need copies
+    record["packed"] = pack_codes(model, state)
     report_text = report.to_json() if report is not None else None
     with made_directories(path), ExitStack() as stack:
         # Renamed into place in reverse order of entering: weights, report, then the manifest that vouches for them.
@@ -273,6 +276,7 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     with all_or_nothing(model):
         for name, new in planned.items():
             replace_module(model, name, new)
+        unpack_codes(model, state, record.get("packed"), str(file))
         _load_state(model, state, weights)
     return model
 
