@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # A pinned CPU build: a bare `torch` or an open range pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-peers clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ bench: install
 	$(PIP) install -q -e ".[bench,real]"
 	cd benchmarks && for script in bench_dalr bench_sweep bench_inference bench_storage bench_channel_pruning \
 		bench_quantization bench_real_models bench_latency; do echo "== $$script"; ../$(PY) $$script.py || exit 1; done
+
+# torchao, optimum-quanto and Torch-Pruning beside netcompress; the constraint keeps the pinned torch.
+bench-peers: install
+	echo "$(TORCH)" > $(VENV)/torch-constraint.txt
+	$(PIP) install -q -c $(VENV)/torch-constraint.txt -e ".[bench,real,peers]"
+	cd benchmarks && ../$(PY) bench_peers.py
 
 clean:
 	rm -rf $(VENV) netcompress-demo netcompress-deep-compression

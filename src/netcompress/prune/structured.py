@@ -202,7 +202,7 @@ def _prune(model, graph: ChannelGraph, groups, stats, sparsity, criterion, refit
     return replacements
 
 
-def check_activation(*, sparsity: float, criterion: str = "mean") -> None:
+def check_activation(*, sparsity: float, criterion: str = "max") -> None:
     """Refuse bad ``activation`` settings before any work."""
     _check_sparsity(sparsity)
     if criterion not in ("mean", "max", "rate"):
@@ -220,7 +220,7 @@ def check_channel(*, sparsity: float, criterion: str = "energy", refit: bool = T
 
 @register("activation", family="structural", accepts=PRUNABLE, needs_stats=True,
           validate=check_activation, example={"sparsity": 0.5})
-def activation(model, graph, groups, stats, *, sparsity: float, criterion: str = "mean") -> dict[str, nn.Module]:
+def activation(model, graph, groups, stats, *, sparsity: float, criterion: str = "max") -> dict[str, nn.Module]:
     """Remove the ``sparsity`` share of units with the weakest target-domain response."""
     check_activation(sparsity=sparsity, criterion=criterion)
     return _prune(model, graph, groups, stats, sparsity, criterion, refit=False)
