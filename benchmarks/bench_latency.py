@@ -337,20 +337,48 @@ def _whole_model_refusal(model: nn.Module, batches: list[dict]) -> str | None:
     return None
 
 
-def minilm_bench(quick: bool, seq_len: int) -> Bench:
-    """all-MiniLM-L6-v2, dense and compressed, calibrated on real English sentences."""
+@dataclass
+class MiniLM:
+    """all-MiniLM-L6-v2 with its calibration batches, held-out quality and timing inputs."""
+
+    model: nn.Module
+    batches: list
+    calibration: list[str]
+    heldout: list[str]
+    quality: Callable[[nn.Module], float]  # mean held-out sentence-embedding cosine to the dense model
+    inputs: Callable[[int], Callable[[nn.Module], object]]  # batch → a call on that many padded sentences
+
+
+def minilm_parts(quick: bool, seq_len: int) -> MiniLM:
+    """The model, ``count`` calibration and held-out sentences (32 with ``quick``, else 128) and how to score it."""
     from netcompress.prototype.experiments import real_models as rm
 
     model, tokenizer = rm.minilm()
     count = 32 if quick else 128
     calibration = rm.sentences("calibration", count, seed=SEED)
     heldout = rm.sentences("heldout", count, seed=SEED)
-    batches = rm.tokenize(tokenizer, calibration, batch_size=16)
     reference = rm.embed(model, tokenizer, heldout)
 
     def quality(m: nn.Module) -> float:
+        return rm.embedding_cosine(reference, rm.embed(m, tokenizer, heldout))
+
+    def inputs(batch: int) -> Callable[[nn.Module], object]:
+        texts = (heldout * (batch // len(heldout) + 1))[:batch]
+        encoded = dict(tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len,
+                                 return_tensors="pt"))
+        return lambda m: m(**encoded)
+
+    return MiniLM(model, rm.tokenize(tokenizer, calibration, batch_size=16), calibration, heldout, quality, inputs)
+
+
+def minilm_bench(quick: bool, seq_len: int) -> Bench:
+    """all-MiniLM-L6-v2, dense and compressed, calibrated on real English sentences."""
+    parts = minilm_parts(quick, seq_len)
+    model, batches, calibration, heldout = parts.model, parts.batches, parts.calibration, parts.heldout
+
+    def quality(m: nn.Module) -> float:
         with torch.inference_mode():
-            return rm.embedding_cosine(reference, rm.embed(m, tokenizer, heldout))
+            return parts.quality(m)
 
     # The 36 encoder Linear layers carry the arithmetic; the embedding look-ups and the pooler (one
     # 384×384 layer on the first token, not part of the sentence embedding) stay dense in every form.
@@ -382,14 +410,8 @@ def minilm_bench(quick: bool, seq_len: int) -> Bench:
     notes.insert(0, f"Calibration: {len(calibration)} sentences; quality: mean cosine of sentence embeddings "
                     f"against the dense model on {len(heldout)} held-out sentences (1.0 = identical). "
                     "Embedding look-ups and the pooler stay dense in every form.")
-
-    def inputs(batch: int) -> Callable[[nn.Module], object]:
-        texts = (heldout * (batch // len(heldout) + 1))[:batch]
-        encoded = dict(tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len,
-                                 return_tensors="pt"))
-        return lambda m: m(**encoded)
-
-    return Bench(f"all-MiniLM-L6-v2 ({seq_len} tokens per sentence)", "cosine vs dense", ".4f", forms, inputs, notes)
+    return Bench(f"all-MiniLM-L6-v2 ({seq_len} tokens per sentence)", "cosine vs dense", ".4f", forms, parts.inputs,
+                 notes)
 
 
 # --------------------------------------------------------------------------- tables

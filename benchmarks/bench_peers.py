@@ -59,7 +59,7 @@ from torch import nn
 
 import netcompress as nc
 from _common import print_table, trained
-from bench_latency import latencies, load, machine, markdown_table, phase
+from bench_latency import latencies, load, machine, markdown_table, minilm_parts, phase
 from netcompress.distill.finetune import accuracy
 
 HERE = Path(__file__).resolve().parent
@@ -74,9 +74,10 @@ MARKDOWN_HEAD = """# netcompress next to torchao, optimum-quanto and Torch-Pruni
 
 Written by `benchmarks/bench_peers.py` (its docstring gives the method). Quality is top-1 accuracy (%) or the
 mean cosine to the dense model's embeddings; no form is fine-tuned. "bytes": `torch.save(state_dict)` for
-dense and peer forms, `model.safetensors` + `manifest.json` from `nc.save` for netcompress forms. Weight-only
-quantized forms rebuild float weights inside every call in eager mode, so they are not expected to be faster
-than dense; pruned forms are smaller float32 networks. Latency: median ms per call, forms interleaved.
+dense and peer forms, `model.safetensors` + `manifest.json` from `nc.save` for netcompress forms. On this CPU
+weight-only quantized float32 forms decode or convert their codes inside every call (PyTorch's int8/int4
+kernels are fast only for bfloat16 activations), so they are not expected to be faster than dense; pruned
+forms are smaller float32 networks. Latency: median ms per call, forms interleaved.
 
 """
 
@@ -304,30 +305,14 @@ def lenet_bench(peers: dict[str, Any]) -> Bench:
 
 
 def minilm_bench(peers: dict[str, Any], quick: bool, seq_len: int) -> Bench:
-    from netcompress.prototype.experiments import real_models as rm
-
-    model, tokenizer = rm.minilm()
-    count = 32 if quick else 128
-    calibration = rm.sentences("calibration", count, seed=SEED)
-    heldout = rm.sentences("heldout", count, seed=SEED)
-    batches = rm.tokenize(tokenizer, calibration, batch_size=16)
-    reference = rm.embed(model, tokenizer, heldout)
-
-    def quality(m: nn.Module) -> float:
-        return rm.embedding_cosine(reference, rm.embed(m, tokenizer, heldout))
-
-    def inputs(batch: int) -> Callable[[nn.Module], object]:
-        texts = (heldout * (batch // len(heldout) + 1))[:batch]
-        encoded = dict(tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len,
-                                 return_tensors="pt"))
-        return lambda m: m(**encoded)
-
-    notes = [f"Calibration: {len(calibration)} sentences; quality: mean cosine of sentence embeddings against "
-             f"the dense model on {len(heldout)} held-out sentences. Only the encoder's Linear layers are "
+    parts = minilm_parts(quick, seq_len)
+    notes = [f"Calibration: {len(parts.calibration)} sentences; quality: mean cosine of sentence embeddings against "
+             f"the dense model on {len(parts.heldout)} held-out sentences. Only the encoder's Linear layers are "
              "quantized, by every library; embeddings and the pooler stay float32."]
     with phase("MiniLM: compressing"):
-        rows = make_rows(model, quantizers(peers, batches, encoder_only=True), quality, inputs(1), notes)
-    return Bench(f"all-MiniLM-L6-v2 ({seq_len} tokens per sentence)", "cosine vs dense", ".4f", rows, inputs,
+        rows = make_rows(parts.model, quantizers(peers, parts.batches, encoder_only=True), parts.quality,
+                         parts.inputs(1), notes)
+    return Bench(f"all-MiniLM-L6-v2 ({seq_len} tokens per sentence)", "cosine vs dense", ".4f", rows, parts.inputs,
                  (1, 32), notes)
 
 

@@ -320,6 +320,8 @@ def run_child(args: argparse.Namespace, extra: list[str]) -> dict:
                "--batch-size", str(args.batch_size), "--data", str(args.data),
                *(["--tokens", str(Path(args.tokens).resolve())] if args.tokens else []), *extra]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
+    if args.mmap_threshold:  # glibc: blocks above this size are mapped and unmapped, not kept in the heap
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT, cwd=HERE, env=env)
     except subprocess.TimeoutExpired:
@@ -367,7 +369,8 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 def results_file(args: argparse.Namespace) -> Path:
     """``results/scale.md`` for the 125 M model on CPU, ``results/scale-<size>-<device>.md`` for another setup."""
     default = args.size == "125m" and args.device == "cpu"
-    return RESULTS / ("scale.md" if default else f"scale-{args.size}-{args.device}.md")
+    name = "scale" if default else f"scale-{args.size}-{args.device}"
+    return RESULTS / (name + (f"-mmap{args.mmap_threshold}" if args.mmap_threshold else "") + ".md")
 
 
 def write_markdown(path: Path, preamble: list[str], tables: list[tuple[list[str], list[list[str]]]]) -> None:
@@ -394,6 +397,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default=None, help="cuda if available, else cpu")
     parser.add_argument("--dtype", default=None, help="bfloat16 on cuda, float32 on cpu")
+    parser.add_argument("--mmap-threshold", type=int, default=0, metavar="BYTES",
+                        help="set glibc's MALLOC_MMAP_THRESHOLD_ in the runs (default: glibc's own, which rises "
+                             "to 32 MB as blocks are freed, so freed blocks stay in RSS)")
     parser.add_argument("--reuse", action="store_true",
                         help="take (method, mode) results of this setup stored in results/scale.json by earlier runs")
     parser.add_argument("--tokens", default=None,
@@ -414,7 +420,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def _key(args: argparse.Namespace, method: str, mode: str) -> str:
     """What a stored result depends on: the setup, the method and the mode."""
     return "|".join(map(str, (args.size, args.device, args.dtype, args.sequences, args.heldout, args.seq_len,
-                              args.batch_size, method, mode)))
+                              args.batch_size, method, mode, *([args.mmap_threshold] if args.mmap_threshold else []))))
 
 
 def load_stored() -> dict[str, dict]:
@@ -441,6 +447,10 @@ def preamble_lines(args: argparse.Namespace, params: int) -> list[str]:
         f"{args.heldout} other sequences.",
         f"Machine: {os.cpu_count()} CPU cores, torch threads = cores; \"load\" is the 1-minute load average when "
         "the call ended (above the core count, other work shared the cores and the time is inflated).",
+        "Allocator: " + (f"glibc with MALLOC_MMAP_THRESHOLD_={args.mmap_threshold} (freed blocks above it go back "
+                         "to the system at once)." if args.mmap_threshold else
+                         "glibc's default (its mmap threshold rises to 32 MB as large blocks are freed, so "
+                         "freed blocks up to that size stay in the heap and count in RSS)."),
     ]
 
 
@@ -496,9 +506,10 @@ def main() -> None:
     print("the highest 20 ms sample. Yardsticks: " + "; ".join(sticks) + ".")
     print_table(where_header, where_rows)
     total = time.perf_counter() - started
+    threshold = f" --mmap-threshold {args.mmap_threshold}" if args.mmap_threshold else ""
     preamble += [f"Command: `python benchmarks/bench_scale.py --size {args.size} --methods {args.methods} "
                  f"--modes {args.modes} --sequences {args.sequences} --heldout {args.heldout} --seq-len "
-                 f"{args.seq_len} --batch-size {args.batch_size}{' --reuse' if args.reuse else ''}` "
+                 f"{args.seq_len} --batch-size {args.batch_size}{threshold}{' --reuse' if args.reuse else ''}` "
                  f"({total:.0f} s{', some rows stored by earlier runs' if args.reuse else ''}).",
                  "", "peak / size = (loaded model + extra peak during compress) / float32 model size; "
                  "the target is ≤ 2 in sequential mode.", "", "Yardsticks: " + "; ".join(sticks) + "."]

@@ -5,6 +5,7 @@ from torch import nn
 
 import netcompress as nc
 from conftest import SmallNet
+from netcompress.stats import layers_called_once
 
 
 def test_linear_statistics_match_direct_sums():
@@ -164,6 +165,21 @@ def test_stopping_early_is_off_when_a_layer_runs_twice_in_a_pass():
     whole = nc.collect(net, x, ["fc"], progress=False)
     early = nc.collect(net, x, ["fc"], progress=False, stop_early=True)
     assert early["fc"].count == whole["fc"].count == 24
+    assert not layers_called_once(net, x[0], ["fc", "out"]) and layers_called_once(net, x[0], ["out"])
+
+
+def test_when_layers_are_known_to_run_once_even_the_first_pass_stops_at_them():
+    net = SmallNet()
+    data = torch.randn(24, 3, 8, 8, generator=torch.Generator().manual_seed(4)).split(6)
+    assert layers_called_once(net, data[0], ["conv1", "conv2", "fc1", "fc2"])
+    later = []
+    handle = net.fc2.register_forward_hook(lambda *_: later.append(1))  # fc2 runs after conv1, conv2
+    early = nc.collect(net, data, ["conv1", "conv2"], progress=False, stop_early=True, called_once=True)
+    handle.remove()
+    whole = nc.collect(net, data, ["conv1", "conv2"], progress=False)
+    assert not later  # no pass went past conv2, the first neither
+    for name, m in whole.items():
+        torch.testing.assert_close(early[name].gram, m.gram, rtol=0, atol=0)
 
 
 class _Attention(nn.Module):

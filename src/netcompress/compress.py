@@ -49,7 +49,7 @@ from netcompress._transaction import all_or_nothing
 from netcompress.registry import FAMILIES, METHODS, Method, register_family
 from netcompress.registry import method as _method
 from netcompress.report import LayerRow, Report
-from netcompress.stats import LayerStats, collect
+from netcompress.stats import LayerStats, collect, layers_called_once
 
 __all__ = ["DEFAULT_HOLDOUT", "METHODS", "Family", "Request", "compress"]
 
@@ -80,6 +80,7 @@ class Request:
     progress: bool | None = None
     sequential: bool = False
     blocks: str | None = None
+    called_once: bool = False  # every selected layer runs at most once per forward pass (checked once)
 
     def fail(self, name: str, explicit: set[str], error: Exception, selected: dict, skipped: dict) -> None:
         """A layer a setting does not fit: raise if the user named it, else leave it dense with the reason."""
@@ -136,7 +137,10 @@ class Family:
         modules = dict(model.named_modules())
         rows: dict[str, LayerRow] = {}
         data = request.data if isinstance(request.data, torch.Tensor) else list(request.data)
-        request = dataclasses.replace(request, data=data)
+        # One whole pass checks no layer runs twice, so that every block's passes stop at the block
+        # (a whole pass of a language model also makes its logits, a vocabulary-wide tensor).
+        once = layers_called_once(model, first_batch(data), list(selected))
+        request = dataclasses.replace(request, data=data, called_once=once)
         given, arguments = self.arguments(request, selected)  # once, on the original weights of every layer
         originals: dict[str, nn.Module] = {}
         with all_or_nothing(model, values=False):  # only modules are swapped: nothing to copy
@@ -197,7 +201,8 @@ class Family:
             observable = [n for n, m in selected.items() if isinstance(m, OBSERVABLE)]
             if observable or chosen.needs_stats:
                 stats = collect(request.model, data, observable, positions=request.positions, holdout=request.holdout,
-                                progress=request.progress, stop_early=request.sequential, reference=reference)
+                                progress=request.progress, stop_early=request.sequential, reference=reference,
+                                called_once=request.called_once)
         if chosen.needs_stats:
             unreached = [n for n in selected if n not in stats]
             if any(n in explicit for n in unreached):

@@ -441,10 +441,10 @@ class _Reached(Exception):
 class _Stopper:
     """Ends a forward pass once each layer has been called, after a first whole pass showed none is called twice."""
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], armed: bool = False):
         self.calls = dict.fromkeys(names, 0)
-        self.armed = False
-        self.first = True
+        self.armed = armed
+        self.first = not armed
 
     def hook(self, name: str):
         def called(module, args, output) -> None:
@@ -460,6 +460,30 @@ class _Stopper:
 
 
 @torch.no_grad()
+def layers_called_once(model: nn.Module, batch, names: Iterable[str]) -> bool:
+    """Whether each of the layers ``names`` runs at most once in a forward pass of ``model`` on ``batch``.
+
+    What lets every pass of sequential compression stop as soon as its block has run: a layer
+    called twice (shared weights, a loop) would have its later calls cut off.
+    """
+    modules = dict(model.named_modules())
+    calls = dict.fromkeys(names, 0)
+
+    def counter(name: str):
+        def count(module, args, output) -> None:
+            calls[name] += 1
+        return count
+
+    handles = [modules[name].register_forward_hook(counter(name)) for name in calls]
+    try:
+        _run(model, batch, 0, _SharedInputs(None), None)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return max(calls.values(), default=0) <= 1
+
+
+@torch.no_grad()
 def collect(
     model: nn.Module,
     data: Iterable | torch.Tensor,
@@ -471,6 +495,7 @@ def collect(
     progress: bool | None = None,
     stop_early: bool = False,
     reference: Callable[[], AbstractContextManager] | None = None,
+    called_once: bool = False,
 ) -> LayerStats:
     """Gather the target-domain statistics of ``layers`` in one pass over ``data``.
 
@@ -491,7 +516,8 @@ def collect(
         stop_early: end each forward pass as soon as every layer has been recorded (the
             model's output is not needed), which sequential compression uses so that a block
             near the input costs a fraction of a pass. The first pass runs whole; if a layer is
-            called more than once in it, every pass runs whole.
+            called more than once in it, every pass runs whole. ``called_once=True`` (the caller
+            checked that with :func:`layers_called_once`) stops the first pass early too.
         reference: a context in which ``model`` is the original network (sequential
             compression swaps the original layers back in). Each batch then runs twice, first
             there and then as ``model`` is, and every Linear (and ungrouped Conv2d) also gets
@@ -518,7 +544,7 @@ def collect(
     recorders = {name: _Recorder(name, layer, positions, generator, shared, reference is not None)
                  for name, layer in selected.items()}
     handles = [layer.register_forward_hook(recorders[name]) for name, layer in selected.items()]
-    stopper = _Stopper(list(selected)) if stop_early else None
+    stopper = _Stopper(list(selected), armed=called_once) if stop_early else None
     if stopper is not None:  # registered after the recorders: a layer is recorded before the pass stops
         handles += [layer.register_forward_hook(stopper.hook(name)) for name, layer in selected.items()]
     batches = samples = 0
