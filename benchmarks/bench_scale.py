@@ -447,11 +447,12 @@ def preamble_lines(args: argparse.Namespace, params: int) -> list[str]:
         f"{args.heldout} other sequences.",
         f"Machine: {os.cpu_count()} CPU cores, torch threads = cores; \"load\" is the 1-minute load average when "
         "the call ended (above the core count, other work shared the cores and the time is inflated).",
+    ] + ([] if args.device != "cpu" else [
         "Allocator: " + (f"glibc with MALLOC_MMAP_THRESHOLD_={args.mmap_threshold} (freed blocks above it go back "
                          "to the system at once)." if args.mmap_threshold else
                          "glibc's default (its mmap threshold rises to 32 MB as large blocks are freed, so "
                          "freed blocks up to that size stay in the heap and count in RSS)."),
-    ]
+    ])
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$OUT/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -5
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py ${EXTRA_TESTS:-} 2>&1 | tee "$OUT/cuda_tests.log" | tail -5
 (cd benchmarks && timeout "${SCALE_TIMEOUT:-420}" python3 bench_scale.py --size 1.1b \
-    --methods "${SCALE_METHODS:-uniform,gptq}" --modes independent,sequential --tokens ../.gpu/tokens.pt \
+    --methods "${SCALE_METHODS:-uniform,gptq}" --modes "${SCALE_MODES:-independent,sequential}" --tokens ../.gpu/tokens.pt \
     2>&1 | tee "$OUT/scale.log")
 cp benchmarks/results/scale-1.1b-cuda.md benchmarks/results/scale.json "$OUT/" 2>/dev/null
 exit 0
