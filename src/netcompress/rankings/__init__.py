@@ -1,0 +1,21 @@
+"""Learning from rankings (Liu, van de Weijer and Bagdanov, "RankIQA: Learning from rankings for
+no-reference image quality assessment", ICCV 2017): images ranked by quality for free, by distorting
+a photograph at increasing strength, and a Siamese network trained on those rankings.
+
+* :mod:`.distortions`: the four distortions of the paper at five levels each;
+* :mod:`.losses`: the pairwise ranking loss, the standard and the fast Siamese forms, the contrastive loss;
+* :mod:`.metrics`: LCC and SROCC, the paper's evaluation measures.
+"""
+
+from netcompress.rankings.distortions import KINDS, LEVELS, distort, distortion_series
+from netcompress.rankings.losses import (
+           contrastive_loss,
+           fast_ranking_loss,
+           ranked_pairs,
+           ranking_loss,
+           siamese_ranking_loss,
+)
+from netcompress.rankings.metrics import lcc, srocc
+
+__all__ = ["KINDS", "LEVELS", "contrastive_loss", "distort", "distortion_series", "fast_ranking_loss", "lcc",
+           "ranked_pairs", "ranking_loss", "siamese_ranking_loss", "srocc"]

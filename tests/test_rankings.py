@@ -1,0 +1,91 @@
+"""Learning from rankings: the fast Siamese loss against the standard one, distortions, LCC and SROCC."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import pearsonr, spearmanr
+from torch import nn
+
+from netcompress.rankings import (
+    KINDS,
+    contrastive_loss,
+    distort,
+    distortion_series,
+    fast_ranking_loss,
+    lcc,
+    ranked_pairs,
+    siamese_ranking_loss,
+    srocc,
+)
+
+
+def _scorer():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 1))
+
+
+def test_the_fast_loss_and_its_gradients_equal_the_standard_siamese_pairs():
+    model = _scorer()
+    groups, size = 3, 5
+    x = torch.randn(groups * size, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    better, worse = ranked_pairs(groups, size)
+    assert len(better) == groups * 10  # every pair inside each group of 5, none across groups
+    assert all(b // size == w // size and b < w for b, w in zip(better.tolist(), worse.tolist(), strict=True))
+
+    standard = siamese_ranking_loss(model, x[better], x[worse], margin=0.5)  # two passes per pair
+    expected = torch.autograd.grad(standard, list(model.parameters()))
+    fast = fast_ranking_loss(model(x), size, margin=0.5)  # one pass per image
+    got = torch.autograd.grad(fast, list(model.parameters()))
+    torch.testing.assert_close(fast, standard)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
+    assert standard.item() > 0  # the margin is active on some pairs: the gradients are not trivially zero
+
+
+def test_the_ranking_loss_is_the_hinge_on_the_score_difference():
+    scores = torch.tensor([3.0, 2.5, 0.0, 1.0])  # one group of 4, best first
+    pairs = [(3.0, 2.5), (3.0, 0.0), (3.0, 1.0), (2.5, 0.0), (2.5, 1.0), (0.0, 1.0)]
+    expected = np.mean([max(0.0, -(a - b) + 1.0) for a, b in pairs])
+    assert fast_ranking_loss(scores, 4, margin=1.0).item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="not whole groups of 4"):
+        fast_ranking_loss(torch.randn(6), 4)
+
+
+def test_contrastive_loss_follows_the_seed():
+    d, similar = torch.tensor([0.5, 2.0, 0.3]), torch.tensor([1, 0, 0])
+    expected = np.mean([0.5 * 0.25, 0.0, 0.5 * (1.0 - 0.3) ** 2])
+    assert contrastive_loss(d, similar, margin=1.0).item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_level_is_worse_than_the_last_by_a_full_reference_measure(kind):
+    from skimage import data
+    from skimage.metrics import peak_signal_noise_ratio
+
+    reference = data.astronaut()[100:228, 150:278]  # a real photograph, 128×128
+    series = distortion_series(reference, kind)
+    psnr = [peak_signal_noise_ratio(reference, image) for image in series]
+    assert all(image.shape == reference.shape and image.dtype == np.uint8 for image in series)
+    assert all(a > b for a, b in zip(psnr, psnr[1:], strict=False)), psnr
+    assert np.array_equal(distort(reference, kind, 3), distort(reference, kind, 3))  # seeded
+
+
+def test_bad_distortion_requests_are_refused_in_one_sentence():
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        distort(image, "gif", 1)
+    with pytest.raises(ValueError, match="level must be an integer from 1 to 5"):
+        distort(image, "blur", 6)
+    with pytest.raises(ValueError, match="uint8 array"):
+        distort(image.astype(np.float32), "jpeg", 1)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_lcc_and_srocc_equal_scipy(ties):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40)
+    y = x + rng.normal(scale=0.8, size=40)
+    if ties:
+        x, y = np.round(x), np.round(y, 1)
+    assert lcc(x, y) == pytest.approx(pearsonr(x, y)[0], abs=1e-12)
+    assert srocc(x, y) == pytest.approx(spearmanr(x, y)[0], abs=1e-12)
