@@ -8,14 +8,19 @@ from torch import nn
 
 from netcompress.rankings import (
     KINDS,
+    RankedSet,
+    Shallow,
     contrastive_loss,
     distort,
     distortion_series,
     fast_ranking_loss,
     lcc,
     ranked_pairs,
+    score_image,
     siamese_ranking_loss,
+    split_by_reference,
     srocc,
+    train_ranker,
 )
 
 
@@ -89,3 +94,51 @@ def test_lcc_and_srocc_equal_scipy(ties):
         x, y = np.round(x), np.round(y, 1)
     assert lcc(x, y) == pytest.approx(pearsonr(x, y)[0], abs=1e-12)
     assert srocc(x, y) == pytest.approx(spearmanr(x, y)[0], abs=1e-12)
+
+
+def _photographs():
+    from skimage import data
+
+    return [data.astronaut()[::4, ::4], data.coffee()[::4, ::4], data.chelsea()[::3, ::3], data.rocket()[::4, ::4]]
+
+
+def test_fast_and_standard_training_follow_the_same_path():
+    """Same batches, same loss and gradient: Adam takes the same steps (up to rounding, which its
+    normalisation amplifies where a gradient is nearly zero: the losses are compared, loosely after step 1)."""
+    ranked = RankedSet(_photographs()[:2], crop=48)
+    histories = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        histories.append(train_ranker(Shallow(48, width=4), ranked, steps=3, groups=2, fast=fast, seed=1,
+                                      progress=False))
+    fast, standard = histories
+    assert fast.losses[0] == pytest.approx(standard.losses[0], rel=1e-5)
+    assert fast.losses == pytest.approx(standard.losses, rel=1e-2)
+
+
+def test_a_network_trained_on_rankings_orders_a_held_out_photograph_by_distortion_level():
+    *train, held_out = _photographs()  # three references to learn from, the rocket never seen
+    ranked = RankedSet(train, crop=48, kinds=("blur", "noise"))
+    torch.manual_seed(0)
+    model = Shallow(48, width=16)
+    history = train_ranker(model, ranked, steps=100, groups=4, lr=1e-3, progress=False)
+    assert np.mean(history.losses[-10:]) < 0.5 * np.mean(history.losses[:10])
+    for kind in ("blur", "noise"):
+        scores = [score_image(model, image, 48, crops=8) for image in distortion_series(held_out, kind)]
+        assert srocc(-np.arange(5), scores) >= 0.8, (kind, scores)
+
+
+def test_ranked_sets_splits_and_networks_refuse_what_they_cannot_use():
+    train, test = split_by_reference(10, 0.2, seed=3)
+    assert sorted(train + test) == list(range(10)) and len(test) == 2 and not set(train) & set(test)
+    assert split_by_reference(10, 0.2, seed=3) == (train, test)
+    ranked = RankedSet(_photographs()[:1], crop=48, kinds=("jpeg",))
+    batch = ranked.batch(3, torch.Generator().manual_seed(0))
+    assert batch.shape == (15, 3, 48, 48) and 0 <= batch.min() and batch.max() <= 1
+    assert torch.equal(batch, ranked.batch(3, torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="smaller than the 64-pixel crop"):
+        RankedSet([np.zeros((40, 80, 3), dtype=np.uint8)], crop=64)
+    with pytest.raises(ValueError, match="use at least 48"):
+        Shallow(40)
+    with pytest.raises(ValueError, match="smaller than the 48-pixel crop"):
+        score_image(Shallow(48), np.zeros((30, 30, 3), dtype=np.uint8), 48)

@@ -4,18 +4,24 @@ a photograph at increasing strength, and a Siamese network trained on those rank
 
 * :mod:`.distortions`: the four distortions of the paper at five levels each;
 * :mod:`.losses`: the pairwise ranking loss, the standard and the fast Siamese forms, the contrastive loss;
-* :mod:`.metrics`: LCC and SROCC, the paper's evaluation measures.
+* :mod:`.metrics`: LCC and SROCC, the paper's evaluation measures;
+* :mod:`.data`: ranked groups of crops (:class:`RankedSet`) and splits by reference image;
+* :mod:`.networks`: the paper's *Shallow* network; :mod:`.train`: training on rankings, scoring.
 """
 
+from netcompress.rankings.data import RankedSet, as_tensor, split_by_reference
 from netcompress.rankings.distortions import KINDS, LEVELS, distort, distortion_series
 from netcompress.rankings.losses import (
-           contrastive_loss,
-           fast_ranking_loss,
-           ranked_pairs,
-           ranking_loss,
-           siamese_ranking_loss,
+    contrastive_loss,
+    fast_ranking_loss,
+    ranked_pairs,
+    ranking_loss,
+    siamese_ranking_loss,
 )
 from netcompress.rankings.metrics import lcc, srocc
+from netcompress.rankings.networks import Shallow
+from netcompress.rankings.train import RankingHistory, score_image, train_ranker
 
-__all__ = ["KINDS", "LEVELS", "contrastive_loss", "distort", "distortion_series", "fast_ranking_loss", "lcc",
+__all__ = ["RankedSet", "RankingHistory", "Shallow", "as_tensor", "score_image", "split_by_reference", "train_ranker",
+           "KINDS", "LEVELS", "contrastive_loss", "distort", "distortion_series", "fast_ranking_loss", "lcc",
            "ranked_pairs", "ranking_loss", "siamese_ranking_loss", "srocc"]
