@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, help="ONNX opset version (default: torch's)")
     export.add_argument("--force", action="store_true", help="replace an existing file netcompress did not write")
 
+    from netcompress.cli.rank import add_rank_commands
+
+    add_rank_commands(commands, common)
+
     demo = commands.add_parser("demo", parents=[common],
                                help="reproduce the seeds' tables on real data shipped with Python packages")
     demo.add_argument("name", nargs="?", default="domain-transfer",
@@ -395,6 +399,12 @@ def _sentence(error: BaseException) -> str:
     return f"{type(error).__name__}: {first or 'no message'} (run with --debug for the traceback)"
 
 
+def _rank_command(args: argparse.Namespace) -> None:
+    from netcompress.cli.rank import rank
+
+    rank(args)
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"netcompress: warning: {message}", file=sys.stderr)
 
@@ -407,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
-            {"compress": _compress, "report": _report, "export": _export, "demo": _demo}[args.command](args)
+            {"compress": _compress, "report": _report, "export": _export, "demo": _demo, "rank": _rank_command}[args.command](args)
     except KeyboardInterrupt:
         print("netcompress: interrupted; nothing was written", file=sys.stderr)
         return 130
