@@ -13,9 +13,13 @@ from netcompress.rankings import (
     contrastive_loss,
     distort,
     distortion_series,
+    evaluate_scores,
     fast_ranking_loss,
+    fit_scores,
+    full_reference_scores,
     lcc,
     ranked_pairs,
+    read_scores,
     score_image,
     siamese_ranking_loss,
     split_by_reference,
@@ -142,3 +146,52 @@ def test_ranked_sets_splits_and_networks_refuse_what_they_cannot_use():
         Shallow(40)
     with pytest.raises(ValueError, match="smaller than the 48-pixel crop"):
         score_image(Shallow(48), np.zeros((30, 30, 3), dtype=np.uint8), 48)
+
+
+def test_scores_are_read_from_a_csv_and_bad_files_are_refused(tmp_path):
+    good = tmp_path / "scores.csv"
+    good.write_text("image,score\na.png,71.5\nb.png,12\n")
+    assert read_scores(good) == {"a.png": 71.5, "b.png": 12.0}
+    for text, message in [("name,value\na.png,1\n", "columns 'image' and 'score'"),
+                          ("image,score\na.png,high\n", "line 2: score 'high' is not a number"),
+                          ("image,score\na.png,1\na.png,2\n", "line 3: image 'a.png' is scored twice"),
+                          ("image,score\n", "holds no scores")]:
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_scores(bad)
+
+
+def test_the_full_reference_stand_in_falls_with_every_level():
+    reference = _photographs()[0]
+    for kind in KINDS:
+        scores = full_reference_scores(reference, distortion_series(reference, kind))
+        assert all(a > b for a, b in zip(scores, scores[1:], strict=False)), (kind, scores)
+
+
+def test_fitting_scores_lowers_the_error_and_correlates_on_the_fitted_images():
+    reference = _photographs()[0]
+    images = [image for kind in ("blur", "noise") for image in distortion_series(reference, kind)]
+    scores = full_reference_scores(reference, images)
+    torch.manual_seed(0)
+    model = Shallow(48, width=16)
+    losses = fit_scores(model, images, scores, 48, steps=200, batch=16, lr=1e-3, progress=False)
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+    fitted_lcc, fitted_srocc = evaluate_scores(model, images, scores, 48, crops=4)
+    assert fitted_lcc > 0.8 and fitted_srocc > 0.8
+
+
+def test_the_rankings_demo_runs_end_to_end_on_real_photographs(tmp_path, monkeypatch):
+    import json
+
+    from netcompress.prototype.experiments import rankings as demo
+
+    small = {name: image[::2, ::2] for name, image in list(demo.photographs().items())[:5]}
+    monkeypatch.setattr(demo, "photographs", lambda: small)
+    result = demo.run(tmp_path, splits=1, steps=4, fit_steps=4, plots=False, echo=lambda *a: None)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert set(written["level_srocc"]) == set(KINDS) and written["siamese"]["fast"]["ms_per_step"] > 0
+    fast, standard = (np.array(written["siamese"][form]["losses"]) for form in ("fast", "standard"))
+    assert fast[0] == pytest.approx(standard[0], rel=1e-5) and np.abs(fast - standard).mean() < 0.02
+    assert set(written["compressed"]) == {"0.5", "0.25"} and result["regression"]["mean"]["ours"]
+    assert not set(written["references"]["train"]) & set(written["references"]["test"])

@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", parents=[common],
                                help="reproduce the seeds' tables on real data shipped with Python packages")
     demo.add_argument("name", nargs="?", default="domain-transfer",
-                      choices=["domain-transfer", "deep-compression", "students", "low-bit", "recovery"])
+                      choices=["domain-transfer", "deep-compression", "students", "low-bit", "recovery", "rankings"])
     demo.add_argument("--out", help="where results.json and the plots go (default netcompress-<name>)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-plots", action="store_true")
@@ -370,6 +370,10 @@ def _demo(args: argparse.Namespace) -> None:
         result = run[args.name](seed=args.seed)
         atomic_write_bytes(Path(out) / "results.json", json.dumps(result, indent=1).encode())
         print(f"wrote {Path(out) / 'results.json'}")
+    elif args.name == "rankings":
+        from netcompress.prototype.experiments.rankings import run
+
+        run(out, seed=args.seed, plots=not args.no_plots)
     elif args.name == "deep-compression":
         from netcompress.prototype.experiments.deep_compression import run
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from netcompress.storage.atomic import atomic_write_bytes
 
-__all__ = ["plot_accuracy", "plot_activation_rates"]
+__all__ = ["plot_accuracy", "plot_activation_rates", "plot_siamese"]
 
 
 def _pyplot():
@@ -61,5 +61,20 @@ def plot_activation_rates(rates: dict, path: str | Path) -> None:
     scatter.set_xlabel("activation rate on source")
     scatter.set_ylabel("activation rate on target")
     figure.suptitle("the activation distribution shifts with the domain", fontsize=10)
+    _save(figure, Path(path))
+    plt.close(figure)
+
+
+def plot_siamese(timing: dict, path: str | Path) -> None:
+    """The ranking loss per step of the standard and the fast Siamese forms, with their ms per step."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5, 3.2))
+    for name, style in (("standard", "-"), ("fast", "--")):
+        run = timing[name]
+        axis.plot(range(1, len(run["losses"]) + 1), run["losses"], style,
+                  label=f"{name} Siamese ({run['ms_per_step']:.0f} ms/step)")
+    axis.set_xlabel("step")
+    axis.set_ylabel("ranking loss")
+    axis.legend()
     _save(figure, Path(path))
     plt.close(figure)
