@@ -195,3 +195,18 @@ def test_the_rankings_demo_runs_end_to_end_on_real_photographs(tmp_path, monkeyp
     assert fast[0] == pytest.approx(standard[0], rel=1e-5) and np.abs(fast - standard).mean() < 0.02
     assert set(written["compressed"]) == {"0.5", "0.25"} and result["regression"]["mean"]["ours"]
     assert not set(written["references"]["train"]) & set(written["references"]["test"])
+
+
+def test_an_interrupted_ranking_run_resumes_to_where_an_uninterrupted_one_ends(tmp_path):
+    ranked = RankedSet(_photographs()[:2], crop=48, kinds=("noise",))
+    torch.manual_seed(0)
+    whole = Shallow(48, width=4)
+    train_ranker(whole, ranked, steps=4, groups=2, progress=False)
+    torch.manual_seed(0)
+    resumed = Shallow(48, width=4)
+    file = tmp_path / "ranker.ckpt"
+    train_ranker(resumed, ranked, steps=2, groups=2, checkpoint=file, checkpoint_every=1, progress=False)  # "stopped"
+    history = train_ranker(resumed, ranked, steps=4, groups=2, checkpoint=file, progress=False)
+    assert len(history.losses) == 4
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

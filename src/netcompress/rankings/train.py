@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,26 +27,49 @@ class RankingHistory:
     seconds: list[float] = field(default_factory=list)
 
 
+def _save_checkpoint(path: Path, step: int, model: nn.Module, optimizer, generator: torch.Generator,
+                     history: RankingHistory) -> None:
+    from netcompress.storage.atomic import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "losses": history.losses, "seconds": history.seconds}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def train_ranker(model: nn.Module, ranked: RankedSet, *, steps: int = 200, groups: int = 4, lr: float = 1e-3,
-                 margin: float = 1.0, fast: bool = True, seed: int = 0, progress: bool | None = None) -> RankingHistory:
+                 margin: float = 1.0, fast: bool = True, seed: int = 0, checkpoint: str | os.PathLike | None = None,
+                 checkpoint_every: int = 50, progress: bool | None = None) -> RankingHistory:
     """Train ``model`` (images → one score each) to rank each group's images best first; returns the history.
 
     Each step draws ``groups`` ranked groups (seeded). ``fast=True`` scores every image once and
     takes all ranked pairs of each group from those scores (:func:`fast_ranking_loss`);
     ``fast=False`` runs the standard Siamese network, two passes per pair. Both give the same loss
     and gradient on the same batch, so with the same seed they follow the same path; only the
-    time differs. Adam, ``lr``.
+    time differs. Adam, ``lr``. With ``checkpoint``, the model, the optimizer and the batch
+    generator are written there (atomically) every ``checkpoint_every`` steps and at the end, and
+    a call that finds the file resumes from it: an interrupted run ends where an uninterrupted one would.
     """
     from tqdm.auto import tqdm
 
-    if steps < 1 or groups < 1:
-        raise ValueError(f"steps and groups must be positive, got {steps} and {groups}")
+    if steps < 1 or groups < 1 or checkpoint_every < 1:
+        raise ValueError(f"steps, groups and checkpoint_every must be positive, got {steps}, {groups} and "
+                         f"{checkpoint_every}")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     better, worse = ranked_pairs(groups, ranked.levels)
     history = RankingHistory()
+    first = 0
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and path.exists():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        history = RankingHistory(list(state["losses"]), list(state["seconds"]))
+        first = int(state["step"])
     model.train()
-    for _ in tqdm(range(steps), desc="ranking", unit="step", disable=progress_disabled(progress)):
+    for step in tqdm(range(first, steps), desc="ranking", unit="step", disable=progress_disabled(progress)):
         x = ranked.batch(groups, generator)
         start = time.perf_counter()
         optimizer.zero_grad()
@@ -55,6 +81,8 @@ def train_ranker(model: nn.Module, ranked: RankedSet, *, steps: int = 200, group
         optimizer.step()
         history.seconds.append(time.perf_counter() - start)
         history.losses.append(float(loss.detach()))
+        if path is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            _save_checkpoint(path, step + 1, model, optimizer, generator, history)
     model.eval()
     return history
 
