@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress._checkpoint import read_checkpoint, write_checkpoint
 from netcompress._layers import progress_disabled
 from netcompress.distill.losses import Batch, FeatureTaps, Logits, codistillation_losses
 
@@ -61,17 +62,11 @@ def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _save_checkpoint(path: Path, student, losses, optimizer, decay, epoch: int) -> None:
-    import io
-
-    from netcompress.storage.atomic import atomic_write_bytes
-
     state = {"epoch": epoch, "student": student.state_dict(), "losses": losses.state_dict(),
              "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
     if decay is not None:
         state["decay"] = decay.state_dict()
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_checkpoint(path, state)
 
 
 def finetune(
@@ -130,8 +125,8 @@ def finetune(
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if schedule == "cosine" else None
     first = 0
     path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
+    if state is not None:
         student.load_state_dict(state["student"])
         losses.load_state_dict(state["losses"])
         optimizer.load_state_dict(state["optimizer"])

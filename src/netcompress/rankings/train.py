@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from netcompress._checkpoint import read_checkpoint, write_checkpoint
 from netcompress._layers import progress_disabled
 from netcompress.rankings.data import RankedSet, _colour, as_tensor
 from netcompress.rankings.losses import fast_ranking_loss, ranked_pairs, siamese_ranking_loss
@@ -25,16 +24,6 @@ class RankingHistory:
 
     losses: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
-
-
-def _save_checkpoint(path: Path, step: int, model: nn.Module, optimizer, generator: torch.Generator,
-                     history: RankingHistory) -> None:
-    from netcompress.storage.atomic import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "losses": history.losses, "seconds": history.seconds}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def train_ranker(model: nn.Module, ranked: RankedSet, *, steps: int = 200, groups: int = 4, lr: float = 1e-3,
@@ -60,14 +49,12 @@ def train_ranker(model: nn.Module, ranked: RankedSet, *, steps: int = 200, group
     better, worse = ranked_pairs(groups, ranked.levels)
     history = RankingHistory()
     first = 0
-    path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(checkpoint)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        history = RankingHistory(list(state["losses"]), list(state["seconds"]))
-        first = int(state["step"])
+        history, first = RankingHistory(list(state["losses"]), list(state["seconds"])), int(state["step"])
     model.train()
     for step in tqdm(range(first, steps), desc="ranking", unit="step", disable=progress_disabled(progress)):
         x = ranked.batch(groups, generator)
@@ -81,8 +68,10 @@ def train_ranker(model: nn.Module, ranked: RankedSet, *, steps: int = 200, group
         optimizer.step()
         history.seconds.append(time.perf_counter() - start)
         history.losses.append(float(loss.detach()))
-        if path is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-            _save_checkpoint(path, step + 1, model, optimizer, generator, history)
+        if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            write_checkpoint(checkpoint, {"step": step + 1, "model": model.state_dict(),
+                                          "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                                          "losses": history.losses, "seconds": history.seconds})
     model.eval()
     return history
 
