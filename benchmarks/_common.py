@@ -1,9 +1,13 @@
-"""Helpers shared by the benchmark scripts (timing, tables)."""
+"""Helpers shared by the benchmark scripts (timing, tables, one run per subprocess)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def best_time(fn: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
@@ -45,3 +49,23 @@ def trained(network: str, seed: int = 0):
     model = finetune(WideMLP(), (source.train_x, source.train_y), epochs=10, lr=1e-3, seed=seed, progress=False)
     finetune(model, (target.train_x, target.train_y), epochs=10, lr=3e-4, seed=seed + 1, progress=False)
     return model, target
+
+
+def run_child(command: Sequence[str], timeout: float, cwd: Path, env: dict[str, str] | None = None) -> dict:
+    """Run ``command`` (a script printing ``RESULT <json>``) offline and without progress bars; its result.
+
+    A failure becomes ``{"error": …}``: the timeout, or the last line of the child's stderr (and the
+    signal that killed it, if one did), so one bad configuration shows as a row rather than ending the run.
+    """
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1", **(env or {}))
+    try:
+        done = subprocess.run(list(command), capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                              env=environment)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:g} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else f"exit status {done.returncode}"
+    return {"error": (f"killed by signal {-done.returncode}; " if done.returncode < 0 else "") + reason[:200]}

@@ -30,13 +30,12 @@ import copy
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import print_table
+from _common import print_table, run_child
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "real_models.json"
@@ -193,20 +192,7 @@ def run_isolated(model_key: str, method: str | None, settings: dict, data_path: 
 
 
 def _run_child(spec: str) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
-    try:
-        done = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True,
-                              timeout=TIME_LIMIT, cwd=HERE, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {TIME_LIMIT} s"}
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-    reason = lines[-1] if lines else f"exit status {done.returncode}"
-    if done.returncode < 0:
-        reason = f"killed by signal {-done.returncode}; {reason}"
-    return {"error": reason[:160]}
+    return run_child([sys.executable, __file__, "--child", spec], TIME_LIMIT, HERE)
 
 
 # --------------------------------------------------------------------------- table

@@ -53,7 +53,6 @@ import ctypes
 import gc
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -61,6 +60,7 @@ import time
 from pathlib import Path
 
 from _common import print_table
+from _common import run_child as common_run_child
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -319,19 +319,9 @@ def run_child(args: argparse.Namespace, extra: list[str]) -> dict:
                "--sequences", str(args.sequences), "--heldout", str(args.heldout), "--seq-len", str(args.seq_len),
                "--batch-size", str(args.batch_size), "--data", str(args.data),
                *(["--tokens", str(Path(args.tokens).resolve())] if args.tokens else []), *extra]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
-    if args.mmap_threshold:  # glibc: blocks above this size are mapped and unmapped, not kept in the heap
-        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT, cwd=HERE, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {CHILD_TIMEOUT} s"}
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-    reason = lines[-1] if lines else f"exit status {done.returncode}"
-    return {"error": (f"killed by signal {-done.returncode}; " if done.returncode < 0 else "") + reason[:200]}
+    # glibc: blocks above the threshold are mapped and unmapped, not kept in the heap
+    env = {"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else None
+    return common_run_child(command, CHILD_TIMEOUT, HERE, env)
 
 
 # --------------------------------------------------------------------------- tables

@@ -164,8 +164,10 @@ def plain_bias(module: nn.Module) -> torch.Tensor | None:
     """The bias a layer adds to its output (a factored layer's is its second factor's)."""
     if isinstance(module, Padded):
         return plain_bias(module.layer)
-    up = getattr(module, "up", None)
-    return up.bias if hasattr(module, "effective_weight") and isinstance(up, nn.Module) else module.bias
+    if hasattr(module, "effective_weight"):
+        up = getattr(module, "up", None)
+        return up.bias if isinstance(up, nn.Module) else module.effective_weight()[1]
+    return module.bias
 
 
 class WeightRows:
@@ -177,9 +179,7 @@ class WeightRows:
 
     def __init__(self, module: nn.Module):
         self.module = module
-        first = weight_rows(module, slice(0, 1))
-        self.dtype = first.dtype
-        self.shape = (_out_features(module), first.shape[1])
+        self.shape = (_out_features(module), weight_rows(module, slice(0, 1)).shape[1])
 
     def __getitem__(self, rows: slice) -> torch.Tensor:
         return weight_rows(self.module, rows)
@@ -202,14 +202,6 @@ def weight_matrix(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
 
     Its mask applied (a pruned layer), rebuilt from codes (a quantized one), the product of its
     factors (a replacement with an ``effective_weight()``, such as a low-rank layer), and seen
-    through a padding wrapper.
+    through a padding wrapper: all of :func:`weight_rows` at once.
     """
-    if isinstance(module, Padded):
-        return weight_matrix(module.layer)
-    if hasattr(module, "effective_weight"):
-        return module.effective_weight()
-    weight = module.weight.detach()
-    mask = getattr(module, "mask", None)
-    if mask is not None and isinstance(module._parameters.get("weight"), nn.Parameter):
-        weight = weight * mask  # (a quantized layer's weight is rebuilt from codes with its mask already)
-    return weight.reshape(weight.shape[0], -1).to(torch.float64), module.bias
+    return weight_rows(module, slice(None)).to(torch.float64), plain_bias(module)

@@ -467,20 +467,14 @@ def layers_called_once(model: nn.Module, batch, names: Iterable[str]) -> bool:
     called twice (shared weights, a loop) would have its later calls cut off.
     """
     modules = dict(model.named_modules())
-    calls = dict.fromkeys(names, 0)
-
-    def counter(name: str):
-        def count(module, args, output) -> None:
-            calls[name] += 1
-        return count
-
-    handles = [modules[name].register_forward_hook(counter(name)) for name in calls]
+    stopper = _Stopper(list(names))  # unarmed: it counts every call of a whole pass, and arms if none ran twice
+    handles = [modules[name].register_forward_hook(stopper.hook(name)) for name in stopper.calls]
     try:
-        _run(model, batch, 0, _SharedInputs(None), None)
+        _run(model, batch, 0, _SharedInputs(None), stopper)
     finally:
         for handle in handles:
             handle.remove()
-    return max(calls.values(), default=0) <= 1
+    return stopper.armed
 
 
 @torch.no_grad()

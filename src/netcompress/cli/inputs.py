@@ -72,6 +72,23 @@ def _open_image(file: Path, image):
         raise ValueError(f"image {file} cannot be read ({_first_line(error)}); remove it from the folder") from None
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files of ``folder`` (by suffix, hidden files left out), sorted; refuses a folder with none."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def checked_size(file: Path, image) -> tuple[int, int]:
+    """``(width, height)`` of an opened image, refusing one above :data:`MAX_IMAGE_PIXELS` before it is decoded."""
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"image {file} is {width:,}×{height:,} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+                         "netcompress reads; shrink it or remove it from the folder")
+    return width, height
+
+
 def _read_images(folder: Path, image_size: tuple[int, int] | None) -> torch.Tensor:
     try:
         from PIL import Image
@@ -79,16 +96,10 @@ def _read_images(folder: Path, image_size: tuple[int, int] | None) -> torch.Tens
         raise ImportError("reading a folder of images needs Pillow; pip install 'netcompress[images]'") from None
     if image_size is not None and not all(isinstance(s, int) and 0 < s <= 16384 for s in image_size):
         raise ValueError(f"image size {image_size} must be two integers from 1 to 16384")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    if not files:
-        raise ValueError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     images, values = [], 0
-    for file in files:
+    for file in image_files(folder):
         with _open_image(file, Image) as image:
-            width, height = image.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ValueError(f"image {file} is {width:,}×{height:,} pixels, more than the {MAX_IMAGE_PIXELS:,} "
-                                 "netcompress reads; shrink it or remove it from the folder")
+            width, height = checked_size(file, image)
             values += 3 * (image_size[0] * image_size[1] if image_size else width * height)
             if values > MAX_FOLDER_VALUES:
                 raise ValueError(f"the images in {folder} need more than {4 * MAX_FOLDER_VALUES >> 30} GiB as floats; "

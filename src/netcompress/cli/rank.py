@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from netcompress.cli.inputs import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, _first_line, _open_image
+from netcompress.cli.inputs import _first_line, _open_image, checked_size, image_files
 
 __all__ = ["add_rank_commands", "rank"]
 
@@ -49,10 +49,7 @@ def read_photograph(file: Path) -> np.ndarray:
     from PIL import Image
 
     with _open_image(file, Image) as image:
-        width, height = image.size
-        if width * height > MAX_IMAGE_PIXELS:
-            raise ValueError(f"image {file} is {width:,}×{height:,} pixels, more than the {MAX_IMAGE_PIXELS:,} "
-                             "netcompress reads; shrink it")
+        checked_size(file, image)
         try:
             return np.asarray(image.convert("RGB"))
         except (OSError, ValueError, SyntaxError) as error:
@@ -63,11 +60,8 @@ def _photographs(folder: Path, crop: int) -> list[np.ndarray]:
     """Every image of ``folder``, each at least ``crop`` pixels on each side."""
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder of images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    if not files:
-        raise ValueError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     photographs = []
-    for file in files:
+    for file in image_files(folder):
         image = read_photograph(file)
         if min(image.shape[:2]) < crop:
             raise ValueError(f"image {file} is {image.shape[1]}×{image.shape[0]} pixels, smaller than the {crop}-pixel "

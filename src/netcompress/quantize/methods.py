@@ -93,11 +93,10 @@ def _weight_and_mask(layer: nn.Module, rows: slice = slice(None)) -> tuple[torch
     return weight, mask
 
 
-def _weight_shape(layer: nn.Module) -> tuple[int, int]:
-    """(output rows, weights per row) of a plain, masked or quantized layer, without decoding it."""
-    stored = getattr(layer, "codes", None)
-    stored = stored if isinstance(stored, torch.Tensor) else layer.weight
-    return stored.shape[0], math.prod(stored.shape[1:])
+def _stored(layer: nn.Module) -> torch.Tensor:
+    """The tensor holding a layer's weights as stored: a quantized layer's codes (not decoded), else its weight."""
+    codes = getattr(layer, "codes", None)
+    return codes if isinstance(codes, torch.Tensor) else layer.weight
 
 
 # ---- validation (cheap: shapes and settings only, nothing is built) ---------------------------------------------
@@ -114,8 +113,7 @@ def _check_layer(layer: nn.Module) -> None:
 
 
 def _per_row(layer: nn.Module) -> int:
-    stored = getattr(layer, "codes", None)  # a quantized layer: do not dequantize it just to count
-    return math.prod((stored if stored is not None else layer.weight).shape[1:])
+    return math.prod(_stored(layer).shape[1:])
 
 
 def _columns_per_group(layer: nn.Module, granularity: object, group_size: object) -> int:
@@ -278,13 +276,13 @@ def uniform(layer: nn.Module, moments: Moments | None = None, *, bits: int, gran
         searched on :data:`CLIP_FRACTIONS`.
     """
     check_uniform(layer, bits, granularity, group_size, symmetric)
-    out, per_row = _weight_shape(layer)
+    out, per_row = _stored(layer).shape[0], _per_row(layer)
     size = _columns_per_group(layer, granularity, group_size)
     groups = getattr(layer, "groups", 1)
     data = None if isinstance(layer, (nn.Embedding, QuantizedEmbedding)) else moments
     # Groups never span rows: a block of rows at a time (a language model's head is 32,000 rows).
     whole = granularity == "tensor" or groups > 1
-    codes = torch.empty(out, per_row, dtype=torch.uint8, device=_weight_device(layer))
+    codes = torch.empty(out, per_row, dtype=torch.uint8, device=_stored(layer).device)
     scales, zeros, masks = [], [], []
     for rows in [slice(0, out)] if whole else row_blocks(out, per_row):
         matrix, mask = _weight_and_mask(layer, rows)
@@ -302,11 +300,6 @@ def uniform(layer: nn.Module, moments: Moments | None = None, *, bits: int, gran
     tensors = {"scale": torch.cat(scales)} if symmetric else \
         {"scale": torch.cat(scales), "zero_point": torch.cat(zeros).to(torch.uint8)}
     return _finish(module, layer, codes, mask, **tensors)
-
-
-def _weight_device(layer: nn.Module) -> torch.device:
-    stored = getattr(layer, "codes", None)
-    return (stored if isinstance(stored, torch.Tensor) else layer.weight).device
 
 
 # ---- codebook quantizers ------------------------------------------------------------------------------------------

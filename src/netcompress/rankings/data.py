@@ -15,7 +15,7 @@ import torch
 
 from netcompress.rankings.distortions import KINDS, LEVELS, distortion_series
 
-__all__ = ["RankedSet", "as_tensor", "split_by_reference"]
+__all__ = ["RankedSet", "as_tensor", "random_crop", "split_by_reference"]
 
 
 def as_tensor(images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
@@ -69,11 +69,17 @@ class RankedSet:
         for _ in range(groups):
             r = int(torch.randint(len(self.references), (1,), generator=generator))
             k = int(torch.randint(len(self.kinds), (1,), generator=generator))
-            stack = self.series[r][k]
-            top = int(torch.randint(stack.shape[1] - self.crop + 1, (1,), generator=generator))
-            left = int(torch.randint(stack.shape[2] - self.crop + 1, (1,), generator=generator))
-            crops.append(stack[:, top:top + self.crop, left:left + self.crop])
+            crops.append(random_crop(self.series[r][k], self.crop, generator))
         return as_tensor(np.concatenate(crops))
+
+
+def random_crop(images: np.ndarray, crop: int, generator: torch.Generator) -> np.ndarray:
+    """The same random ``crop``×``crop`` window of an image (H, W, …) or a stack of images (N, H, W, …), seeded."""
+    height, width = images.shape[-3:-1] if images.ndim == 4 else images.shape[:2]
+    top = int(torch.randint(height - crop + 1, (1,), generator=generator))
+    left = int(torch.randint(width - crop + 1, (1,), generator=generator))
+    window = (slice(top, top + crop), slice(left, left + crop))
+    return images[(slice(None), *window)] if images.ndim == 4 else images[window]
 
 
 def split_by_reference(count: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from netcompress._layers import progress_disabled
-from netcompress.rankings.data import _colour, as_tensor
+from netcompress.rankings.data import _colour, as_tensor, random_crop
 from netcompress.rankings.metrics import lcc, srocc
 from netcompress.rankings.train import score_image
 
@@ -67,10 +67,7 @@ def _crops(images: Sequence[np.ndarray], crop: int, count: int, generator: torch
     picks, batch = [], []
     for _ in range(count):
         i = int(torch.randint(len(images), (1,), generator=generator))
-        image = images[i]
-        top = int(torch.randint(image.shape[0] - crop + 1, (1,), generator=generator))
-        left = int(torch.randint(image.shape[1] - crop + 1, (1,), generator=generator))
-        batch.append(image[top:top + crop, left:left + crop])
+        batch.append(random_crop(images[i], crop, generator))
         picks.append(i)
     return as_tensor(batch), picks
 
