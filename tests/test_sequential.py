@@ -196,3 +196,41 @@ def test_errors_measured_a_few_output_rows_at_a_time_are_the_same(monkeypatch, s
     for a, b in zip(*(r.rows for r in reports), strict=True):
         assert b.relative_error == pytest.approx(a.relative_error, rel=1e-9)
         assert b.heldout_error == pytest.approx(a.heldout_error, rel=1e-9)
+
+
+class _Fanout(nn.Module):
+    """A layer whose output three layers read: two narrow ones and one wider than its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(6, 5)
+        self.q, self.k, self.wide = nn.Linear(5, 3), nn.Linear(5, 4), nn.Linear(5, 40)
+
+    def forward(self, x):
+        h = torch.tanh(self.first(x))
+        return torch.cat([self.q(h), self.k(h), self.wide(h)], dim=1)
+
+
+def test_errors_against_the_original_of_layers_sharing_an_input_and_of_a_wide_layer_equal_direct_ones():
+    """Σ‖Wx‖² is kept per layer (each its own W, one shared Σ x x̃ᵀ); a wide layer's goes through WᵀW."""
+    from netcompress.compress import original_layers
+
+    torch.manual_seed(0)
+    model = _Fanout().double()
+    original = copy.deepcopy(model)
+    with torch.no_grad():
+        model.first.weight.add_(0.2 * torch.randn_like(model.first.weight))  # the "compressed" prefix
+    x = torch.randn(300, 6, dtype=torch.float64)
+    stats = nc.collect(model, x.split(100), ["q", "k", "wide"], progress=False,
+                       reference=lambda: original_layers(model, {"first": original.first}))
+    assert stats.shared == {"k": "q", "wide": "q"} and stats.grams == 1
+    with torch.no_grad():
+        h, h_own = torch.tanh(original.first(x)), torch.tanh(model.first(x))
+        for name in ("q", "k", "wide"):
+            layer = getattr(original, name)
+            new_weight = layer.weight + 0.1 * torch.randn_like(layer.weight)
+            new_bias = layer.bias + 0.1 * torch.randn_like(layer.bias)
+            measured = nc.relative_output_error(layer.weight, layer.bias, new_weight, new_bias, stats[name])
+            target = layer(h)
+            direct = float((h_own @ new_weight.T + new_bias - target).norm() / target.norm())
+            assert measured == pytest.approx(direct, rel=1e-9), name

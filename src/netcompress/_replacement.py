@@ -16,7 +16,7 @@ from torch import nn
 from netcompress._architecture import remember_original
 from netcompress._layers import Padded, explicit_padding, replace_module
 from netcompress._sizes import saved_bytes
-from netcompress._tensors import WeightRows, call_model, model_device_dtype, plain_bias
+from netcompress._tensors import WeightRows, _take, batch_size, call_model, model_device_dtype, plain_bias
 from netcompress._transaction import all_or_nothing, evaluating
 from netcompress.moments import Moments, relative_output_error
 from netcompress.report import LayerRow, Report
@@ -129,7 +129,13 @@ def first_batch(data):
 
 @torch.no_grad()
 def check_runs(model: nn.Module, batch) -> None:
-    """Run the compressed model on one batch; a failure or a non-finite output is an error."""
+    """Run the compressed model on the first sample of a batch; a failure or a non-finite output is an error.
+
+    One sample proves the swapped layers fit together and costs a fraction of the batch (a
+    language model's logits for a whole batch are a vocabulary-wide tensor per token).
+    """
+    if batch_size(batch) > 1:
+        batch = _take(batch, torch.zeros(1, dtype=torch.long))
     try:
         with evaluating(model):
             output = call_model(model, batch, *model_device_dtype(model))

@@ -11,8 +11,27 @@ from netcompress._tensors import row_blocks
 
 __all__ = [
     "Moments",
+    "OriginalInputs",
     "relative_output_error",
 ]
+
+
+@dataclass
+class OriginalInputs:
+    """What sequential compression keeps of the inputs ``x`` the original network gives a layer.
+
+    Every error against the original outputs ``y = W x + b`` needs of them only ``Σx`` and
+    ``Σ‖W x‖² = tr(W XXᵀ Wᵀ)`` for the layer's own original weight ``W``; their ``XXᵀ`` would
+    be one more d×d float64 matrix per layer, in fit and held-out parts, and the largest input's
+    matrices are what bounds the memory of a block-by-block pass.
+    """
+
+    input_sum: torch.Tensor
+    energy: torch.Tensor  # Σ‖W x‖² (float64, 0-d), the outputs' energy without the bias
+
+    @classmethod
+    def empty(cls, in_features: int) -> OriginalInputs:
+        return cls(torch.zeros(in_features, dtype=torch.float64), torch.zeros((), dtype=torch.float64))
 
 
 @dataclass
@@ -39,10 +58,10 @@ class Moments:
     norm4: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
     groups: int = 1
     # Sequential compression (GPTQ-style) feeds a layer the inputs x̃ of the already compressed
-    # layers before it; its target stays the original network's output. ``reference`` holds the
-    # statistics of the inputs x the original network gives the layer on the same samples, and
-    # ``cross`` is ``Σ x x̃ᵀ``; both are None when the inputs are the original ones.
-    reference: Moments | None = None
+    # layers before it; its target stays the original network's output. ``reference`` holds what
+    # the error needs of the inputs x the original network gives the layer on the same samples,
+    # and ``cross`` is ``Σ x x̃ᵀ``; both are None when the inputs are the original ones.
+    reference: OriginalInputs | None = None
     cross: torch.Tensor | None = None
 
     @classmethod
@@ -131,22 +150,25 @@ class Moments:
             (self.response_max, "max"),
             (self.norm4, "sum"),
         ]
-        return own + ([(self.cross, "sum")] if self.cross is not None else [])
+        if self.reference is None:
+            return own
+        return own + [(self.cross, "sum"), (self.reference.input_sum, "sum"), (self.reference.energy, "sum")]
 
-    def reference_products(self, centre: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(Σ x xᵀ, Σ x x̃ᵀ, Σ x̃ x̃ᵀ)`` of the original inputs ``x`` and the layer's own ``x̃``.
+    @property
+    def reference_mean(self) -> torch.Tensor:
+        """``x̄``, the mean of the original network's inputs (sequential compression)."""
+        return self.reference.input_sum / max(self.count, 1)
 
-        Without a reference the three are this layer's ``XXᵀ``. With ``centre`` each input is
-        taken around its mean (``x − x̄``, ``x̃ − x̄̃``), as bias compensation needs.
+    def cross_product(self, centre: bool = False) -> torch.Tensor:
+        """``Σ x x̃ᵀ`` of the original inputs ``x`` and the layer's own ``x̃`` (this layer's ``XXᵀ`` without a reference).
+
+        With ``centre`` each input is taken around its mean (``x − x̄``, ``x̃ − x̄̃``), as bias compensation needs.
         """
         if self.reference is None or self.cross is None:
-            gram = self.centered_gram if centre else self.gram
-            return gram, gram, gram
-        ref = self.reference
+            return self.centered_gram if centre else self.gram
         if not centre:
-            return ref.gram, self.cross, self.gram
-        return ref.centered_gram, self.cross - self.count * torch.outer(ref.mean_input, self.mean_input), \
-            self.centered_gram
+            return self.cross
+        return self.cross - self.count * torch.outer(self.reference_mean, self.mean_input)
 
 
 def relative_output_error(
@@ -163,7 +185,9 @@ def relative_output_error(
     Weights are (out, ...) tensors, compared through their (out, in) im2col matrix view; a
     grouped convolution's rows read their own group's block of the statistics. Where the
     statistics hold a reference (sequential compression), the new layer reads its own inputs
-    ``x̃`` and is compared with the old one on the original network's inputs ``x``.
+    ``x̃`` and is compared with the old one on the original network's inputs ``x``; ``weight``
+    and ``bias`` must then be those of the layer the statistics were gathered on (its
+    ``Σ‖W x‖²`` is what the statistics keep of ``x``).
     """
     if moments.reference is not None and moments.cross is not None and groups == 1:
         return _error_against_reference(weight, bias, new_weight, new_bias, moments)
@@ -203,18 +227,19 @@ def _error_against_reference(weight: torch.Tensor, bias: torch.Tensor | None, ne
                              new_bias: torch.Tensor | None, moments: Moments) -> float:
     """``||Y − Ŷ|| / ||Y||`` with ``Y = W X + b`` on the original inputs and ``Ŷ = Ŵ X̃ + b̂`` on the layer's own.
 
-    ``Σ||y − ŷ||² = Σ||y||² − 2 Σ yᵀŷ + Σ||ŷ||²``, each term from ``XXᵀ``, ``XX̃ᵀ``, ``X̃X̃ᵀ`` and the sums.
+    ``Σ||y − ŷ||² = Σ||y||² − 2 Σ yᵀŷ + Σ||ŷ||²``, each term from ``tr(W XXᵀ Wᵀ)``, ``XX̃ᵀ``, ``X̃X̃ᵀ`` and the sums.
     """
     f64, device, n = torch.float64, moments.gram.device, moments.count
     per_row = math.prod(weight.shape[1:])
     ref = moments.reference
-    energy = product = new_energy = 0.0
+    energy = float(ref.energy)  # Σ‖W x‖² of ``weight``, the layer the statistics were gathered on
+    product = new_energy = 0.0
     for rows in _row_blocks(weight, 1):
         W = weight[rows].detach().reshape(-1, per_row).to(device, f64)
         V = new_weight[rows].detach().reshape(-1, per_row).to(device, f64)
         b, c = _vector(bias, rows, W), _vector(new_bias, rows, W)
         Ws, Vs = W @ ref.input_sum, V @ moments.input_sum
-        energy += float((W @ ref.gram * W).sum() + 2 * b @ Ws + n * b @ b)
+        energy += float(2 * b @ Ws + n * b @ b)
         product += float((W @ moments.cross * V).sum() + b @ Vs + c @ Ws + n * b @ c)
         new_energy += float((V @ moments.gram * V).sum() + 2 * c @ Vs + n * c @ c)
     return _ratio(energy - 2 * product + new_energy, energy)

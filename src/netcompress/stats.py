@@ -35,7 +35,7 @@ from netcompress._tensors import (
     model_device_dtype,
 )
 from netcompress._transaction import evaluating
-from netcompress.moments import Moments
+from netcompress.moments import Moments, OriginalInputs
 
 __all__ = [
     "CHUNK_ELEMENTS",
@@ -208,13 +208,16 @@ class _Recorder:
             out_features, groups = layer.out_channels, layer.groups
         else:
             in_features, out_features = layer.in_features, layer.out_features
-        self.moments = Moments.empty(in_features, out_features, groups)
-        self.heldout = Moments.empty(in_features, out_features, groups)
+        # XXᵀ (and Σ x x̃ᵀ) are allocated at the first fold: a layer that reads the same input as an
+        # earlier one (key and value after query) shares that layer's and never needs its own.
+        per_group = in_features // groups
+        self.gram_shape = (per_group, per_group) if groups == 1 else (groups, per_group, per_group)
+        self.moments, self.heldout = (_without_grams(in_features, out_features, groups) for _ in range(2))
         self.paired = paired and groups == 1  # a grouped convolution keeps its own inputs' statistics only
         if self.paired:
             for m in (self.moments, self.heldout):
-                m.reference = Moments.empty(in_features, out_features)
-                m.cross = torch.zeros(in_features, in_features, dtype=torch.float64)
+                m.reference = OriginalInputs.empty(in_features)
+        self.weight_gram: torch.Tensor | None = None  # WᵀW of a wide-output layer, for Σ‖W x‖² (see _original_energy)
         self.target = self.moments
         self.shared = shared
         self.leader: _Recorder | None = None  # the layer whose input statistics this one shares
@@ -238,11 +241,11 @@ class _Recorder:
                 f"layer {self.name!r} received NaN or Inf inputs; check the data and the layers before it"
             )
         if self.capturing:
-            if self.paired and self.leader is None:
+            if self.paired:  # a layer sharing its input keeps the same tensor: nothing is copied
                 self.captured.append(x)
             return
         original = None
-        if self.paired and self.leader is None:
+        if self.paired:
             if not self.captured or self.captured[0].shape != x.shape:
                 raise ValueError(f"layer {self.name!r} ran with other inputs in the compressed model than in the "
                                  "original one; compress it without sequential=True")
@@ -263,9 +266,9 @@ class _Recorder:
         m = self.target
         if m.positive_count.device != out.device:
             _move(m, out.device)
-        if self.leader is None:  # a layer sharing its input with an earlier one has nothing more to learn from it
+        reference = None if original is None else input_matrix(module, original).to(torch.float64)
+        if self.leader is None:  # a layer sharing its input with an earlier one learns nothing more from it
             rows = input_matrix(module, x).to(torch.float64)
-            reference = None if original is None else input_matrix(module, original).to(torch.float64)
             index = self._positions(rows.shape[0], images) if isinstance(module, nn.Conv2d) else None
             if index is not None:
                 index = index.to(rows.device)
@@ -273,10 +276,13 @@ class _Recorder:
                 reference = None if reference is None else reference[index]
             if rows.shape[0] == 0:
                 return
+            self._allocate(m)
             _fold_inputs(m, rows)
             if reference is not None:
-                _fold_inputs(m.reference, reference)
+                m.reference.input_sum += reference.sum(0)
                 m.cross.addmm_(reference.T, rows)
+        if reference is not None:  # every layer's own Σ‖W x‖², a follower's too
+            m.reference.energy += self._original_energy(module, reference)
         step = max(1, _tensors.ROW_BLOCK_ELEMENTS // max(out.shape[1], 1))
         for start in range(0, out.shape[0], step):  # float64 responses, a few MB of samples at a time
             block = out[start:start + step].to(torch.float64)
@@ -286,6 +292,30 @@ class _Recorder:
             torch.maximum(m.response_max, response.amax(0), out=m.response_max)
         m.output_count += out.shape[0]
 
+    def _allocate(self, m: Moments) -> None:
+        """``XXᵀ`` (and ``Σ x x̃ᵀ``) of ``m`` at its first fold, on the device of its other statistics."""
+        if m.gram.numel() == 0:
+            m.gram = torch.zeros(self.gram_shape, dtype=torch.float64, device=m.input_sum.device)
+            if self.paired:
+                m.cross = torch.zeros(self.gram_shape, dtype=torch.float64, device=m.input_sum.device)
+
+    def _original_energy(self, module: nn.Module, reference: torch.Tensor) -> torch.Tensor:
+        """``Σ‖W x‖²`` over the float64 rows ``x`` of the original inputs, ``W`` this layer's weight.
+
+        The cheaper side of the product: ``‖X Wᵀ‖²`` a block of output rows at a time, or for a
+        layer with more outputs than inputs (a vocabulary head) ``Σ xᵀ(WᵀW)x`` with ``WᵀW`` built once.
+        """
+        out, per_row = _tensors.WeightRows(module).shape
+        blocks = _tensors.row_blocks(out, per_row)
+        if out <= per_row:
+            return sum((reference @ _tensors.weight_rows(module, rows).to(reference).T).pow(2).sum() for rows in blocks)
+        if self.weight_gram is None or self.weight_gram.device != reference.device:
+            self.weight_gram = torch.zeros(per_row, per_row, dtype=torch.float64, device=reference.device)
+            for rows in blocks:
+                block = _tensors.weight_rows(module, rows).to(reference)
+                self.weight_gram.addmm_(block.T, block)
+        return ((reference @ self.weight_gram) * reference).sum()
+
     def _positions(self, samples: int, images: int) -> torch.Tensor | None:
         """The sampled im2col rows of a chunk of ``images`` (``None``: all of them)."""
         per_image = samples // images
@@ -293,6 +323,13 @@ class _Recorder:
             return None
         pick = torch.stack([torch.randperm(per_image, generator=self.generator)[: self.positions] for _ in range(images)])
         return (pick + torch.arange(images).unsqueeze(1) * per_image).reshape(-1)
+
+
+def _without_grams(in_features: int, out_features: int, groups: int) -> Moments:
+    """Empty statistics whose ``XXᵀ`` is not allocated yet (an empty tensor until :meth:`_Recorder._allocate`)."""
+    m = Moments.empty(0, out_features, groups)
+    m.input_sum = torch.zeros(in_features, dtype=torch.float64)
+    return m
 
 
 def _fold_inputs(m: Moments, rows: torch.Tensor) -> None:
@@ -309,7 +346,8 @@ def _move(m: Moments, device: torch.device) -> None:
         setattr(m, attr, getattr(m, attr).to(device))
     if m.cross is not None:
         m.cross = m.cross.to(device)
-        _move(m.reference, device)
+    if m.reference is not None:
+        m.reference = OriginalInputs(m.reference.input_sum.to(device), m.reference.energy.to(device))
 
 
 # XXᵀ is symmetric: from this width on, only its lower block triangle is accumulated
@@ -399,7 +437,9 @@ def _share_inputs(follower: Moments, leader: Moments) -> None:
     """Give ``follower`` the input statistics (``XXᵀ``, ``Σx``, ``Σ||x||⁴``, count) of the layer that read the same input."""
     follower.gram, follower.input_sum, follower.norm4 = leader.gram, leader.input_sum, leader.norm4
     follower.count = leader.count
-    follower.reference, follower.cross = leader.reference, leader.cross
+    follower.cross = leader.cross
+    if leader.reference is not None:  # the original inputs' sum is shared, Σ‖W x‖² is each layer's own
+        follower.reference = OriginalInputs(leader.reference.input_sum, follower.reference.energy)
 
 
 def _all_reduce(stats: LayerStats) -> None:
@@ -409,8 +449,7 @@ def _all_reduce(stats: LayerStats) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     reduced: set[int] = set()  # a shared XXᵀ is one tensor: summed once
-    every = [*stats.values(), *(m.reference for m in stats.values() if m.reference is not None)]
-    for m in {id(m): m for m in every}.values():  # a shared reference is one object: reduced once
+    for m in stats.values():
         for tensor, how in m._tensors():
             if id(tensor) in reduced:
                 continue
@@ -575,6 +614,10 @@ def collect(
     if samples == 0:
         raise ValueError("data yielded no samples; pass at least one batch of target data")
     for rec in recorders.values():
+        if rec.leader is None:  # a part the layer never saw gets zeros
+            rec._allocate(rec.moments)
+            rec._allocate(rec.heldout)
+    for rec in recorders.values():
         if rec.leader is not None:
             _share_inputs(rec.moments, rec.leader.moments)
             _share_inputs(rec.heldout, rec.leader.heldout)
@@ -585,8 +628,6 @@ def collect(
         if part is not None:
             for moments in part.values():
                 _mirror_lower(moments.gram)
-                if moments.reference is not None:
-                    _mirror_lower(moments.reference.gram)
             _all_reduce(part)
     explicit = explicit_names(layers)
     for name in list(stats.layers):

@@ -24,7 +24,7 @@ from torch import nn
 
 from netcompress.lowrank._linalg import leading_output_directions, ridge_solve
 from netcompress.lowrank.modules import build_low_rank
-from netcompress.moments import Moments
+from netcompress.moments import Moments, OriginalInputs
 from netcompress.registry import register
 
 __all__ = [
@@ -97,7 +97,7 @@ class Factorization:
     def output_energy(self) -> float:
         """``Σ ||W x + b||² = tr(W XXᵀ Wᵀ) + 2 bᵀ W Σx + n ||b||²`` over the target samples."""
         if self.original is not None:
-            return _energy(*self.original, self.moments.reference)
+            return _reference_energy(*self.original, self.moments)
         m, W, b = self.moments, self.weight, self.bias
         energy = self.weighted_trace
         if self.compensate_bias:  # tr(W XXᵀ Wᵀ) = tr(W C Wᵀ) + n ||W x̄||²
@@ -162,10 +162,11 @@ class Factorization:
         ``M = Σx x̃ᵀ``, ``H = Σx̃x̃ᵀ`` and orthogonal columns of ``A``:
         ``tr(WGWᵀ) − Σ_{i≤k} (2 a_iᵀ W M b_i − ||a_i||² b_iᵀ H b_i)``.
         """
-        G, M, H = _products_about(moments, self.moments if self.compensate_bias else None)
+        fitted = self.moments if self.compensate_bias else None
+        M, H = _products_about(moments, fitted)
         W = self.original[0]
         gains = 2 * ((self.A.T @ (W @ M)) * self.B).sum(1) - self.A.pow(2).sum(0) * ((self.B @ H) * self.B).sum(1)
-        start = ((W @ G) * W).sum().reshape(1)
+        start = torch.tensor([_original_trace(W, moments, fitted)], dtype=W.dtype, device=W.device)
         return (start - torch.cat([torch.zeros_like(start), gains.cumsum(0)])).clamp_min(0)
 
     def _output_error(self, Q: torch.Tensor | None = None) -> torch.Tensor:
@@ -192,7 +193,7 @@ class Factorization:
         moments = _on(moments, self.weight.device)
         _check_moments(self.weight, moments)
         if self.original is not None:
-            energy = _energy(*self.original, moments.reference)
+            energy = _reference_energy(*self.original, moments)
             errors = self._reference_errors(moments)
             return errors / energy if energy > 0 else torch.zeros_like(errors)
         G = moments.gram
@@ -342,7 +343,7 @@ def dalr(
     # the leading directions of the fitted outputs, C(X̃X̃ᵀ)Cᵀ (reduced-rank regression).
     # XX̃ᵀ is shrunk with X̃X̃ᵀ, towards the same scaled identity: with few samples (α → 1)
     # C → W and sequential DALR, like DALR, moves to SVD rather than fitting the sample.
-    _, M, _ = moments.reference_products(centre=bias_compensation)
+    M = moments.cross_product(centre=bias_compensation)
     C = ridge_solve(Q, ridge, (W @ shrunk_towards_identity(M, H, alpha)).T).T
     U, trace = leading_output_directions(C, Q, rank)
     bias, original = _targets(layer, W, C, moments, bias_compensation)
@@ -425,37 +426,48 @@ def _targets(layer: nn.Module, W: torch.Tensor, fitted: torch.Tensor, moments: M
         return bias, None
     start = bias
     if compensate:
-        start = (bias if bias is not None else 0) + W @ moments.reference.mean_input - fitted @ moments.mean_input
+        start = (bias if bias is not None else 0) + W @ moments.reference_mean - fitted @ moments.mean_input
     return start, (W, bias)
 
 
-def _energy(W: torch.Tensor, b: torch.Tensor | None, moments: Moments) -> float:
-    """``Σ ||W x + b||²`` over the samples of ``moments``."""
-    energy = float(((W @ moments.gram) * W).sum())
+def _reference_energy(W: torch.Tensor, b: torch.Tensor | None, moments: Moments) -> float:
+    """``Σ ||W x + b||²`` over the original inputs ``x`` of ``moments`` (``W`` the layer they were gathered on)."""
+    energy = float(moments.reference.energy)
     if b is not None:
-        energy += 2 * float(b @ (W @ moments.input_sum)) + moments.count * float(b @ b)
+        energy += 2 * float(b @ (W @ moments.reference.input_sum)) + moments.count * float(b @ b)
     return energy
 
 
-def _products_about(moments: Moments, fitted: Moments | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(Σxxᵀ, Σxx̃ᵀ, Σx̃x̃ᵀ)`` of ``moments``; with ``fitted``, of ``x − x̄`` and ``x̃ − x̃̄`` (its means)."""
-    ref = moments.reference
+def _original_trace(W: torch.Tensor, moments: Moments, fitted: Moments | None) -> float:
+    """``tr(W G Wᵀ)``, ``G = Σxxᵀ`` of the original inputs, or with ``fitted`` ``Σ(x − c)(x − c)ᵀ``, ``c`` its mean.
+
+    ``Σ‖W(x − c)‖² = Σ‖Wx‖² − 2 (Wc)ᵀ(WΣx) + n‖Wc‖²``: from what the statistics keep of ``x``.
+    """
+    trace = float(moments.reference.energy)
     if fitted is None:
-        return ref.gram, moments.cross, moments.gram
-    c, d, n = fitted.reference.mean_input, fitted.mean_input, moments.count
+        return trace
+    Wc, Ws = W @ fitted.reference_mean, W @ moments.reference.input_sum
+    return trace - 2 * float(Wc @ Ws) + moments.count * float(Wc @ Wc)
+
+
+def _products_about(moments: Moments, fitted: Moments | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σxx̃ᵀ, Σx̃x̃ᵀ)`` of ``moments``; with ``fitted``, of ``x − x̄`` and ``x̃ − x̃̄`` (its means)."""
+    if fitted is None:
+        return moments.cross, moments.gram
+    c, d, n = fitted.reference_mean, fitted.mean_input, moments.count
 
     def about(product: torch.Tensor, left_sum: torch.Tensor, right_sum: torch.Tensor, u: torch.Tensor,
               v: torch.Tensor) -> torch.Tensor:  # Σ(a − u)(b − v)ᵀ
         return product - torch.outer(u, right_sum) - torch.outer(left_sum, v) + n * torch.outer(u, v)
 
-    return (about(ref.gram, ref.input_sum, ref.input_sum, c, c),
-            about(moments.cross, ref.input_sum, moments.input_sum, c, d),
+    return (about(moments.cross, moments.reference.input_sum, moments.input_sum, c, d),
             about(moments.gram, moments.input_sum, moments.input_sum, d, d))
 
 
 def _on(moments: Moments, device: torch.device) -> Moments:
     if moments.gram.device == device:
         return moments
-    fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else _on(v, device) if isinstance(v, Moments) else v)
+    fields = {k: (v.to(device) if isinstance(v, torch.Tensor)
+                  else OriginalInputs(v.input_sum.to(device), v.energy.to(device)) if isinstance(v, OriginalInputs) else v)
               for k, v in vars(moments).items()}
     return Moments(**fields)
