@@ -11,6 +11,7 @@ The public surface (everything else is an implementation detail)::
     netcompress.compress(model, method="kmeans", bits=5)             # share weights
     netcompress.save_compressed(model, "model.ncz")                  # Huffman-coded container
     netcompress.export_onnx(model, batch, "model.onnx", check_data=batches)  # checked with onnxruntime
+    netcompress.prune_reallocate(model, (x, y), flops=0.3, epochs=5)  # PEEL: channels where they help
 """
 
 # Importing a family's package registers its methods.
@@ -19,12 +20,15 @@ from netcompress._layers import Padded
 from netcompress.compress import METHODS, Family, Request, compress
 from netcompress.distill.finetune import finetune
 from netcompress.export import ExportResult, export_onnx
+from netcompress.flops import count_flops
 from netcompress.lowrank.family import sweep
 from netcompress.lowrank.methods import Factorization, dalr, dalr_bc, svd, svd_bc
 from netcompress.lowrank.modules import LowRankConv2d, LowRankLinear
 from netcompress.moments import Moments, relative_output_error
 from netcompress.pipeline import read_recipe, run_pipeline
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear
+from netcompress.prune.n2n import N2NResult, n2n_search
+from netcompress.prune.reallocate import Reallocation, prune_reallocate
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedLinear
 from netcompress.registry import Method, register, register_family, unregister
 from netcompress.report import LayerRow, Report
@@ -51,18 +55,23 @@ __all__ = [
     "MaskedConv2d",
     "MaskedLinear",
     "Moments",
+    "N2NResult",
     "Padded",
     "QuantizedConv2d",
     "QuantizedLinear",
+    "Reallocation",
     "Report",
     "collect",
     "compress",
+    "count_flops",
     "dalr",
     "dalr_bc",
     "export_onnx",
     "finetune",
     "load",
     "load_compressed",
+    "n2n_search",
+    "prune_reallocate",
     "read_recipe",
     "read_report",
     "register",

@@ -53,6 +53,9 @@ class Method:
       divide its width); a layer of the default selection that does not fit is left dense;
     * ``prepare(layers, per_layer)``: turn the settings into each layer's arguments, where a
       setting couples layers (magnitude pruning's global threshold).
+
+    A low-rank method whose factors are not two matrices (a separable convolution) gives
+    ``rank_cost(layer) -> (parameters per rank, largest rank)`` for the family's sizing.
     """
 
     name: str
@@ -65,6 +68,7 @@ class Method:
     validate: Callable | None = None
     prepare: Callable | None = None
     example: Mapping[str, Any] = field(default_factory=dict)
+    rank_cost: Callable | None = None
 
     def schema(self) -> dict[str, tuple[type, ...] | None]:
         """Setting → the Python types it takes (``None``: not checked), from the annotations."""
@@ -110,6 +114,7 @@ def register(
     validate: Callable | None = None,
     prepare: Callable | None = None,
     example: Mapping[str, Any] | None = None,
+    rank_cost: Callable | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as method ``name`` of ``family`` (see the module docstring).
 
@@ -124,7 +129,7 @@ def register(
         if not isinstance(name, str) or not name:
             raise ValueError(f"a method needs a non-empty name, got {name!r}")
         METHODS[name] = Method(name, family, fn, _keyword_settings(fn) if settings is None else tuple(settings),
-                               tuple(accepts), needs_stats, check, validate, prepare, dict(example or {}))
+                               tuple(accepts), needs_stats, check, validate, prepare, dict(example or {}), rank_cost)
         return fn
 
     return decorate

@@ -9,7 +9,7 @@
         --save-pretrained PLAIN_DIR
     netcompress report OUT
     netcompress export --model pkg.module:factory --load OUT --data D --onnx model.onnx
-    netcompress demo [domain-transfer | deep-compression] [--out DIR]
+    netcompress demo [domain-transfer | deep-compression | decompositions | n2n | ...] [--out DIR]
 
 ``compress`` checks everything it can before it reads the data (the outputs may be written,
 the method takes its settings and their types are right), writes nothing until compression
@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", parents=[common],
                                help="reproduce the seeds' tables on real data shipped with Python packages")
     demo.add_argument("name", nargs="?", default="domain-transfer",
-                      choices=["domain-transfer", "deep-compression", "students", "low-bit", "recovery", "rankings"])
+                      choices=["domain-transfer", "deep-compression", "students", "low-bit", "recovery", "rankings",
+                               "decompositions", "n2n"])
     demo.add_argument("--out", help="where results.json and the plots go (default netcompress-<name>)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-plots", action="store_true")
@@ -372,6 +373,14 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"wrote {Path(out) / 'results.json'}")
     elif args.name == "rankings":
         from netcompress.prototype.experiments.rankings import run
+
+        run(out, seed=args.seed, plots=not args.no_plots)
+    elif args.name == "decompositions":
+        from netcompress.prototype.experiments.decompositions import run
+
+        run(out, seed=args.seed, plots=not args.no_plots)
+    elif args.name == "n2n":
+        from netcompress.prototype.experiments.n2n import run
 
         run(out, seed=args.seed, plots=not args.no_plots)
     elif args.name == "deep-compression":

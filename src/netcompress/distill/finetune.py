@@ -7,13 +7,16 @@ zero and codes on their grid; it only moves the surviving weights, the shared co
 
 With a ``teacher`` the loss is a distillation loss (:mod:`netcompress.distill`); the
 teacher is frozen (no gradients, eval mode) and the features the loss asks for are tapped
-from both models by layer name.
+from both models by layer name. Several teachers form an ensemble whose soft targets are
+averaged (Hinton, Vinyals and Dean, 2015). ``regularize=NuclearNorm(...)`` adds a proximal
+low-rank step after each optimizer step (:mod:`netcompress.distill.regularize`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -22,7 +25,8 @@ from torch import nn
 
 from netcompress._checkpoint import read_checkpoint, write_checkpoint
 from netcompress._layers import progress_disabled
-from netcompress.distill.losses import Batch, FeatureTaps, Logits, codistillation_losses
+from netcompress.distill.losses import Batch, FeatureTaps, Logits, codistillation_losses, ensemble_weights
+from netcompress.distill.regularize import NuclearNorm
 
 __all__ = ["accuracy", "batches", "codistill", "finetune"]
 
@@ -61,12 +65,44 @@ def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     raise TypeError("each batch must be an input tensor or an (inputs, labels) pair")
 
 
-def _save_checkpoint(path: Path, student, losses, optimizer, decay, epoch: int) -> None:
+def _save_checkpoint(path: Path, student, losses, optimizer, decay, regularize, epoch: int) -> None:
     state = {"epoch": epoch, "student": student.state_dict(), "losses": losses.state_dict(),
              "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
     if decay is not None:
         state["decay"] = decay.state_dict()
+    if regularize is not None:
+        state["regularize"] = regularize.state_dict()
     write_checkpoint(path, state)
+
+
+def _teachers(teacher) -> list[nn.Module]:
+    """``teacher`` as a list: none, one module, or a sequence (or ``nn.ModuleList``) of modules."""
+    if teacher is None:
+        return []
+    if isinstance(teacher, nn.Module) and not isinstance(teacher, nn.ModuleList):
+        return [teacher]
+    if not isinstance(teacher, (Sequence, nn.ModuleList)) or isinstance(teacher, str) or len(teacher) == 0 \
+            or not all(isinstance(t, nn.Module) for t in teacher):
+        raise TypeError(f"teacher must be an nn.Module or a non-empty sequence of them, got {teacher!r}")
+    return list(teacher)
+
+
+@contextmanager
+def _frozen(models: Sequence[nn.Module]) -> Iterator[None]:
+    """Eval mode and no gradients for ``models`` while active; each module's mode and each flag put back after."""
+    modes = {m: m.training for model in models for m in model.modules()}
+    trainable = list({id(p): p for model in models for p in model.parameters() if p.requires_grad}.values())
+    for model in models:
+        model.eval()
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+        for module, mode in modes.items():
+            module.training = mode
 
 
 def finetune(
@@ -75,8 +111,10 @@ def finetune(
     *,
     epochs: int,
     lr: float,
-    teacher: nn.Module | None = None,
+    teacher: nn.Module | Sequence[nn.Module] | None = None,
+    teacher_weights: Sequence[float] | None = None,
     loss: nn.Module | Sequence[nn.Module] | None = None,
+    regularize: NuclearNorm | None = None,
     batch_size: int = 128,
     weight_decay: float = 0.0,
     schedule: str = "constant",
@@ -91,8 +129,16 @@ def finetune(
         data: ``(inputs, labels)`` tensors, shuffled each epoch by ``(seed, epoch)``, or a
             re-iterable collection (a list, a DataLoader) of ``(inputs, labels)`` batches
             (labels may be ``None`` when distilling).
-        teacher: a frozen network to distil from; with no ``loss``, :class:`distill.Logits` is used.
+        teacher: a network to distil from, or a sequence of them (an ensemble); with no ``loss``,
+            :class:`distill.Logits` is used. Teachers are frozen while training (eval mode, no
+            gradients) and put back as they were. An ensemble's soft target is the weighted mean
+            of the teachers' softened probabilities ``Σ_k w_k·σ(z_k/T)`` (Hinton, Vinyals and Dean,
+            "Distilling the knowledge in a neural network", 2015); losses that read teacher
+            features (Hint, AttentionTransfer, InterRegionAffinity) take one teacher only.
+        teacher_weights: one positive weight per teacher, normalised to sum 1; equal by default.
         loss: a distillation loss module or a list of them (summed); default cross-entropy.
+        regularize: a :class:`NuclearNorm`, applied as a proximal step after every optimizer
+            step with the learning rate of that step; it records effective ranks before and after.
         schedule: ``"constant"`` or ``"cosine"`` (decays the learning rate to zero over the run).
         checkpoint: a file written atomically after every epoch; if it exists, training resumes
             from it, and the result equals an uninterrupted run.
@@ -106,16 +152,28 @@ def finetune(
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     if epochs < 0 or not lr > 0:
         raise ValueError(f"finetune needs epochs >= 0 and lr > 0, got epochs={epochs}, lr={lr}")
+    teachers = _teachers(teacher)
+    if teacher_weights is not None and not teachers:
+        raise ValueError("teacher_weights weighs teachers; pass teacher= as well, or leave teacher_weights out")
+    weights = ensemble_weights(teacher_weights, len(teachers)) if teachers else None
+    if regularize is not None and not all(callable(getattr(regularize, f, None)) for f in ("begin", "step", "end")):
+        raise TypeError(f"regularize must be a regularizer such as NuclearNorm, got {regularize!r}")
     terms = [loss] if isinstance(loss, nn.Module) else list(loss or [])
     if not terms:
-        terms = [Logits()] if teacher is not None else [_CrossEntropy()]
+        terms = [Logits()] if teachers else [_CrossEntropy()]
     losses = nn.ModuleList(terms)
-    needs_teacher = any(getattr(t, "teacher_layers", ()) for t in terms) or any(isinstance(t, Logits) for t in terms)
-    if needs_teacher and teacher is None:
+    teacher_layers = [n for t in terms for n in getattr(t, "teacher_layers", ())]
+    needs_teacher = bool(teacher_layers) or any(isinstance(t, Logits) for t in terms)
+    if needs_teacher and not teachers:
         raise ValueError("this loss distils from a teacher; pass teacher=")
+    if teacher_layers and len(teachers) > 1:
+        # Several teachers' features have no common space to match (their widths and depths differ).
+        raise ValueError(f"a loss that reads teacher features takes one teacher, got {len(teachers)}; "
+                         "distil an ensemble with Logits")
+    if regularize is not None:
+        regularize.begin(student)
     student_taps = FeatureTaps(student, [n for t in terms for n in getattr(t, "student_layers", ())], "student")
-    teacher_taps = FeatureTaps(teacher, [n for t in terms for n in getattr(t, "teacher_layers", ())], "teacher") \
-        if teacher is not None else None
+    teacher_taps = FeatureTaps(teachers[0], teacher_layers, "teacher") if teachers else None
     params = [p for p in student.parameters() if p.requires_grad] + list(losses.parameters())
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
@@ -133,48 +191,51 @@ def finetune(
         if decay is not None:
             decay.load_state_dict(state["decay"])
         torch.set_rng_state(state["rng"])
+        if regularize is not None and "regularize" in state:
+            regularize.load_state_dict(state["regularize"])
         first = int(state["epoch"]) + 1
-    frozen = []
-    if teacher is not None:
-        teacher_mode = teacher.training
-        teacher.eval()
-        frozen = [p for p in teacher.parameters() if p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
-    try:
-        student.train()
-        if freeze_batchnorm:
-            for module in student.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        for epoch in tqdm(range(first, epochs), desc="finetune", unit="epoch", disable=progress_disabled(progress)):
-            for batch in _epochs_of(data, batch_size, seed, epoch):
-                x, y = _unpack(batch)
-                optimizer.zero_grad()
-                out = student(x)
-                teacher_out = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_out = teacher(x)
-                context = Batch(out, y, teacher_out, student_taps.features,
-                                teacher_taps.features if teacher_taps else {})
-                total = sum(term(context) for term in terms)
-                total.backward()
-                optimizer.step()
-                if decay is not None:
-                    decay.step()
-            if path is not None:
-                _save_checkpoint(path, student, losses, optimizer, decay, epoch)
-    finally:
-        student_taps.close()
-        if teacher_taps is not None:
-            teacher_taps.close()
-        for p in frozen:
-            p.requires_grad_(True)
-        if teacher is not None:
-            teacher.train(teacher_mode)
+    with _frozen(teachers):
+        try:
+            student.train()
+            if freeze_batchnorm:
+                for module in student.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+            for epoch in tqdm(range(first, epochs), desc="finetune", unit="epoch", disable=progress_disabled(progress)):
+                for batch in _epochs_of(data, batch_size, seed, epoch):
+                    x, y = _unpack(batch)
+                    optimizer.zero_grad()
+                    out = student(x)
+                    context = Batch(out, y, _teacher_outputs(teachers, x), student_taps.features,
+                                    teacher_taps.features if teacher_taps else {},
+                                    weights if len(teachers) > 1 else None)
+                    total = sum(term(context) for term in terms)
+                    total.backward()
+                    optimizer.step()
+                    if regularize is not None:
+                        # The proximal step uses the step size the optimizer just took, before the schedule moves it.
+                        regularize.step(student, optimizer.param_groups[0]["lr"])
+                    if decay is not None:
+                        decay.step()
+                if path is not None:
+                    _save_checkpoint(path, student, losses, optimizer, decay, regularize, epoch)
+        finally:
+            student_taps.close()
+            if teacher_taps is not None:
+                teacher_taps.close()
+    if regularize is not None:
+        regularize.end(student)
     student.eval()
     return student
+
+
+@torch.no_grad()
+def _teacher_outputs(teachers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...] | None:
+    """No teacher: ``None``; one: its output; an ensemble: a tuple of outputs (see :class:`Batch`)."""
+    if not teachers:
+        return None
+    outputs = tuple(t(x) for t in teachers)
+    return outputs[0] if len(outputs) == 1 else outputs
 
 
 def codistill(models: Sequence[nn.Module], data: tuple[torch.Tensor, torch.Tensor], *, epochs: int, lr: float,

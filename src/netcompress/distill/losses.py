@@ -5,7 +5,8 @@ teacher's outputs, the labels, and the intermediate features the loss asked for 
 layer name (``student_layers`` / ``teacher_layers``); :func:`netcompress.finetune` taps
 those features with forward hooks, so no model's ``forward`` needs rewriting.
 
-* :class:`Logits`: Hinton's softened logits, ``α·H(y, σ(z_s)) + β·H(σ(z_t/T), σ(z_s/T))``.
+* :class:`Logits`: Hinton's softened logits, ``α·H(y, σ(z_s)) + β·H(σ(z_t/T), σ(z_s/T))``; with
+  several teachers the soft target is their weighted mean probability (:func:`ensemble_probabilities`).
 * :class:`Hint`: FitNets hints, a learned regressor maps a student feature to a teacher feature.
 * :class:`AttentionTransfer`: Zagoruyko & Komodakis, normalised channel-energy maps.
 * :class:`SelfAttention`: self attention distillation (SAD, Hou et al. 2019): each shallower
@@ -16,6 +17,7 @@ those features with forward hooks, so no model's ``forward`` needs rewriting.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -33,19 +35,27 @@ __all__ = [
     "SelfAttention",
     "attention_map",
     "codistillation_losses",
+    "ensemble_probabilities",
+    "ensemble_weights",
     "soft_cross_entropy",
 ]
 
 
 @dataclass
 class Batch:
-    """What a distillation loss sees for one mini-batch."""
+    """What a distillation loss sees for one mini-batch.
+
+    ``teacher`` is one teacher's output, or a tuple of an ensemble's outputs, one per teacher,
+    weighted by ``teacher_weights`` (equal when ``None``). ``teacher_features`` are tapped from
+    a single teacher only.
+    """
 
     student: torch.Tensor
     labels: torch.Tensor | None = None
-    teacher: torch.Tensor | None = None
+    teacher: torch.Tensor | tuple[torch.Tensor, ...] | None = None
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher_weights: tuple[float, ...] | None = None
 
 
 class FeatureTaps:
@@ -83,6 +93,39 @@ def _check_temperature(temperature: float) -> float:
     return float(temperature)
 
 
+def ensemble_weights(weights: Sequence[float] | None, count: int) -> tuple[float, ...]:
+    """``weights`` checked (one positive finite number per teacher) and normalised to sum 1; equal when ``None``."""
+    if weights is None:
+        return (1.0 / count,) * count
+    weights = [float(w) for w in weights]
+    if len(weights) != count:
+        raise ValueError(f"teacher_weights has {len(weights)} entries for {count} teachers; give one weight per teacher")
+    if not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"teacher_weights must all be positive finite numbers, got {weights}")
+    total = sum(weights)
+    return tuple(w / total for w in weights)
+
+
+def ensemble_probabilities(teachers: torch.Tensor | Sequence[torch.Tensor], temperature: float,
+                           weights: Sequence[float] | None = None) -> torch.Tensor:
+    """The ensemble's soft target ``Σ_k w_k·σ(z_k/T)`` with ``Σ_k w_k = 1`` (Hinton, Vinyals and Dean, 2015, section 1).
+
+    Teachers are averaged as probabilities, not as logits: the target is the mixture of their
+    predictive distributions. ``teachers`` is one logits tensor or a sequence of them with the
+    same shape; ``weights`` default to equal and are normalised.
+    """
+    temperature = _check_temperature(temperature)
+    if isinstance(teachers, torch.Tensor):
+        teachers = (teachers,)
+    weights = ensemble_weights(weights, len(teachers))
+    if len(teachers) == 1:
+        return F.softmax(teachers[0] / temperature, dim=-1)
+    shapes = {tuple(z.shape) for z in teachers}
+    if len(shapes) != 1:
+        raise ValueError(f"ensemble teachers must have the same outputs, got shapes {sorted(shapes)}")
+    return sum(w * F.softmax(z / temperature, dim=-1) for w, z in zip(weights, teachers, strict=True))
+
+
 def soft_cross_entropy(target_probabilities: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """``H(p, σ(z)) = −Σ p log σ(z)``, averaged over the batch."""
     return -(target_probabilities * F.log_softmax(logits, dim=-1)).sum(-1).mean()
@@ -93,7 +136,8 @@ class Logits(nn.Module):
 
     The seed's formula is taken as written; Hinton et al. scale the soft term by ``T²`` to keep
     its gradients comparable across temperatures, which here is a choice of ``β``.
-    ``alpha=0`` distils without labels.
+    ``alpha=0`` distils without labels. With an ensemble (``Batch.teacher`` a tuple), the soft
+    target ``σ(z_t/T)`` becomes :func:`ensemble_probabilities`, ``Σ_k w_k·σ(z_k/T)``.
     """
 
     student_layers: tuple[str, ...] = ()
@@ -107,10 +151,12 @@ class Logits(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:
         if batch.teacher is None:
             raise ValueError("Logits distillation needs a teacher; pass teacher= to finetune")
-        if batch.teacher.shape != batch.student.shape:
-            raise ValueError(f"teacher outputs {tuple(batch.teacher.shape)} and student outputs "
-                             f"{tuple(batch.student.shape)} differ; distil between models with the same outputs")
-        soft = F.softmax(batch.teacher / self.temperature, dim=-1)
+        teachers = (batch.teacher,) if isinstance(batch.teacher, torch.Tensor) else tuple(batch.teacher)
+        for output in teachers:
+            if output.shape != batch.student.shape:
+                raise ValueError(f"teacher outputs {tuple(output.shape)} and student outputs "
+                                 f"{tuple(batch.student.shape)} differ; distil between models with the same outputs")
+        soft = ensemble_probabilities(teachers, self.temperature, batch.teacher_weights)
         loss = self.beta * soft_cross_entropy(soft, batch.student / self.temperature)
         if self.alpha:
             if batch.labels is None:

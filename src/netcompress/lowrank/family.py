@@ -18,7 +18,6 @@ from netcompress.lowrank.plan import (
     check_fraction,
     rank_for_energy,
     rank_for_keep,
-    useful_rank_limit,
 )
 from netcompress.moments import Moments
 from netcompress.registry import method as _method
@@ -38,21 +37,28 @@ def _rank_request(name: str, rank: int | Mapping[str, int]) -> int:
     return value
 
 
-def _initial_rank(name: str, layer: nn.Module, rank, keep: float | None) -> int:
-    """The rank to factorize at: the requested one, the one ``keep`` allows, or the largest useful one."""
+def _initial_rank(name: str, layer: nn.Module, rank, keep: float | None, rank_cost=None) -> int:
+    """The rank to factorize at: the requested one, the one ``keep`` allows, or the largest useful one.
+
+    ``rank_cost(layer) -> (parameters per rank, largest rank)`` for factors that are not two
+    matrices (see :class:`~netcompress.registry.Method`); by default the two factors of the
+    (out, in·kh·kw) matrix.
+    """
     out_features, in_features = layer.weight.shape[0], layer.weight[0].numel()  # the im2col shape, without a copy
+    if rank_cost is None:
+        per_rank, limit, what = in_features + out_features, min(out_features, in_features), "min(out, in)"
+    else:
+        (per_rank, limit), what = rank_cost(layer), "the largest rank this decomposition uses"
     if rank is not None:
         request = _rank_request(name, rank)
-        if request > min(out_features, in_features):
-            raise ValueError(
-                f"layer {name!r}: rank {request} exceeds min(out, in) = {min(out_features, in_features)}"
-            )
+        if request > limit:
+            raise ValueError(f"layer {name!r}: rank {request} exceeds {what} = {limit}")
         return request
+    bias = out_features if layer.bias is not None else 0
     if keep is not None:
-        bias = out_features if layer.bias is not None else 0
-        request = rank_for_keep(keep, out_features * in_features + bias, in_features + out_features, bias)
-        return min(request, out_features, in_features)
-    return useful_rank_limit(out_features, in_features)
+        request = rank_for_keep(keep, out_features * in_features + bias, per_rank, bias)
+        return min(request, limit)
+    return max(1, min(limit, (out_features * in_features - 1) // per_rank))  # fewer weights than the dense layer
 
 
 def _curve(f: Factorization, heldout: Moments | None = None) -> LayerCurve:
@@ -68,8 +74,7 @@ def _curve(f: Factorization, heldout: Moments | None = None) -> LayerCurve:
         relative = f.output_error() / f.output_energy
     else:
         relative = torch.zeros(f.max_rank + 1)
-    out_features, in_features = f.weight.shape
-    return LayerCurve(relative.cpu(), in_features + out_features, f.params_after(0), f.params_before())
+    return LayerCurve(relative.cpu(), f.params_after(1) - f.params_after(0), f.params_after(0), f.params_before())
 
 
 class LowRankFamily(Family):
@@ -106,10 +111,9 @@ class LowRankFamily(Family):
         for key in ("keep", "energy", "budget"):
             if key in sizing:
                 check_fraction(key, sizing[key])
-        if request.method.validate is not None:
-            request.method.validate(**request.settings)
+        super().validate(request, selected, skipped, explicit)  # the method's settings, and each layer against them
         for name, layer in selected.items():
-            _initial_rank(name, plain_layer(layer), sizing.get("rank"), sizing.get("keep"))
+            _initial_rank(name, plain_layer(layer), sizing.get("rank"), sizing.get("keep"), request.method.rank_cost)
 
     def plan(self, request: Request, selected: dict[str, nn.Module], stats: LayerStats | None,
              prepared: tuple[dict, dict] | None = None) -> Plan:
@@ -125,7 +129,7 @@ class LowRankFamily(Family):
         for name, layer in tqdm(selected.items(), desc=chosen.name, unit="layer",
                                 disable=progress_disabled(request.progress)):
             plain = plain_layer(layer)
-            ranks[name] = _initial_rank(name, plain, sizing.get("rank"), sizing.get("keep"))
+            ranks[name] = _initial_rank(name, plain, sizing.get("rank"), sizing.get("keep"), chosen.rank_cost)
             try:
                 factorizations[name] = chosen.fn(plain, stats[name], ranks[name], **request.settings)
             except ValueError as error:

@@ -4,18 +4,23 @@
 * :mod:`.unstructured`: magnitude pruning (Han et al., "Learning both weights and connections", NIPS 2015);
 * :mod:`.obs`: SparseGPT (Frantar and Alistarh, ICML 2023), removals compensated through ``H⁻¹``;
 * :mod:`.structured`: removing units/channels by their target-data response, with a least-squares
-  re-fit of the next layer; :mod:`._dependency` traces which layers share a channel space.
+  re-fit of the next layer; :mod:`._dependency` traces which layers share a channel space;
+* :mod:`.reallocate`: PEEL (Hou et al., "Network Pruning via Resource Reallocation", 2021), channels
+  reallocated across layers by importance under a FLOPs target, then rebuilt by ``channel``.
 """
 
 from netcompress._compat import moved_names
 from netcompress.prune.family import StructuralFamily
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear, masked_like
+from netcompress.prune.n2n import N2NResult, n2n_reward, n2n_search, n2n_student
 from netcompress.prune.obs import sparsegpt
+from netcompress.prune.reallocate import Reallocation, prune_reallocate
 from netcompress.prune.structured import activation, channel
 from netcompress.prune.unstructured import global_threshold, magnitude, magnitude_scores
 
-__all__ = ["MaskedConv2d", "MaskedLinear", "StructuralFamily", "activation", "channel", "global_threshold", "magnitude",
-           "magnitude_scores", "masked_like", "sparsegpt"]
+__all__ = ["MaskedConv2d", "MaskedLinear", "N2NResult", "Reallocation", "StructuralFamily", "activation", "channel",
+           "global_threshold", "magnitude", "magnitude_scores", "masked_like", "n2n_reward", "n2n_search",
+           "n2n_student", "prune_reallocate", "sparsegpt"]
 
 # Names this module held in netcompress 0.1 (answered with a DeprecationWarning for one release).
 __getattr__ = moved_names("netcompress.prune", {"check_magnitude": "netcompress.prune.unstructured"})

@@ -2,8 +2,10 @@
 
 Three roles are kept apart (as Torch-Pruning does): *what is coupled* comes from the
 dependency tracer (:mod:`netcompress._graph`), *how important* a channel is from the
-criteria below, *how much* from ``sparsity``. Removing channels of a producer slices its
-rows and the matching inputs of every layer and BatchNorm that reads them.
+criteria below, *how much* from ``sparsity`` (one share for every layer, or a dict of layer
+name → share, which PEEL's reallocation (:mod:`.reallocate`) uses to give each layer its own
+channel count). Removing channels of a producer slices its rows and the matching inputs of
+every layer and BatchNorm that reads them.
 
 * ``activation`` (the "Pruning (mean)"/"Pruning (max)" baselines of Masana et al., ICCV 2017; Hu et al.'s
   neuron importance): units or channels ranked by their rectified response ``max(y, 0)`` on the
@@ -18,6 +20,8 @@ rows and the matching inputs of every layer and BatchNorm that reads them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -181,11 +185,39 @@ def _norm(norm: nn.Module, keep: torch.Tensor) -> nn.Module:
     return new
 
 
+def _check_sparsities(sparsity: float | Mapping[str, float]) -> None:
+    """One share for every layer, or a dict of layer name → share, each in [0, 1)."""
+    if isinstance(sparsity, Mapping):
+        if not sparsity:
+            raise ValueError("sparsity is an empty dict; give at least one layer name → share to remove")
+        for name, value in sparsity.items():
+            try:
+                _check_sparsity(value)
+            except ValueError as error:
+                raise ValueError(f"layer {name!r}: {error}") from None
+    else:
+        _check_sparsity(sparsity)
+
+
+def _group_sparsity(group: list[str], sparsity: float | Mapping[str, float]) -> float:
+    """The share a group of coupled layers loses: the one given, or the one its members agree on."""
+    if not isinstance(sparsity, Mapping):
+        return float(sparsity)
+    given = {name: float(sparsity[name]) for name in group if name in sparsity}
+    if not given:  # compress selects the dict's layers, so every group holds at least one of them
+        raise ValueError(f"sparsity gives no value for layer(s) {', '.join(map(repr, group))}")
+    if len(set(given.values())) > 1:
+        listed = ", ".join(f"{name!r}: {value}" for name, value in given.items())
+        raise ValueError(f"sparsity gives different shares to layers that must keep the same channels ({listed}); "
+                         "give them one value")
+    return next(iter(given.values()))
+
+
 def _prune(model, graph: ChannelGraph, groups, stats, sparsity, criterion, refit) -> dict[str, nn.Module]:
-    _check_sparsity(sparsity)
+    _check_sparsities(sparsity)
     keep = {}
     for group in groups:
-        mask = _keep_mask(_importance(group, criterion, graph, model, stats), sparsity)
+        mask = _keep_mask(_importance(group, criterion, graph, model, stats), _group_sparsity(group, sparsity))
         keep.update(dict.fromkeys(group, mask))
     replacements = {}
     touched = set(keep) | {c for c, sp in graph.consumers.items() if any(s.source in keep for s in sp)}
@@ -202,16 +234,16 @@ def _prune(model, graph: ChannelGraph, groups, stats, sparsity, criterion, refit
     return replacements
 
 
-def check_activation(*, sparsity: float, criterion: str = "max") -> None:
+def check_activation(*, sparsity: float | Mapping[str, float], criterion: str = "max") -> None:
     """Refuse bad ``activation`` settings before any work."""
-    _check_sparsity(sparsity)
+    _check_sparsities(sparsity)
     if criterion not in ("mean", "max", "rate"):
         raise ValueError(f"criterion must be 'mean', 'max' or 'rate', got {criterion!r}")
 
 
-def check_channel(*, sparsity: float, criterion: str = "energy", refit: bool = True) -> None:
+def check_channel(*, sparsity: float | Mapping[str, float], criterion: str = "energy", refit: bool = True) -> None:
     """Refuse bad ``channel`` settings before any work."""
-    _check_sparsity(sparsity)
+    _check_sparsities(sparsity)
     if criterion not in ("energy", "l1"):
         raise ValueError(f"criterion must be 'energy' or 'l1', got {criterion!r}")
     if not isinstance(refit, bool):
@@ -220,15 +252,22 @@ def check_channel(*, sparsity: float, criterion: str = "energy", refit: bool = T
 
 @register("activation", family="structural", accepts=PRUNABLE, needs_stats=True,
           validate=check_activation, example={"sparsity": 0.5})
-def activation(model, graph, groups, stats, *, sparsity: float, criterion: str = "max") -> dict[str, nn.Module]:
-    """Remove the ``sparsity`` share of units with the weakest target-domain response."""
+def activation(model, graph, groups, stats, *, sparsity: float | Mapping[str, float],
+               criterion: str = "max") -> dict[str, nn.Module]:
+    """Remove the ``sparsity`` share of units with the weakest target-domain response (a dict: per layer)."""
     check_activation(sparsity=sparsity, criterion=criterion)
     return _prune(model, graph, groups, stats, sparsity, criterion, refit=False)
 
 
 @register("channel", family="structural", accepts=PRUNABLE, needs_stats=True, validate=check_channel,
           example={"sparsity": 0.5})
-def channel(model, graph, groups, stats, *, sparsity: float, criterion: str = "energy", refit: bool = True) -> dict[str, nn.Module]:
-    """Remove the ``sparsity`` share of filters/units, ranked by target output energy (or L1), then re-fit readers."""
+def channel(model, graph, groups, stats, *, sparsity: float | Mapping[str, float], criterion: str = "energy",
+            refit: bool = True) -> dict[str, nn.Module]:
+    """Remove the ``sparsity`` share of filters/units, ranked by target output energy (or L1), then re-fit readers.
+
+    ``sparsity`` as a dict of layer name → share gives each layer its own share (and selects those
+    layers); layers coupled by a residual add must be given the same share. ``n`` channels lose
+    ``round(share · n)`` of them, at most ``n − 1``, so ``1 − k/n`` keeps exactly ``k``.
+    """
     check_channel(sparsity=sparsity, criterion=criterion, refit=refit)
     return _prune(model, graph, groups, stats, sparsity, criterion, refit=bool(refit))
