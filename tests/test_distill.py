@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import netcompress as nc
-from conftest import SmallNet
+from conftest import SmallNet, StopAfter
 from netcompress.distill import losses as distill
 
 
@@ -108,21 +108,6 @@ def test_finetune_with_teacher_freezes_it_and_keeps_compression():
         assert torch.equal(module.codes, c) and (module.weight.detach()[~module.mask] == 0).all()
 
 
-class _Stop(nn.Module):
-    """A zero loss term that interrupts training after ``calls`` batches, like a killed job."""
-
-    def __init__(self, calls: int | None):
-        super().__init__()
-        self.left = calls
-
-    def forward(self, batch):
-        if self.left is not None:
-            self.left -= 1
-            if self.left < 0:
-                raise KeyboardInterrupt
-        return batch.student.sum() * 0
-
-
 def test_resuming_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     x, y = torch.randn(40, 3, 8, 8), torch.randint(0, 10, (40,))
     torch.manual_seed(0)
@@ -132,7 +117,7 @@ def test_resuming_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
         model = copy.deepcopy(start)
         torch.manual_seed(1)
         hint = distill.Hint("fc1", "fc1", 40, 40, spatial=False)
-        nc.finetune(model, (x, y), teacher=teacher, loss=[distill.Logits(), hint, _Stop(stop_after)], epochs=4,
+        nc.finetune(model, (x, y), teacher=teacher, loss=[distill.Logits(), hint, StopAfter(stop_after)], epochs=4,
                     lr=1e-2, batch_size=8, schedule="cosine", checkpoint=checkpoint, progress=False)
         return model
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from conftest import SmallNet
+from conftest import SmallNet, StopAfter
 from netcompress.distill import losses as distill
 
 
@@ -151,21 +151,6 @@ def test_bad_ensemble_settings_raise_one_clear_error(kwargs, error, message):
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())  # rejected before any step
 
 
-class _Stop(nn.Module):
-    """A zero loss term that interrupts training after ``calls`` batches, like a killed job."""
-
-    def __init__(self, calls: int | None):
-        super().__init__()
-        self.left = calls
-
-    def forward(self, batch):
-        if self.left is not None:
-            self.left -= 1
-            if self.left < 0:
-                raise KeyboardInterrupt
-        return batch.student.sum() * 0
-
-
 def test_resuming_an_ensemble_distillation_equals_an_uninterrupted_run(tmp_path):
     x, y = torch.randn(24, 3, 8, 8), torch.randint(0, 10, (24,))
     teachers = _teachers(seed=4)
@@ -175,7 +160,7 @@ def test_resuming_an_ensemble_distillation_equals_an_uninterrupted_run(tmp_path)
     def run(stop_after, checkpoint):
         model = copy.deepcopy(start)
         nc.finetune(model, (x, y), teacher=teachers, teacher_weights=[3.0, 1.0, 1.0],
-                    loss=[distill.Logits(temperature=2.0), _Stop(stop_after)], epochs=3, lr=1e-2, batch_size=8,
+                    loss=[distill.Logits(temperature=2.0), StopAfter(stop_after)], epochs=3, lr=1e-2, batch_size=8,
                     schedule="cosine", checkpoint=checkpoint, progress=False)
         return model
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from conftest import SmallNet
+from conftest import SmallNet, StopAfter
 from netcompress.distill import NuclearNorm, effective_rank, effective_ranks, singular_value_threshold
 
 
@@ -98,21 +98,6 @@ def test_layers_without_a_plain_weight_are_skipped_with_a_reason_or_refused_when
             NuclearNorm(weight=bad)
 
 
-class _Zero(nn.Module):
-    """A loss with zero gradient (Adam then moves nothing) that can interrupt training, like a killed job."""
-
-    def __init__(self, calls: int | None = None):
-        super().__init__()
-        self.left = calls
-
-    def forward(self, batch):
-        if self.left is not None:
-            self.left -= 1
-            if self.left < 0:
-                raise KeyboardInterrupt
-        return batch.student.sum() * 0
-
-
 def test_finetune_applies_the_proximal_step_with_each_steps_learning_rate():
     torch.manual_seed(0)
     model = SmallNet()
@@ -120,7 +105,7 @@ def test_finetune_applies_the_proximal_step_with_each_steps_learning_rate():
     x, y = torch.randn(24, 3, 8, 8), torch.randint(0, 10, (24,))
     lr, weight, epochs, steps = 0.05, 2.0, 2, 3  # 24 samples in batches of 8
     regularizer = NuclearNorm(weight=weight, layers=["fc1"])
-    nc.finetune(model, (x, y), loss=_Zero(), epochs=epochs, lr=lr, batch_size=8, schedule="cosine",
+    nc.finetune(model, (x, y), loss=StopAfter(), epochs=epochs, lr=lr, batch_size=8, schedule="cosine",
                 regularize=regularizer, progress=False)
     # The loss moves nothing, so W went through successive soft-thresholdings, which add their thresholds.
     rates = [lr * (1 + np.cos(np.pi * t / (epochs * steps))) / 2 for t in range(epochs * steps)]
@@ -144,7 +129,7 @@ def test_resuming_with_a_regularizer_equals_an_uninterrupted_run(tmp_path):
 
     def run(model, stop_after, checkpoint):
         regularizer = NuclearNorm(weight=5.0)
-        nc.finetune(model, (x, y), loss=[_CrossEntropy(), _Zero(stop_after)],
+        nc.finetune(model, (x, y), loss=[_CrossEntropy(), StopAfter(stop_after)],
                     epochs=3, lr=1e-2, batch_size=8, regularize=regularizer, checkpoint=checkpoint, progress=False)
         return model, regularizer
 

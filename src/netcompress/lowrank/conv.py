@@ -52,6 +52,13 @@ def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
+def _geometry(layer: nn.Module, in_channels: int, out_channels: int, rank: int, *pairs) -> tuple[tuple[int, int], ...]:
+    """Record the original convolution's channels, rank, kernel, stride, padding and dilation on ``layer``; return the pairs."""
+    layer.in_channels, layer.out_channels, layer.rank = in_channels, out_channels, rank
+    layer.kernel_size, layer.stride, layer.padding, layer.dilation = pairs = tuple(map(_pair, pairs))
+    return pairs
+
+
 @describable
 class JaderbergConv2d(nn.Module):
     """``kh×1`` convolution to ``rank`` channels (stride, padding, dilation along the height), then ``1×kw`` (along the width)."""
@@ -59,9 +66,8 @@ class JaderbergConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int, stride=(1, 1), padding=(0, 0),
                  dilation=(1, 1), bias: bool = True):
         super().__init__()
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(_pair, (kernel_size, stride, padding, dilation))
-        self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
-        self.kernel_size, self.stride, self.padding, self.dilation = (kh, kw), (sh, sw), (ph, pw), (dh, dw)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(self, in_channels, out_channels, rank, kernel_size, stride,
+                                                           padding, dilation)
         self.vertical = nn.Conv2d(in_channels, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False)
         self.up = nn.Conv2d(rank, out_channels, (1, kw), (1, sw), (0, pw), (1, dw), bias=bias)
 
@@ -94,9 +100,8 @@ class CPConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int, stride=(1, 1), padding=(0, 0),
                  dilation=(1, 1), bias: bool = True):
         super().__init__()
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = map(_pair, (kernel_size, stride, padding, dilation))
-        self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
-        self.kernel_size, self.stride, self.padding, self.dilation = (kh, kw), (sh, sw), (ph, pw), (dh, dw)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(self, in_channels, out_channels, rank, kernel_size, stride,
+                                                           padding, dilation)
         self.pointwise = nn.Conv2d(in_channels, rank, 1, bias=False)
         self.vertical = nn.Conv2d(rank, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), groups=rank, bias=False)
         self.horizontal = nn.Conv2d(rank, rank, (1, kw), (1, sw), (0, pw), (1, dw), groups=rank, bias=False)
@@ -169,6 +174,7 @@ class ConvDecomposition:
     projected: torch.Tensor | None = None
     seed: int = 0
     refit: tuple[float | None, float | str] | None = None  # (lam, shrinkage) of a data-aware last factor
+    whitened: bool = False  # first stages from the kernel seen through the target inputs' second moment
     _errors: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     @property
@@ -206,8 +212,8 @@ class ConvDecomposition:
         if not 1 <= rank <= self.max_rank:
             raise ValueError(f"rank {rank} is outside 1 … {self.max_rank}, the ranks this decomposition computed")
         if self.kind == "cp" and rank < self.max_rank:
-            again = _decompose("cp", self.layer, self.moments, rank, self.seed, None if self.refit is None
-                               else self.refit[1])
+            again = _decompose("cp", self.layer, self.moments, rank, self.seed,
+                               self.refit[1] if self.whitened else None)
             return (again if self.refit is None else _refit(again, *self.refit)).module(rank)
         layer, A = self.layer, self.last_factor(rank)
         cls = JaderbergConv2d if self.kind == "jaderberg" else CPConv2d
@@ -333,21 +339,36 @@ def _jaderberg_first(vertical: torch.Tensor, kw: int) -> torch.Tensor:
     return torch.einsum("kci,jl->kjcil", vertical, eye).reshape(rank * kw, c * kh * kw)
 
 
-def _cp_factors(weight: torch.Tensor, rank: int, seed: int, iterations: int = 300, tol: float = 1e-10
+def _cp_start(T: torch.Tensor, rank: int, seed: int) -> list[torch.Tensor]:
+    """Each mode's leading left singular vectors of its unfolding (HOSVD), seeded random columns past its size.
+
+    On a ``1×1`` kernel (a matrix) this start is already the best rank-``R`` fit, and elsewhere it
+    cuts the sweeps ALS needs from a random start several times.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    start = []
+    for mode, size in enumerate(T.shape):
+        unfolded = T.movedim(mode, 0).reshape(size, -1)
+        U = torch.linalg.svd(unfolded, full_matrices=False)[0][:, :rank]
+        extra = torch.randn(size, rank - U.shape[1], generator=generator, dtype=T.dtype).to(T.device)
+        start.append(torch.cat([U, extra], dim=1))
+    return start
+
+
+def _cp_factors(weight: torch.Tensor, rank: int, seed: int, iterations: int = 200, tol: float = 1e-9
                 ) -> tuple[torch.Tensor, ...]:
     """``(A (N×R), pointwise (R×C), vertical (R×kh), horizontal (R×kw))`` of the kernel's rank-``R`` CP, strongest first.
 
     Alternating least squares (Kolda and Bader, "Tensor decompositions and applications", SIAM
     Review 2009): each factor in turn solves its normal equations ``F_m V = M_m``, ``V`` the
     Hadamard product of the other factors' Gram matrices and ``M_m`` the tensor times their
-    Khatri–Rao product, from a seeded random start, until the relative fit changes by less than
-    ``tol``. Written in torch rather than taken from tensorly: on these small kernels tensorly's
-    ``parafac`` spends its time in per-iteration overhead (about 0.2 s an iteration on a
-    50×20×5×5 kernel here), and the tests hold this against it.
+    Khatri–Rao product, from an HOSVD start (:func:`_cp_start`), until the relative fit changes
+    by less than ``tol``. Written in torch rather than taken from tensorly: on these small kernels
+    tensorly's ``parafac`` spends its time in per-iteration overhead (about 0.2 s an iteration on
+    a 50×20×5×5 kernel here), and the tests hold this against it.
     """
     T = weight.to(torch.float64)
-    generator = torch.Generator().manual_seed(seed)
-    factors = [torch.randn(size, rank, generator=generator, dtype=torch.float64).to(T.device) for size in T.shape]
+    factors = _cp_start(T, rank, seed)
     products = ("abcd,br,cr,dr->ar", "abcd,ar,cr,dr->br", "abcd,ar,br,dr->cr", "abcd,ar,br,cr->dr")
     norm2, previous = float(T.pow(2).sum()), math.inf
     for _ in range(iterations):
@@ -412,7 +433,8 @@ def _decompose(kind: str, layer: nn.Module, moments: Moments, rank: int, seed: i
         if whitening is not None:
             stages[0] = torch.linalg.solve_triangular(whitening.T, stages[0].T, upper=True).T
         first, stages, per_rank = _cp_first(*stages), tuple(stages), 1
-    return ConvDecomposition(kind, layer, matrix, bias, moments, first, stages, per_rank, last=last, seed=seed)
+    return ConvDecomposition(kind, layer, matrix, bias, moments, first, stages, per_rank, last=last, seed=seed,
+                             whitened=shrinkage is not None)
 
 
 def _refit(decomposition: ConvDecomposition, lam: float | None, shrinkage: float | str) -> ConvDecomposition:
@@ -432,6 +454,17 @@ def _refit(decomposition: ConvDecomposition, lam: float | None, shrinkage: float
     return decomposition
 
 
+def _fitted(kind: str, layer: nn.Module, moments: Moments, rank: int, seed: int, lam: float | None,
+            shrinkage: float | str) -> ConvDecomposition:
+    """The data-aware decomposition: first stages from the whitened kernel or the plain one, whichever fits the
+    target outputs better at ``rank`` once the last factor is refitted (whitening approximates the
+    second moment by a product over the patch's indices, and can lose where that is far off)."""
+    _check_dalr(lam=lam, shrinkage=shrinkage)
+    candidates = [_refit(_decompose(kind, layer, moments, rank, seed, whiten), lam, shrinkage)
+                  for whiten in (shrinkage, None)]
+    return min(candidates, key=lambda d: float(d.output_error()[d.max_rank]))
+
+
 _CONV = {"family": "lowrank", "accepts": (nn.Conv2d,), "check": check_conv, "example": {"rank": 2}}
 
 
@@ -445,9 +478,9 @@ def jaderberg(layer: nn.Module, moments: Moments, rank: int) -> ConvDecompositio
 def jaderberg_dalr(layer: nn.Module, moments: Moments, rank: int, *, lam: float | None = None,
                    shrinkage: float | str = "auto") -> ConvDecomposition:
     """Jaderberg's two stages fitted to the target data: vertical filters from the SVD of the kernel whitened by
-    the second moment of what they read, horizontal ones by least squares on the layer's outputs."""
-    _check_dalr(lam=lam, shrinkage=shrinkage)
-    return _refit(_decompose("jaderberg", layer, moments, rank, seed=0, shrinkage=shrinkage), lam, shrinkage)
+    the second moment of what they read (or the plain one, where that fits better), horizontal ones by
+    least squares on the layer's outputs."""
+    return _fitted("jaderberg", layer, moments, rank, 0, lam, shrinkage)
 
 
 @register("cp", **_CONV, rank_cost=rank_cost("cp"))
@@ -460,6 +493,6 @@ def cp(layer: nn.Module, moments: Moments, rank: int, *, seed: int = 0) -> ConvD
 def cp_dalr(layer: nn.Module, moments: Moments, rank: int, *, seed: int = 0, lam: float | None = None,
             shrinkage: float | str = "auto") -> ConvDecomposition:
     """CP fitted to the target data: the decomposition of the kernel seen through whitened input channels (the
-    second moment of what the first ``1×1`` reads), the last ``1×1`` factor by least squares on the outputs."""
-    _check_dalr(lam=lam, shrinkage=shrinkage)
-    return _refit(_decompose("cp", layer, moments, rank, seed, shrinkage), lam, shrinkage)
+    second moment of what the first ``1×1`` reads; or the plain one, where that fits better), the last ``1×1``
+    factor by least squares on the outputs."""
+    return _fitted("cp", layer, moments, rank, seed, lam, shrinkage)
