@@ -107,3 +107,12 @@ class StopAfter(nn.Module):
             if self.left < 0:
                 raise KeyboardInterrupt
         return batch.student.sum() * 0
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matrices gain nothing from threads, and on a busy machine two threads wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

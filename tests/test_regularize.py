@@ -11,14 +11,7 @@ import netcompress as nc
 from conftest import SmallNet, StopAfter
 from netcompress.distill import NuclearNorm, effective_rank, effective_ranks, singular_value_threshold
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices gain nothing from threads, and on a busy machine two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _numpy_threshold(matrix: np.ndarray, threshold: float) -> np.ndarray:
