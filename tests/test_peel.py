@@ -9,6 +9,8 @@ from torch import nn
 import netcompress as nc
 from netcompress.prune import reallocate
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only wait on each other
+
 
 class SmallCNN(nn.Module):
     """conv (stride 2) → BN → ReLU, a grouped conv, a 1×1 conv, max-pool, flatten, one Linear layer."""
