@@ -111,7 +111,8 @@ class StopAfter(nn.Module):
 
 @pytest.fixture
 def one_thread():
-    """Tiny matrices gain nothing from threads, and on a busy machine two threads wait on each other."""
+    """One torch thread for the test: tiny matrices gain nothing from threads (on a busy machine two wait on
+    each other), and a torchrun worker runs on one thread too (OMP_NUM_THREADS=1)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -115,15 +115,6 @@ def torchrun_outputs(tmp_path_factory):
     return root / "out", init, done.stdout
 
 
-@pytest.fixture
-def one_thread():
-    """The reference runs on one thread, as each torchrun worker does (OMP_NUM_THREADS=1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _compressed(directory: Path, dtype: torch.dtype) -> torch.nn.Module:
     from netcompress.prototype.models import WideMLP
 

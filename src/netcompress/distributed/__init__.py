@@ -3,26 +3,7 @@
 ``terngrad_hook`` / ``terngrad_allreduce``: ternary gradients (Wen et al., NIPS 2017).
 """
 
-from netcompress.distributed.terngrad import (
-    PAPER_CLIP,
-    TernGradState,
-    decode,
-    pack,
-    packed_size,
-    ternarize,
-    terngrad_allreduce,
-    terngrad_hook,
-    unpack,
-)
+from netcompress.distributed import terngrad
+from netcompress.distributed.terngrad import *  # noqa: F403 (the names terngrad.__all__ lists)
 
-__all__ = [
-    "PAPER_CLIP",
-    "TernGradState",
-    "decode",
-    "pack",
-    "packed_size",
-    "ternarize",
-    "terngrad_allreduce",
-    "terngrad_hook",
-    "unpack",
-]
+__all__ = list(terngrad.__all__)
