@@ -1,0 +1,126 @@
+"""Distributed codistillation (Anil et al., ICLR 2018) on real gloo: two spawned processes.
+
+The workers run ``codistill_distributed`` twice and write their weights; the tests compare them with
+the single-process ``codistill`` computed here.
+"""
+
+import json
+import math
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from conftest import SEED
+from netcompress.distill.finetune import accuracy, codistill
+from netcompress.distributed import CodistillStats, codistill_distributed
+
+WORLD = 2
+EPOCHS, BURN_IN, BATCH, LR = 3, 1, 64, 3e-3
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return torch.tensor(x[:512], dtype=torch.float32) / 16, torch.tensor(y[:512], dtype=torch.int64)
+
+
+def _models() -> list[nn.Module]:
+    torch.manual_seed(SEED)
+    return [nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)) for _ in range(WORLD)]
+
+
+def _save(model: nn.Module, path: Path) -> None:
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def _worker(rank: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=60))
+    try:
+        x, y = _digits()
+        # (1) Same data and seeds on every rank, exchange every step: rank i is model i of codistill.
+        model = _models()[rank]
+        codistill_distributed(model, (x, y), epochs=EPOCHS, lr=LR, burn_in_epochs=BURN_IN, batch_size=BATCH,
+                              exchange_every=1, seed=SEED, weight=0.7, temperature=2.0)
+        _save(model, Path(out) / f"same{rank}.safetensors")
+        # (2) Own shard, own seed, stale copies refreshed every 3 steps.
+        model = _models()[0]  # the same initial weights on both ranks: only the data tells them apart
+        stats = CodistillStats()
+        codistill_distributed(model, (x[rank::WORLD], y[rank::WORLD]), epochs=EPOCHS, lr=10 * LR, burn_in_epochs=BURN_IN,
+                              batch_size=BATCH // 2, exchange_every=3, seed=SEED + rank, stats=stats)
+        _save(model, Path(out) / f"stale{rank}.safetensors")
+        summary = {"exchanges": stats.exchanges, "bytes_per_exchange": stats.bytes_per_exchange,
+                   "bytes_sent": stats.bytes_sent, "accuracy": accuracy(model, x, y)}
+        (Path(out) / f"stale{rank}.json").write_text(json.dumps(summary))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def gloo_outputs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("codistill")
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned workers before they import torch
+    try:
+        mp.spawn(_worker, args=(str(out),), nprocs=WORLD, join=True)
+    finally:
+        if threads is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
+    return out
+
+
+def test_exchange_every_step_equals_single_process_codistill(gloo_outputs):
+    models = codistill(_models(), _digits(), epochs=EPOCHS, lr=LR, burn_in_epochs=BURN_IN, batch_size=BATCH,
+                       seed=SEED, weight=0.7, temperature=2.0, progress=False)
+    initial = _models()
+    for rank, reference in enumerate(models):
+        got = load_file(str(gloo_outputs / f"same{rank}.safetensors"))
+        for key, value in reference.state_dict().items():
+            torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6)
+            assert not torch.equal(value, initial[rank].state_dict()[key])  # it trained
+    # The two models were codistilled, not trained alone: without the others the result differs.
+    alone = codistill(_models(), _digits(), epochs=EPOCHS, lr=LR, burn_in_epochs=EPOCHS, batch_size=BATCH,
+                      seed=SEED, progress=False)
+    got = load_file(str(gloo_outputs / "same0.safetensors"))
+    assert (got["2.weight"] - alone[0].state_dict()["2.weight"]).abs().max() > 1e-4
+
+
+def test_stale_exchange_runs_keeps_ranks_distinct_and_counts_bytes(gloo_outputs):
+    weights = [load_file(str(gloo_outputs / f"stale{rank}.safetensors")) for rank in range(WORLD)]
+    for key in weights[0]:
+        assert not torch.allclose(weights[0][key], weights[1][key]), key
+    parameters = sum(p.numel() for p in _models()[0].parameters())
+    steps = (EPOCHS - BURN_IN) * math.ceil(256 / (BATCH // 2))
+    for rank in range(WORLD):
+        s = json.loads((gloo_outputs / f"stale{rank}.json").read_text())
+        assert s["exchanges"] == math.ceil(steps / 3)  # none during the burn-in, then every third step
+        assert s["bytes_per_exchange"] == 4 * parameters
+        assert s["bytes_sent"] == s["exchanges"] * 4 * parameters
+        assert s["accuracy"] > 75, s  # percent, on all 512 samples (half of them unseen by this rank)
+
+
+def test_bad_arguments_name_the_argument():
+    model, data = _models()[0], _digits()
+    for kwargs, name in [({"epochs": -1}, "epochs"), ({"lr": 0.0}, "lr"), ({"burn_in_epochs": -1}, "burn_in_epochs"),
+                         ({"weight": -1.0}, "weight"), ({"temperature": 0.0}, "temperature"),
+                         ({"batch_size": 0}, "batch_size"), ({"exchange_every": 0}, "exchange_every")]:
+        arguments = {"epochs": 1, "lr": 1e-3} | kwargs
+        with pytest.raises(ValueError, match=name):
+            codistill_distributed(model, data, **arguments)
+    with pytest.raises(ValueError, match="data"):
+        codistill_distributed(model, (data[0], data[1][:3]), epochs=1, lr=1e-3)
+    with pytest.raises(ValueError, match="data"):
+        codistill_distributed(model, data[0], epochs=1, lr=1e-3)
+    with pytest.raises(ValueError, match="process group"):  # not initialised in this process
+        codistill_distributed(model, data, epochs=1, lr=1e-3)
