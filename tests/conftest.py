@@ -117,3 +117,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def spawn_one_thread(worker, out, nprocs: int) -> None:
+    """``torch.multiprocessing.spawn(worker, (str(out),), nprocs)`` with workers on one thread (OMP_NUM_THREADS=1)."""
+    import torch.multiprocessing as mp
+
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned workers before they import torch
+    try:
+        mp.spawn(worker, args=(str(out),), nprocs=nprocs, join=True)
+    finally:
+        if threads is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads

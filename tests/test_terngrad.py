@@ -7,18 +7,16 @@ the hook, write what they got, and the tests below compare it with a reference c
 
 import json
 import math
-import os
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import SEED
+from conftest import SEED, spawn_one_thread
 from netcompress.distributed import (
     PAPER_CLIP,
     TernGradState,
@@ -215,15 +213,7 @@ def _worker(rank: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def gloo_outputs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("terngrad")
-    threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned workers before they import torch
-    try:
-        mp.spawn(_worker, args=(str(out),), nprocs=WORLD, join=True)
-    finally:
-        if threads is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = threads
+    spawn_one_thread(_worker, out, WORLD)
     return out
 
 

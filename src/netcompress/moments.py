@@ -91,6 +91,15 @@ class Moments:
         moments.count = in_features
         return moments
 
+    def to(self, device: torch.device) -> Moments:
+        """These statistics on ``device`` (itself when already there)."""
+        if self.gram.device == torch.device(device):
+            return self
+        fields = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        if self.reference is not None:
+            fields["reference"] = OriginalInputs(self.reference.input_sum.to(device), self.reference.energy.to(device))
+        return Moments(**fields)
+
     @property
     def features(self) -> int:
         """The length of one input sample (all groups together)."""

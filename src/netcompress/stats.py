@@ -341,13 +341,8 @@ def _fold_inputs(m: Moments, rows: torch.Tensor) -> None:
 
 
 def _move(m: Moments, device: torch.device) -> None:
-    """Put the statistics on the device the layer runs on (the first call decides)."""
-    for attr in _TENSOR_FIELDS:
-        setattr(m, attr, getattr(m, attr).to(device))
-    if m.cross is not None:
-        m.cross = m.cross.to(device)
-    if m.reference is not None:
-        m.reference = OriginalInputs(m.reference.input_sum.to(device), m.reference.energy.to(device))
+    """Put the statistics on the device the layer runs on (the first call decides), in place."""
+    vars(m).update(vars(m.to(device)))
 
 
 # XXᵀ is symmetric: from this width on, only its lower block triangle is accumulated

@@ -287,11 +287,7 @@ def _checked(weight: torch.Tensor, moments: Moments) -> Moments:
     if moments.gram.dim() != 2 or moments.gram.shape[0] != weight.shape[1]:
         raise ValueError(f"the statistics have {moments.gram.shape[-1]} input features but the layer has "
                          f"{weight.shape[1]}; collect them on this layer")
-    return moments if moments.gram.device == weight.device else _on_device(moments, weight.device)
-
-
-def _on_device(moments: Moments, device: torch.device) -> Moments:
-    return Moments(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(moments).items()})
+    return moments.to(weight.device)
 
 
 def check_conv(layer: nn.Module, **_settings) -> None:

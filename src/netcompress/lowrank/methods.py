@@ -24,7 +24,7 @@ from torch import nn
 
 from netcompress.lowrank._linalg import leading_output_directions, ridge_solve
 from netcompress.lowrank.modules import build_low_rank
-from netcompress.moments import Moments, OriginalInputs
+from netcompress.moments import Moments
 from netcompress.registry import register
 
 __all__ = [
@@ -190,7 +190,7 @@ class Factorization:
         the fitted mean ``x̄``) are those of this factorization, so ``Ŷ_k − Y = D_k (x − c)``
         with ``c = x̄`` or 0, and the error is ``tr(D_k G_c D_kᵀ)``, ``G_c = Σ(x − c)(x − c)ᵀ``.
         """
-        moments = _on(moments, self.weight.device)
+        moments = moments.to(self.weight.device)
         _check_moments(self.weight, moments)
         if self.original is not None:
             energy = _reference_energy(*self.original, moments)
@@ -278,7 +278,7 @@ def svd(layer: nn.Module, moments: Moments, rank: int, *, bias_compensation: boo
     W = layer_matrix(layer)
     _check_moments(W, moments)
     rank = _checked_rank(layer, W, rank)
-    moments = _on(moments, W.device)
+    moments = moments.to(W.device)
     Q = moments.centered_gram if bias_compensation else moments.gram
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)
     SVh = S[:, None] * Vh
@@ -328,7 +328,7 @@ def dalr(
     _check_moments(W, moments)
     rank = _checked_rank(layer, W, rank)
     lam = check_lam(DEFAULT_LAM if lam is None else lam)
-    moments = _on(moments, W.device)
+    moments = moments.to(W.device)
     alpha = shrinkage_weight(moments, shrinkage)
     H = moments.centered_gram if bias_compensation else moments.gram
     Q = shrunk_towards_identity(H, H, alpha)
@@ -462,12 +462,3 @@ def _products_about(moments: Moments, fitted: Moments | None) -> tuple[torch.Ten
 
     return (about(moments.cross, moments.reference.input_sum, moments.input_sum, c, d),
             about(moments.gram, moments.input_sum, moments.input_sum, d, d))
-
-
-def _on(moments: Moments, device: torch.device) -> Moments:
-    if moments.gram.device == device:
-        return moments
-    fields = {k: (v.to(device) if isinstance(v, torch.Tensor)
-                  else OriginalInputs(v.input_sum.to(device), v.energy.to(device)) if isinstance(v, OriginalInputs) else v)
-              for k, v in vars(moments).items()}
-    return Moments(**fields)
