@@ -1,11 +1,12 @@
 """Statistics gathered, and models compressed, by two gloo processes equal those of one process on all the data.
 
 One real ``torchrun --nproc_per_node 2`` launch (gloo on CPU) runs this file as its workers: the
-statistics of a small network on strided shards, then examples/distributed_compress.py for every
+statistics of a small network on strided shards, then netcompress.examples.distributed_compress for every
 case below, in one process group so that the launch is paid once. The tests compare what rank 0
 wrote with one process on all the data.
 """
 
+import importlib
 import importlib.util
 import os
 import subprocess
@@ -21,7 +22,7 @@ from safetensors.torch import load_file, save_file
 import netcompress as nc
 from conftest import SmallNet
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "distributed_compress.py"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _net_and_data() -> tuple[torch.nn.Module, torch.Tensor]:
@@ -60,7 +61,7 @@ def test_two_processes_gather_the_statistics_of_all_data(torchrun_outputs):
             np.testing.assert_array_equal(gathered[f"{part}/{key}"].numpy(), single[key].numpy())
 
 
-# --- torchrun: examples/distributed_compress.py on two strided shards, against one process -----------
+# --- torchrun: netcompress.examples.distributed_compress on two strided shards, against one process -----------
 
 # 997 UCI digits in batches of 83: rank 0 gets 499 samples (7 batches), rank 1 498 (6 batches); 20%
 # held out (compress's default). Each case: the example's options and the relative tolerance of the
@@ -79,10 +80,7 @@ CASES = {
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location("distributed_compress", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("netcompress.examples.distributed_compress")
 
 
 def _torchrun_worker(out: str, init: str) -> None:
@@ -109,7 +107,7 @@ def torchrun_outputs(tmp_path_factory):
     save_file(WideMLP(width=32).state_dict(), init)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                __file__, str(root / "out"), init]  # --standalone: a c10d rendezvous on a free local port
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=EXAMPLE.parents[1],
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return root / "out", init, done.stdout

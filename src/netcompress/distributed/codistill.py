@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress._layers import progress_disabled
 from netcompress.distill.finetune import batches
 from netcompress.distill.losses import codistillation_losses
 
@@ -49,7 +50,8 @@ def _check(name: str, ok: bool, value, requirement: str) -> None:
 def codistill_distributed(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], *, epochs: int, lr: float,
                           burn_in_epochs: int = 1, weight: float = 1.0, temperature: float = 1.0,
                           batch_size: int = 128, exchange_every: int = 1, seed: int = 0,
-                          group: dist.ProcessGroup | None = None, stats: CodistillStats | None = None) -> nn.Module:
+                          group: dist.ProcessGroup | None = None, stats: CodistillStats | None = None,
+                          progress: bool | None = None) -> nn.Module:
     """Train this rank's ``model`` on its shard ``data`` = (inputs, labels), codistilling with the other ranks.
 
     Per step (Adam, mini-batches from :func:`netcompress.distill.finetune.batches` with ``seed``):
@@ -64,8 +66,11 @@ def codistill_distributed(model: nn.Module, data: tuple[torch.Tensor, torch.Tens
     exactly what the single-process ``codistill([m_0, …, m_{N-1}], data, …)`` computes for ``m_i``.
     Every rank must call this with the same architecture, ``epochs``, ``burn_in_epochs``,
     ``exchange_every`` and number of batches per epoch (checked collectively: all ranks raise).
-    ``stats``, if given, is filled with the number of exchanges and the bytes sent.
+    ``stats``, if given, is filled with the number of exchanges and the bytes sent. ``progress``
+    shows a bar over the epochs (``None``: only on a terminal); pass it on one rank only.
     """
+    from tqdm.auto import tqdm
+
     _check("epochs", isinstance(epochs, int) and epochs >= 0, epochs, "an integer >= 0")
     _check("lr", isinstance(lr, (int, float)) and lr > 0, lr, "> 0")
     _check("burn_in_epochs", isinstance(burn_in_epochs, int) and burn_in_epochs >= 0, burn_in_epochs,
@@ -128,7 +133,7 @@ def codistill_distributed(model: nn.Module, data: tuple[torch.Tensor, torch.Tens
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     distill_step = 0
-    for epoch in range(epochs):
+    for epoch in tqdm(range(epochs), desc=f"codistill rank {rank}", unit="epoch", disable=progress_disabled(progress)):
         for xb, yb in batches(x, y, batch_size, seed=seed, epoch=epoch):
             if epoch < burn_in_epochs:
                 loss = F.cross_entropy(model(xb), yb)

