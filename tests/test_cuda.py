@@ -49,3 +49,72 @@ def test_statistics_stay_on_the_gpu_in_float64():
     model = SmallNet().cuda()
     stats = nc.collect(model, _data().float().cuda().split(8), progress=False)
     assert all(m.gram.is_cuda and m.gram.dtype == torch.float64 for m in stats.values())
+
+
+# --- TernGrad on the GPU: the same 2-bit layout, and DDP over NCCL ----------------------------------
+
+def test_terngrad_packs_on_cuda_as_on_cpu():
+    from netcompress.distributed import decode, pack, ternarize, unpack
+
+    grad = torch.randn(1001, generator=torch.Generator().manual_seed(3)).cuda()
+    codes, scale = ternarize(grad, torch.Generator(device="cuda").manual_seed(0))
+    assert codes.is_cuda and float(scale) == float(grad.abs().max())
+    packed = pack(codes)
+    assert packed.is_cuda and torch.equal(packed.cpu(), pack(codes.cpu()))
+    assert torch.equal(unpack(packed, codes.numel()), codes)
+    # Every kept value is ±max|g| with the gradient's sign.
+    ternary = decode(codes, scale)
+    kept = codes != 0
+    assert torch.equal(torch.sign(ternary[kept]), torch.sign(grad[kept]))
+    assert torch.allclose(ternary[kept].abs(), scale.expand(int(kept.sum())))
+
+
+def test_terngrad_hook_trains_over_nccl():
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from netcompress.distributed import TernGradState, terngrad_hook
+
+    dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).cuda()
+        reference = [p.detach().clone() for p in model.parameters()]
+        ddp = DistributedDataParallel(model, device_ids=[torch.cuda.current_device()])
+        state = TernGradState(seed=0)
+        ddp.register_comm_hook(state, terngrad_hook)
+        x = torch.randn(64, 16, device="cuda")
+        y = torch.randint(0, 4, (64,), device="cuda")
+        torch.nn.functional.cross_entropy(ddp(x), y).backward()
+        # With one rank the averaged gradient is this rank's ternary one: per tensor, values in {−s, 0, s}.
+        plain = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).cuda()
+        with torch.no_grad():
+            for p, r in zip(plain.parameters(), reference, strict=True):
+                p.copy_(r)
+        torch.nn.functional.cross_entropy(plain(x), y).backward()
+        for p, q in zip(model.parameters(), plain.parameters(), strict=True):
+            scale = q.grad.abs().max()
+            assert bool(((p.grad == 0) | ((p.grad.abs() - scale).abs() <= 1e-6 * scale)).all())
+            kept = p.grad != 0
+            assert torch.equal(torch.sign(p.grad[kept]), torch.sign(q.grad[kept]))
+        parameters = sum(p.numel() for p in model.parameters())
+        assert state.float32_bytes == 4 * parameters and 8 * state.bytes_sent <= state.float32_bytes
+    finally:
+        dist.destroy_process_group()
+
+
+def test_terngrad_example_runs_under_torchrun_on_the_gpu():
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("sklearn", reason="the example's data (UCI digits) needs the 'demo' extra")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+               "-m", "netcompress.examples.terngrad", "--device", "cuda", "--epochs", "3", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1], env=dict(os.environ))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    assert result["fewer_bytes"] >= 8 and result["test_accuracy"] > 0.5, result

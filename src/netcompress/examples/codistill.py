@@ -17,7 +17,6 @@ bytes exchanged.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -25,7 +24,7 @@ import torch.distributed as dist
 
 from netcompress.distill.finetune import finetune
 from netcompress.distributed import CodistillStats, codistill_distributed
-from netcompress.examples._common import MODELS, TASKS, accuracy, logits, model, process_group, shard, task
+from netcompress.examples._common import DEVICES, MODELS, TASKS, accuracy, device, launch, logits, model, shard, task
 
 __all__ = ["main", "parse_args", "run"]
 
@@ -45,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="images per rank and step (default 32)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     parser.add_argument("--seed", type=int, default=0, help="weights (+ rank), data split and shuffling")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="cpu (gloo) or cuda (NCCL, each rank on GPU LOCAL_RANK); default cpu")
     parser.add_argument("--json", action="store_true", help="rank 0 prints the results as JSON")
     parser.add_argument("--progress", action="store_true", help="a progress bar on rank 0")
     args = parser.parse_args(argv)
@@ -64,8 +65,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.mode == "codistill" and world < 2:
         raise ValueError("--mode codistill needs at least two ranks: launch it with "
                          "torchrun --nproc_per_node 2 -m netcompress.examples.codistill")
-    split = task(args.data, args.seed)
-    network = model(args.model, args.seed + rank)  # models start apart, as independently trained ones do
+    on = device(args.device)
+    split = task(args.data, args.seed, on)
+    network = model(args.model, args.seed + rank).to(on)  # models start apart, as independently trained ones do
     x, y = shard(split.train_x, split.train_y, rank, world)
     stats, start = CodistillStats(), time.perf_counter()
     show = rank == 0 and args.progress
@@ -106,14 +108,7 @@ def summary(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        with process_group() as (rank, _):
-            result = run(args)
-    except ValueError as error:  # bad settings: one sentence, no traceback
-        raise SystemExit(f"error: {error}") from None
-    if rank == 0:
-        print(json.dumps(result, indent=1) if args.json else summary(result))
+    launch(run, summary, parse_args(argv))
 
 
 if __name__ == "__main__":

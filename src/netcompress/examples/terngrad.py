@@ -17,7 +17,6 @@ is the one rank of a world of one. Needs the ``demo`` extra (the digits of sciki
 # No "from __future__ import annotations": DDP checks the hook's annotations are the real dist.GradBucket.
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from netcompress.distill.finetune import batches
 from netcompress.distributed import TernGradState, terngrad_hook
-from netcompress.examples._common import MODELS, TASKS, accuracy, logits, model, process_group, shard, task
+from netcompress.examples._common import DEVICES, MODELS, TASKS, accuracy, device, launch, logits, model, shard, task
 
 __all__ = ["Float32Count", "counted_allreduce_hook", "main", "parse_args", "run"]
 
@@ -62,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0, help="weights, data split, shuffling and ternarisation")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="cpu (gloo) or cuda (NCCL, each rank on GPU LOCAL_RANK); default cpu")
     parser.add_argument("--json", action="store_true", help="rank 0 prints the results as JSON")
     parser.add_argument("--progress", action="store_true", help="a progress bar on rank 0")
     args = parser.parse_args(argv)
@@ -80,9 +81,10 @@ def run(args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    split = task(args.data, args.seed)
-    network = model(args.model, args.seed)  # the same weights on every rank
-    ddp = DistributedDataParallel(network)
+    on = device(args.device)
+    split = task(args.data, args.seed, on)
+    network = model(args.model, args.seed).to(on)  # the same weights on every rank
+    ddp = DistributedDataParallel(network, device_ids=[on.index] if on.type == "cuda" else None)
     if args.comm == "terngrad":
         state = TernGradState(seed=args.seed, clip=args.clip)
         ddp.register_comm_hook(state, terngrad_hook)
@@ -133,14 +135,7 @@ def summary(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        with process_group() as (rank, _):
-            result = run(args)
-    except ValueError as error:  # bad settings: one sentence, no traceback
-        raise SystemExit(f"error: {error}") from None
-    if rank == 0:
-        print(json.dumps(result, indent=1) if args.json else summary(result))
+    launch(run, summary, parse_args(argv))
 
 
 if __name__ == "__main__":
