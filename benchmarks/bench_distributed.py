@@ -109,7 +109,7 @@ def codistill_rows(raw: dict) -> list[list[str]]:
         each = [a for r in runs for a in r["test_accuracy"]]
         worst = [min(r["test_accuracy"]) for r in runs]
         ensemble = [r["ensemble_accuracy"] for r in runs] if runs[0]["world"] > 1 else []
-        rows.append([name, _mean(each), _per_seed(worst), _mean(ensemble) if ensemble else "",
+        rows.append([name, _mean(each), _per_seed(worst) if ensemble else "", _mean(ensemble) if ensemble else "",
                      f"{runs[0]['bytes_sent']:,}" if runs[0]["mode"] == "codistill" else "0",
                      f"{statistics.mean(r['seconds'] for r in runs):.1f}"])
     return rows

@@ -65,7 +65,7 @@ def runs(tmp_path_factory) -> dict:
 def test_float32_all_reduce_counts_every_parameter_once_a_step(runs):
     run = runs["float32"]
     assert run["world"] == 2 and run["steps"] == EPOCHS * STEPS_PER_EPOCH and run["samples_per_rank"] == 500
-    assert run["bytes_sent"] == run["float32_bytes"] == EPOCHS * STEPS_PER_EPOCH * 4 * LENET5_PARAMETERS
+    assert run["bytes_sent"] == EPOCHS * STEPS_PER_EPOCH * 4 * LENET5_PARAMETERS
     assert run["max_weight_difference"] == 0.0
 
 
@@ -77,7 +77,7 @@ def test_terngrad_example_sends_2_bits_a_value_and_keeps_the_ranks_identical(run
     buckets = 2  # DDP's small first bucket, then the rest; each may pad its codes by up to 3 fields
     steps = EPOCHS * STEPS_PER_EPOCH
     assert steps * (codes + scalers) <= run["bytes_sent"] <= steps * (codes + scalers + buckets)
-    assert run["float32_bytes"] / run["bytes_sent"] >= 8
+    assert run["compression"] == pytest.approx(run["float32_bytes"] / run["bytes_sent"]) and run["compression"] >= 8
     assert run["max_weight_difference"] == 0.0
     # Two epochs of ternary gradients still learns the digits (chance is 0.1).
     assert run["test_accuracy"] > 0.5
@@ -101,6 +101,7 @@ def test_codistill_example_refuses_a_single_process_in_one_sentence():
         codistill.main(["--epochs", "1", "--burn-in", "0"])
     assert str(refused.value) == ("error: --mode codistill needs at least two ranks: launch it with "
                                   "torchrun --nproc_per_node 2 -m netcompress.examples.codistill")
+    assert not torch.distributed.is_initialized()  # the group of one it opened is gone
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is visible")
@@ -111,3 +112,4 @@ def test_examples_refuse_cuda_without_a_gpu_in_one_sentence(example):
     with pytest.raises(SystemExit) as refused:
         importlib.import_module(f"netcompress.examples.{example}").main(["--device", "cuda"])
     assert str(refused.value) == "error: --device cuda: no CUDA GPU is visible here; use --device cpu"
+    assert not torch.distributed.is_initialized()

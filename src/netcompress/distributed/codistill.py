@@ -69,7 +69,8 @@ def codistill_distributed(model: nn.Module, data: tuple[torch.Tensor, torch.Tens
     Every rank must call this with the same architecture, ``epochs``, ``burn_in_epochs``,
     ``exchange_every`` and number of batches per epoch (checked collectively: all ranks raise).
     ``stats``, if given, is filled with the number of exchanges and the bytes sent. ``progress``
-    shows a bar over the epochs (``None``: only on a terminal); pass it on one rank only.
+    shows a bar over the epochs: ``True`` on this rank, ``False`` nowhere, ``None`` (the default)
+    on rank 0 only, and only on a terminal.
     """
     from tqdm.auto import tqdm
 
@@ -135,7 +136,8 @@ def codistill_distributed(model: nn.Module, data: tuple[torch.Tensor, torch.Tens
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     distill_step = 0
-    for epoch in tqdm(range(epochs), desc=f"codistill rank {rank}", unit="epoch", disable=progress_disabled(progress)):
+    hidden = True if progress is None and rank != 0 else progress_disabled(progress)  # one bar, not one per rank
+    for epoch in tqdm(range(epochs), desc=f"codistill rank {rank}", unit="epoch", disable=hidden):
         for xb, yb in batches(x, y, batch_size, seed=seed, epoch=epoch):
             if epoch < burn_in_epochs:
                 loss = F.cross_entropy(model(xb), yb)

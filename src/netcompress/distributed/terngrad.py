@@ -157,9 +157,9 @@ def _average(messages: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) 
     return [part.reshape(t.shape).to(t.dtype) for part, t in zip(total.split(counts), tensors, strict=True)]
 
 
-def _exchange(tensors: Sequence[torch.Tensor], generator: torch.Generator, group: dist.ProcessGroup | None,
-              clip: float | bool | None) -> tuple[list[torch.Tensor], int]:
-    """Ternarise, all-gather, decode and average; also the bytes this rank sent."""
+def _start_exchange(tensors: Sequence[torch.Tensor], generator: torch.Generator, group: dist.ProcessGroup | None,
+                    clip: float | bool | None) -> tuple[list[torch.Tensor], dist.Work, int]:
+    """Ternarise and start the all-gather: the receiving buffers, its work handle, the bytes this rank sent."""
     if not tensors:
         raise ValueError("tensors must hold at least one tensor")
     devices = {t.device for t in tensors}
@@ -167,8 +167,8 @@ def _exchange(tensors: Sequence[torch.Tensor], generator: torch.Generator, group
         raise ValueError(f"tensors must all be on one device, got {sorted(map(str, devices))}")
     payload = _payload(tensors, generator, clip)
     messages = [torch.empty_like(payload) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(messages, payload, group=group)
-    return _average(messages, tensors), payload.numel()
+    work = dist.all_gather(messages, payload, group=group, async_op=True)
+    return messages, work, payload.numel()
 
 
 def terngrad_allreduce(tensors: Sequence[torch.Tensor], *, generator: torch.Generator,
@@ -182,7 +182,10 @@ def terngrad_allreduce(tensors: Sequence[torch.Tensor], *, generator: torch.Gene
     tensors, an unbiased estimate of the mean of the inputs without ``clip``. The exchange is an
     all-gather of packed 2-bit codes and float32 scalers, see the module's docstring for why.
     """
-    return _exchange(list(tensors), generator, group, clip)[0]
+    tensors = list(tensors)
+    messages, work, _ = _start_exchange(tensors, generator, group, clip)
+    work.wait()
+    return _average(messages, tensors)
 
 
 @dataclass
@@ -224,17 +227,20 @@ def terngrad_hook(state: TernGradState, bucket: dist.GradBucket) -> torch.future
 
     Use as ``ddp.register_comm_hook(TernGradState(seed=0, clip=None), terngrad_hook)``. Each
     parameter's gradient in the bucket is ternarised with its own scaler (the paper's per-layer
-    scaler), the packed codes and scalers are all-gathered from every rank and averaged (see the
-    module's docstring for why not an all-reduce), and the averaged values are written into the
-    bucket's flat buffer, which the returned, already completed, future holds.
+    scaler) and the packed codes and scalers are all-gathered from every rank (see the module's
+    docstring for why not an all-reduce). The all-gather runs asynchronously, so DDP goes on with
+    the backward pass meanwhile; the returned future decodes and averages the ranks' messages into
+    the bucket's flat buffer when it arrives.
     """
     buffer = bucket.buffer()
     gradients = bucket.gradients()  # views into ``buffer``, one per parameter
-    averaged, sent = _exchange(gradients, state.generator(buffer.device), state.group, state.clip)
-    for gradient, mean in zip(gradients, averaged, strict=True):
-        gradient.copy_(mean)
+    messages, work, sent = _start_exchange(gradients, state.generator(buffer.device), state.group, state.clip)
     state.bytes_sent += sent
     state.float32_bytes += 4 * buffer.numel()
-    future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
-    future.set_result(buffer)
-    return future
+
+    def average(_: torch.futures.Future) -> torch.Tensor:
+        for gradient, mean in zip(gradients, _average(messages, gradients), strict=True):
+            gradient.copy_(mean)
+        return buffer
+
+    return work.get_future().then(average)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +37,29 @@ def process_group(backend: str = "gloo") -> Iterator[tuple[int, int]]:
         dist.destroy_process_group()
 
 
+def add_common_options(parser, seed_help: str) -> None:
+    """The options every training example shares: data, model, seed, device and output."""
+    parser.add_argument("--data", choices=TASKS, default="digits",
+                        help="digits: 1,000 UCI digits to train, 797 to test; mnist: 4,000 and 1,000 (default digits)")
+    parser.add_argument("--model", choices=MODELS, default="lenet5", help="the network (default lenet5)")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="cpu (gloo) or cuda (NCCL, each rank on GPU LOCAL_RANK); default cpu")
+    parser.add_argument("--json", action="store_true", help="rank 0 prints the results as JSON")
+    parser.add_argument("--progress", action="store_true", help="a progress bar on rank 0")
+
+
+def check_common_options(parser, args) -> None:
+    """Refuse, in one sentence through ``parser.error``, what :func:`add_common_options`' types let through."""
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.seed < 2**31:
+        parser.error(f"--seed must be between 0 and 2**31 - 1, got {args.seed}")
+    if not math.isfinite(args.lr) or args.lr <= 0:
+        parser.error(f"--lr must be a positive number, got {args.lr}")
+
+
 def launch(run: Callable[[object], dict], summary: Callable[[dict], str], args) -> None:
     """An example's ``main``: ``run(args)`` in a process group, then rank 0 prints the summary (or JSON).
 
@@ -43,8 +67,7 @@ def launch(run: Callable[[object], dict], summary: Callable[[dict], str], args) 
     process with its one sentence and a non-zero status, without a traceback.
     """
     try:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA GPU is visible here; use --device cpu")
+        device(args.device)  # checked, and this rank's GPU made current, before NCCL starts
         with process_group("nccl" if args.device == "cuda" else "gloo") as (rank, _):
             result = run(args)
     except ValueError as error:
@@ -57,7 +80,12 @@ def device(name: str) -> torch.device:
     """``cpu``, or this rank's GPU: ``cuda:LOCAL_RANK`` (torchrun's local rank, 0 without it), made current."""
     if name == "cpu":
         return torch.device("cpu")
-    index = int(os.environ.get("LOCAL_RANK", 0))
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible here; use --device cpu")
+    index, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(f"--device cuda: this is local rank {index} but only {count} GPU(s) are visible; "
+                         f"launch at most {count} process(es) per node (torchrun --nproc_per_node {count})")
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
 
@@ -87,7 +115,7 @@ def model(name: str, seed: int) -> nn.Module:
     builders = {"lenet5": LeNet5, "lenet300100": LeNet300100, "compact": CompactNet}
     if name not in builders:
         raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {name!r}")
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):  # built on the CPU: leave every GPU's generator alone
         torch.manual_seed(seed)
         return builders[name]()
 

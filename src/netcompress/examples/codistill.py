@@ -17,6 +17,7 @@ bytes exchanged.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -24,7 +25,17 @@ import torch.distributed as dist
 
 from netcompress.distill.finetune import finetune
 from netcompress.distributed import CodistillStats, codistill_distributed
-from netcompress.examples._common import DEVICES, MODELS, TASKS, accuracy, device, launch, logits, model, shard, task
+from netcompress.examples._common import (
+    accuracy,
+    add_common_options,
+    check_common_options,
+    device,
+    launch,
+    logits,
+    model,
+    shard,
+    task,
+)
 
 __all__ = ["main", "parse_args", "run"]
 
@@ -32,30 +43,27 @@ __all__ = ["main", "parse_args", "run"]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("codistill", "independent"), default="codistill")
-    parser.add_argument("--data", choices=TASKS, default="digits",
-                        help="digits: 1,000 UCI digits to train, 797 to test; mnist: 4,000 and 1,000 (default digits)")
-    parser.add_argument("--model", choices=MODELS, default="lenet5", help="the network (default lenet5)")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--burn-in", type=int, default=2, help="epochs of the task loss alone first (default 2)")
+    parser.add_argument("--burn-in", type=int,
+                        help="epochs of the task loss alone first (default 2, or --epochs if fewer)")
     parser.add_argument("--exchange-every", type=int, default=10,
                         help="steps between exchanges of the models' weights (default 10)")
     parser.add_argument("--weight", type=float, default=1.0, help="weight of the distillation loss (default 1)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=32, help="images per rank and step (default 32)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--seed", type=int, default=0, help="weights (+ rank), data split and shuffling")
-    parser.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="cpu (gloo) or cuda (NCCL, each rank on GPU LOCAL_RANK); default cpu")
-    parser.add_argument("--json", action="store_true", help="rank 0 prints the results as JSON")
-    parser.add_argument("--progress", action="store_true", help="a progress bar on rank 0")
+    add_common_options(parser, seed_help="weights (+ rank), data split and shuffling")
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "exchange_every"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    check_common_options(parser, args)
+    if args.exchange_every < 1:
+        parser.error(f"--exchange-every must be at least 1, got {args.exchange_every}")
+    if args.burn_in is None:
+        args.burn_in = min(2, args.epochs)
     if not 0 <= args.burn_in <= args.epochs:
         parser.error(f"--burn-in must be between 0 and --epochs ({args.epochs}), got {args.burn_in}")
-    if not args.lr > 0 or not args.temperature > 0 or args.weight < 0:
-        parser.error("--lr and --temperature must be > 0 and --weight >= 0")
+    if not (math.isfinite(args.temperature) and args.temperature > 0) or not (
+            math.isfinite(args.weight) and args.weight >= 0):
+        parser.error(f"--temperature must be > 0 and --weight >= 0, got {args.temperature} and {args.weight}")
     return args
 
 
@@ -97,7 +105,7 @@ def summary(result: dict) -> str:
     """What rank 0 prints."""
     accuracies = ", ".join(f"{a:.4f}" for a in result["test_accuracy"])
     lines = [f"{result['world']} rank(s), {result['mode']}: {result['model']} on {result['data']}, "
-             f"{result['epochs']} epochs of {result['samples_per_rank']} images per rank in {result['seconds']:.1f} s",
+             f"{result['epochs']} epochs of {result['samples_per_rank']:,} images per rank in {result['seconds']:.1f} s",
              f"test accuracy of each rank's model: {accuracies}"]
     if result["world"] > 1:
         lines.append(f"test accuracy of their averaged predictions: {result['ensemble_accuracy']:.4f}")
