@@ -37,7 +37,7 @@ def process_group(backend: str = "gloo") -> Iterator[tuple[int, int]]:
         dist.destroy_process_group()
 
 
-def add_common_options(parser, seed_help: str) -> None:
+def add_options(parser, seed_help: str) -> None:
     """The options every training example shares: data, model, seed, device and output."""
     parser.add_argument("--data", choices=TASKS, default="digits",
                         help="digits: 1,000 UCI digits to train, 797 to test; mnist: 4,000 and 1,000 (default digits)")
@@ -49,8 +49,8 @@ def add_common_options(parser, seed_help: str) -> None:
     parser.add_argument("--progress", action="store_true", help="a progress bar on rank 0")
 
 
-def check_common_options(parser, args) -> None:
-    """Refuse, in one sentence through ``parser.error``, what :func:`add_common_options`' types let through."""
+def check_options(parser, args) -> None:
+    """Refuse, in one sentence through ``parser.error``, what :func:`add_options`' types let through."""
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")

@@ -25,17 +25,7 @@ import torch.distributed as dist
 
 from netcompress.distill.finetune import finetune
 from netcompress.distributed import CodistillStats, codistill_distributed
-from netcompress.examples._common import (
-    accuracy,
-    add_common_options,
-    check_common_options,
-    device,
-    launch,
-    logits,
-    model,
-    shard,
-    task,
-)
+from netcompress.examples import _common as common
 
 __all__ = ["main", "parse_args", "run"]
 
@@ -52,9 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=32, help="images per rank and step (default 32)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    add_common_options(parser, seed_help="weights (+ rank), data split and shuffling")
+    common.add_options(parser, seed_help="weights (+ rank), data split and shuffling")
     args = parser.parse_args(argv)
-    check_common_options(parser, args)
+    common.check_options(parser, args)
     if args.exchange_every < 1:
         parser.error(f"--exchange-every must be at least 1, got {args.exchange_every}")
     if args.burn_in is None:
@@ -73,10 +63,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.mode == "codistill" and world < 2:
         raise ValueError("--mode codistill needs at least two ranks: launch it with "
                          "torchrun --nproc_per_node 2 -m netcompress.examples.codistill")
-    on = device(args.device)
-    split = task(args.data, args.seed, on)
-    network = model(args.model, args.seed + rank).to(on)  # models start apart, as independently trained ones do
-    x, y = shard(split.train_x, split.train_y, rank, world)
+    on = common.device(args.device)
+    split = common.task(args.data, args.seed, on)
+    network = common.model(args.model, args.seed + rank).to(on)  # models start apart, as independently trained ones do
+    x, y = common.shard(split.train_x, split.train_y, rank, world)
     stats, start = CodistillStats(), time.perf_counter()
     show = rank == 0 and args.progress
     if args.mode == "codistill":
@@ -87,15 +77,15 @@ def run(args: argparse.Namespace) -> dict:
         finetune(network, (x, y), epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                  progress=show)
     seconds = time.perf_counter() - start
-    outputs = logits(network, split.test_x)
+    outputs = common.logits(network, split.test_x)
     every = [torch.empty_like(outputs) for _ in range(world)]
     dist.all_gather(every, outputs)
     ensemble = torch.stack([z.softmax(1) for z in every]).mean(0)
     return {
         "mode": args.mode, "data": args.data, "model": args.model, "world": world, "epochs": args.epochs,
         "burn_in": args.burn_in, "exchange_every": args.exchange_every, "samples_per_rank": len(x),
-        "seed": args.seed, "test_accuracy": [accuracy(z, split.test_y) for z in every],
-        "ensemble_accuracy": accuracy(ensemble, split.test_y),
+        "seed": args.seed, "test_accuracy": [common.accuracy(z, split.test_y) for z in every],
+        "ensemble_accuracy": common.accuracy(ensemble, split.test_y),
         "exchanges": stats.exchanges, "bytes_per_exchange": stats.bytes_per_exchange, "bytes_sent": stats.bytes_sent,
         "seconds": seconds,
     }
@@ -116,7 +106,7 @@ def summary(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    launch(run, summary, parse_args(argv))
+    common.launch(run, summary, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -30,17 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from netcompress.distill.finetune import batches
 from netcompress.distributed import TernGradState, terngrad_hook
-from netcompress.examples._common import (
-    accuracy,
-    add_common_options,
-    check_common_options,
-    device,
-    launch,
-    logits,
-    model,
-    shard,
-    task,
-)
+from netcompress.examples import _common as common
 
 __all__ = ["Float32Count", "counted_allreduce_hook", "main", "parse_args", "run"]
 
@@ -80,9 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="images per rank and step (default 32)")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum in [0, 1) (default 0.9)")
-    add_common_options(parser, seed_help="weights, data split, shuffling and ternarisation")
+    common.add_options(parser, seed_help="weights, data split, shuffling and ternarisation")
     args = parser.parse_args(argv)
-    check_common_options(parser, args)
+    common.check_options(parser, args)
     if not 0 <= args.momentum < 1:
         parser.error(f"--momentum must be in [0, 1), got {args.momentum}")
     if args.clip is not None and args.comm != "terngrad":
@@ -97,9 +87,9 @@ def run(args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    on = device(args.device)
-    split = task(args.data, args.seed, on)
-    network = model(args.model, args.seed).to(on)  # the same weights on every rank
+    on = common.device(args.device)
+    split = common.task(args.data, args.seed, on)
+    network = common.model(args.model, args.seed).to(on)  # the same weights on every rank
     ddp = DistributedDataParallel(network, device_ids=[on.index] if on.type == "cuda" else None)
     if args.comm == "terngrad":
         state = TernGradState(seed=args.seed, clip=args.clip)
@@ -107,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
     else:
         state = Float32Count()
         ddp.register_comm_hook(state, counted_allreduce_hook)
-    x, y = shard(split.train_x, split.train_y, rank, world)
+    x, y = common.shard(split.train_x, split.train_y, rank, world)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
     history, steps, start = [], 0, time.perf_counter()
     bar = tqdm(range(args.epochs), desc=f"{args.comm} ×{world}", unit="epoch", disable=rank != 0 or not args.progress)
@@ -118,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
             torch.nn.functional.cross_entropy(ddp(xb), yb).backward()
             optimizer.step()
             steps += 1
-        history.append(accuracy(logits(network, split.test_x), split.test_y))
+        history.append(common.accuracy(common.logits(network, split.test_x), split.test_y))
         bar.set_postfix(test=f"{history[-1]:.4f}")
     seconds = time.perf_counter() - start
     flat = torch.cat([p.detach().reshape(-1) for p in network.parameters()])
@@ -166,7 +156,7 @@ def summary(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    launch(run, summary, parse_args(argv))
+    common.launch(run, summary, parse_args(argv))
 
 
 if __name__ == "__main__":
