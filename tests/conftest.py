@@ -13,6 +13,14 @@ def _seed():
     torch.manual_seed(SEED)
 
 
+def softmax_np(z, axis=-1):
+    """The softmax in NumPy, an independent reference for the distillation losses."""
+    import numpy as np
+
+    e = np.exp(z - z.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
 def correlated_inputs(samples: int, features: int, *, seed: int = 0, mean: float = 0.3) -> torch.Tensor:
     """Inputs with a decaying spectrum and a non-zero mean, like real activations."""
     g = torch.Generator().manual_seed(seed)
@@ -119,14 +127,32 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def spawn_one_thread(worker, out, nprocs: int) -> None:
-    """``torch.multiprocessing.spawn(worker, (str(out),), nprocs)`` with workers on one thread (OMP_NUM_THREADS=1)."""
+def _in_gloo_group(rank: int, worker, out: str, world: int) -> None:
+    """One spawned rank: one thread, a gloo group (file:// rendezvous in ``out``), ``worker(rank, out)``, then leave."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
+    try:
+        worker(rank, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_gloo(worker, out, nprocs: int) -> None:
+    """Run ``worker(rank, out)`` in ``nprocs`` spawned processes of one thread each, inside one gloo group.
+
+    ``OMP_NUM_THREADS=1`` is inherited by the workers before they import torch.
+    """
     import torch.multiprocessing as mp
 
     threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned workers before they import torch
+    os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        mp.spawn(worker, args=(str(out),), nprocs=nprocs, join=True)
+        mp.spawn(_in_gloo_group, args=(worker, str(out), nprocs), nprocs=nprocs, join=True)
     finally:
         if threads is None:
             del os.environ["OMP_NUM_THREADS"]

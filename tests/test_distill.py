@@ -9,13 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import netcompress as nc
-from conftest import SmallNet, StopAfter
+from conftest import SmallNet, StopAfter, softmax_np
 from netcompress.distill import losses as distill
-
-
-def _softmax(z, axis=-1):
-    e = np.exp(z - z.max(axis, keepdims=True))
-    return e / e.sum(axis, keepdims=True)
 
 
 def test_logits_loss_is_the_seeds_formula():
@@ -23,8 +18,8 @@ def test_logits_loss_is_the_seeds_formula():
     zs, zt = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
     y = rng.integers(0, 5, 6)
     T, alpha, beta = 3.0, 0.3, 0.7
-    hard = -np.log(_softmax(zs)[np.arange(6), y]).mean()
-    soft = -(_softmax(zt / T) * np.log(_softmax(zs / T))).sum(1).mean()
+    hard = -np.log(softmax_np(zs)[np.arange(6), y]).mean()
+    soft = -(softmax_np(zt / T) * np.log(softmax_np(zs / T))).sum(1).mean()
     batch = distill.Batch(torch.tensor(zs), torch.tensor(y), torch.tensor(zt))
     loss = distill.Logits(temperature=T, alpha=alpha, beta=beta)(batch)
     assert loss.item() == pytest.approx(alpha * hard + beta * soft, rel=1e-10)

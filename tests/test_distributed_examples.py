@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import spawn_one_thread
+from conftest import spawn_gloo
 
 pytest.importorskip("sklearn", reason="the examples' data (UCI digits) needs the 'demo' extra")
 
@@ -38,26 +38,19 @@ def _torchrun(module: str, *options: str, nproc: int = 2) -> dict:
 
 def _spawned(rank: int, out: str) -> None:
     """One of two spawned ranks: the float32 baseline, then codistillation, in one gloo group."""
-    import torch.distributed as dist
-
     from netcompress.examples import codistill, terngrad
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
-    try:
-        results = {"float32": terngrad.run(terngrad.parse_args(["--comm", "float32", "--epochs", str(EPOCHS)])),
-                   "codistill": codistill.run(codistill.parse_args(["--epochs", "2", "--burn-in", "1",
-                                                                    "--exchange-every", "4"]))}
-        if rank == 0:
-            (Path(out) / "results.json").write_text(json.dumps(results))
-    finally:
-        dist.destroy_process_group()
+    results = {"float32": terngrad.run(terngrad.parse_args(["--comm", "float32", "--epochs", str(EPOCHS)])),
+               "codistill": codistill.run(codistill.parse_args(["--epochs", "2", "--burn-in", "1",
+                                                                "--exchange-every", "4"]))}
+    if rank == 0:
+        (Path(out) / "results.json").write_text(json.dumps(results))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("examples")
-    spawn_one_thread(_spawned, out, 2)
+    spawn_gloo(_spawned, out, 2)
     return json.loads((out / "results.json").read_text()) | {
         "terngrad": _torchrun("terngrad", "--comm", "terngrad", "--epochs", str(EPOCHS))}
 

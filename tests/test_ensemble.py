@@ -8,23 +8,18 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from conftest import SmallNet, StopAfter
+from conftest import SmallNet, StopAfter, softmax_np
 from netcompress.distill import losses as distill
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _softmax(z, axis=-1):
-    e = np.exp(z - z.max(axis, keepdims=True))
-    return e / e.sum(axis, keepdims=True)
-
-
 def _direct_loss(zs, teachers, weights, y, T, alpha, beta):
     """``α·H(y, σ(z_s)) + β·H(Σ_k w_k σ(z_k/T), σ(z_s/T))`` in float64 NumPy, weights normalised."""
     w = np.asarray(weights, dtype=np.float64) / np.sum(weights)
-    target = sum(wk * _softmax(zk / T) for wk, zk in zip(w, teachers, strict=True))
-    soft = -(target * np.log(_softmax(zs / T))).sum(1).mean()
-    hard = -np.log(_softmax(zs)[np.arange(len(y)), y]).mean()
+    target = sum(wk * softmax_np(zk / T) for wk, zk in zip(w, teachers, strict=True))
+    soft = -(target * np.log(softmax_np(zs / T))).sum(1).mean()
+    hard = -np.log(softmax_np(zs)[np.arange(len(y)), y]).mean()
     return alpha * hard + beta * soft, target
 
 
@@ -38,9 +33,9 @@ def test_ensemble_target_is_the_weighted_mean_of_softened_probabilities():
     np.testing.assert_allclose(got.sum(-1).numpy(), 1.0, rtol=1e-12)
     # Probabilities are averaged, not logits: the softmax of the mean logit is a different target.
     mean_logit = sum(w * z for w, z in zip(np.array(weights) / 8.0, teachers, strict=True))
-    assert np.abs(_softmax(mean_logit / T) - expected).max() > 1e-2
+    assert np.abs(softmax_np(mean_logit / T) - expected).max() > 1e-2
     equal = distill.ensemble_probabilities([torch.tensor(z) for z in teachers], T)
-    np.testing.assert_allclose(equal.numpy(), sum(_softmax(z / T) for z in teachers) / 3, rtol=1e-12)
+    np.testing.assert_allclose(equal.numpy(), sum(softmax_np(z / T) for z in teachers) / 3, rtol=1e-12)
     with pytest.raises(ValueError, match="teacher_weights has 1 entries for 3 teachers"):
         distill.ensemble_probabilities([torch.tensor(z) for z in teachers], T, [1.0])
 

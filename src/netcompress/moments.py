@@ -12,6 +12,7 @@ from netcompress._tensors import row_blocks
 __all__ = [
     "Moments",
     "OriginalInputs",
+    "output_energy",
     "relative_output_error",
 ]
 
@@ -178,6 +179,17 @@ class Moments:
         if not centre:
             return self.cross
         return self.cross - self.count * torch.outer(self.reference_mean, self.mean_input)
+
+
+def output_energy(weight: torch.Tensor, bias: torch.Tensor | None, moments: Moments) -> float:
+    """``Σ ||W x + b||² = tr(W XXᵀ Wᵀ) + 2 bᵀ W Σx + n ||b||²`` over the samples of ``moments``.
+
+    ``weight`` is the layer's (out, in) float64 matrix on the statistics' device, ``bias`` its bias or None.
+    """
+    energy = float(((weight @ moments.gram) * weight).sum())
+    if bias is not None:
+        energy += 2 * float(bias @ (weight @ moments.input_sum)) + moments.count * float(bias @ bias)
+    return energy
 
 
 def relative_output_error(

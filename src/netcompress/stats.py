@@ -455,7 +455,7 @@ def _all_reduce(stats: LayerStats) -> None:
         m.count, m.output_count = int(counts[0].item()), int(counts[1].item())
 
 
-def _heldout_index(start: int, size: int, holdout: float) -> torch.Tensor:
+def heldout_mask(start: int, size: int, holdout: float) -> torch.Tensor:
     """Which samples of a batch are held out: every sample where ``⌊(i+1)·h⌋ > ⌊i·h⌋`` (global index i).
 
     Under torch.distributed, sample j of process r (of W) has global index i = j·W + r, its place
@@ -581,7 +581,7 @@ def collect(
             if not isinstance(batch, (torch.Tensor, Mapping, tuple, list)):
                 batch_input(batch)  # raises the sentence for an unsupported batch type
             size = batch_size(batch)
-            held = _heldout_index(samples, size, holdout) if holdout else torch.zeros(size, dtype=torch.bool)
+            held = heldout_mask(samples, size, holdout) if holdout else torch.zeros(size, dtype=torch.bool)
             parts = [(batch, False)] if not held.any() else [
                 (p, h) for p, h in ((_take(batch, (~held).nonzero().squeeze(1)), False),
                                     (_take(batch, held.nonzero().squeeze(1)), True)) if batch_size(p) > 0]

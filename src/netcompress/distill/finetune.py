@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from torch import nn
 
 from netcompress._checkpoint import read_checkpoint, write_checkpoint
 from netcompress._layers import progress_disabled
+from netcompress._transaction import evaluating
 from netcompress.distill.losses import Batch, FeatureTaps, Logits, codistillation_losses, ensemble_weights
 from netcompress.distill.regularize import NuclearNorm
 
@@ -90,19 +91,17 @@ def _teachers(teacher) -> list[nn.Module]:
 @contextmanager
 def _frozen(models: Sequence[nn.Module]) -> Iterator[None]:
     """Eval mode and no gradients for ``models`` while active; each module's mode and each flag put back after."""
-    modes = {m: m.training for model in models for m in model.modules()}
     trainable = list({id(p): p for model in models for p in model.parameters() if p.requires_grad}.values())
-    for model in models:
-        model.eval()
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
+    with ExitStack() as modes:
+        for model in models:
+            modes.enter_context(evaluating(model))
         for p in trainable:
-            p.requires_grad_(True)
-        for module, mode in modes.items():
-            module.training = mode
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
 
 
 def finetune(

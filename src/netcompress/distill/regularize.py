@@ -130,6 +130,7 @@ class NuclearNorm:
         self.ranks_before: dict[str, int] = {}
         self.ranks_after: dict[str, int] = {}
         self.skipped: dict[str, str] = {}
+        self._selected: dict[str, nn.Module] | None = None  # what begin() selected, for every step after it
 
     def select(self, model: nn.Module) -> dict[str, nn.Module]:
         """The layers of ``model`` this regularizer acts on; raises ``ValueError`` for a named layer it cannot take."""
@@ -151,21 +152,29 @@ class NuclearNorm:
         return {n: modules[n] for n in self.layers}
 
     def _ranks(self, model: nn.Module) -> dict[str, int]:
-        return {n: effective_rank(m.weight, self.energy) for n, m in self.select(model).items()}
+        return {n: effective_rank(m.weight, self.energy) for n, m in self._layers(model).items()}
+
+    def _layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        return self._selected if self._selected is not None else self.select(model)
 
     def begin(self, model: nn.Module) -> None:
-        """Check the selection and record ``ranks_before`` (``finetune`` calls this before training)."""
+        """Select the layers and record ``ranks_before`` (``finetune`` calls this before training)."""
+        self._selected = self.select(model)  # once: every optimizer step acts on these
         self.ranks_before, self.ranks_after = self._ranks(model), {}
 
     @torch.no_grad()
     def step(self, model: nn.Module, lr: float) -> None:
-        """The proximal step ``W ← U·max(Σ − lr·weight, 0)·Vᵀ`` on every selected layer, in place."""
-        for layer in self.select(model).values():
+        """The proximal step ``W ← U·max(Σ − lr·weight, 0)·Vᵀ`` on every selected layer, in place.
+
+        The layers :meth:`begin` selected, without walking the model again; before ``begin``, selected now.
+        """
+        for layer in self._layers(model).values():
             layer.weight.copy_(singular_value_threshold(layer.weight, lr * self.weight))
 
     def end(self, model: nn.Module) -> None:
         """Record ``ranks_after`` (``finetune`` calls this after training)."""
         self.ranks_after = self._ranks(model)
+        self._selected = None
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps so that a resumed run reports the ranks of the run's start."""

@@ -34,6 +34,9 @@ from netcompress.lowrank.methods import (
 )
 from netcompress.lowrank.modules import LowRankConv2d, LowRankLinear, build_low_rank
 
-__all__ = ["CPConv2d", "ConvDecomposition", "DEFAULT_LAM", "Factorization", "JaderbergConv2d", "LowRankConv2d", "LowRankFamily", "LowRankLinear", "build_low_rank",
-           "check_lam", "check_shrinkage", "cp", "cp_dalr", "dalr", "dalr_bc", "jaderberg", "jaderberg_dalr", "layer_matrix", "shrinkage_intensity",
-           "shrunk_second_moment", "svd", "svd_bc", "sweep"]
+__all__ = [
+    "CPConv2d", "ConvDecomposition", "DEFAULT_LAM", "Factorization", "JaderbergConv2d", "LowRankConv2d",
+    "LowRankFamily", "LowRankLinear", "build_low_rank", "check_lam", "check_shrinkage", "cp", "cp_dalr", "dalr",
+    "dalr_bc", "jaderberg", "jaderberg_dalr", "layer_matrix", "shrinkage_intensity", "shrunk_second_moment", "svd",
+    "svd_bc", "sweep",
+]

@@ -31,7 +31,7 @@ from torch import nn
 
 from netcompress._description import Entry, conv_fields, describable
 from netcompress.lowrank.methods import DEFAULT_LAM, _check_dalr, check_lam, shrunk_second_moment
-from netcompress.moments import Moments
+from netcompress.moments import Moments, output_energy
 from netcompress.registry import register
 
 __all__ = [
@@ -249,17 +249,10 @@ class ConvDecomposition:
         per_term = torch.cat([torch.zeros(1, dtype=W.dtype, device=W.device), (added - 2 * linear).cumsum(0)])
         return (total + per_term[:: self.per_rank]).clamp_min(0)
 
-    def _energy_on(self, moments: Moments) -> float:
-        W, b, n = self.weight, self.bias, moments.count
-        energy = float(((W @ moments.gram) * W).sum())
-        if b is not None:
-            energy += 2 * float(b @ (W @ moments.input_sum)) + n * float(b @ b)
-        return energy
-
     @property
     def output_energy(self) -> float:
         """``Σ ||W x + b||²`` over the target samples."""
-        return self._energy_on(self.moments)
+        return output_energy(self.weight, self.bias, self.moments)
 
     def output_error(self) -> torch.Tensor:
         """``Σ ||y − ŷ_k||²`` over the target samples for ``k = 0 … max_rank`` (float64)."""
@@ -270,7 +263,7 @@ class ConvDecomposition:
     def relative_error_on(self, moments: Moments) -> torch.Tensor:
         """``||Y − Ŷ_k||² / ||Y||²`` for ``k = 0 … max_rank`` on other samples (held-out ones); nothing is refitted."""
         moments = _checked(self.weight, moments)
-        energy = self._energy_on(moments)
+        energy = output_energy(self.weight, self.bias, moments)
         errors = self._errors_on(moments)
         return errors / energy if energy > 0 else torch.zeros_like(errors)
 
@@ -392,7 +385,7 @@ def _cp_first(pointwise: torch.Tensor, vertical: torch.Tensor, horizontal: torch
     return torch.einsum("rc,ri,rj->rcij", pointwise, vertical, horizontal).reshape(pointwise.shape[0], -1)
 
 
-def _whitening(moments: Moments, shape: torch.Size, shrinkage: float | str, rows: int) -> torch.Tensor:
+def _whitening(moments: Moments, shrinkage: float | str, rows: int) -> torch.Tensor:
     """Cholesky factor of the second moment of the patch's first ``rows`` indices, summed over the rest.
 
     ``rows = C·kh``: ``Σ_j G[(c,i,j), (c',i',j)]``, what Jaderberg's vertical filters read; ``rows = C``:
@@ -417,12 +410,12 @@ def _decompose(kind: str, layer: nn.Module, moments: Moments, rank: int, seed: i
     moments = _checked(matrix, moments)
     bias = None if layer.bias is None else layer.bias.detach().to(torch.float64)
     if kind == "jaderberg":
-        whitening = None if shrinkage is None else _whitening(moments, weight.shape, shrinkage, c * kh)
+        whitening = None if shrinkage is None else _whitening(moments, shrinkage, c * kh)
         vertical, horizontal = _jaderberg_stages(weight, rank, whitening)
         first, stages, per_rank = _jaderberg_first(vertical, weight.shape[3]), (vertical,), weight.shape[3]
         last = horizontal.reshape(weight.shape[0], -1)
     else:
-        whitening = None if shrinkage is None else _whitening(moments, weight.shape, shrinkage, c)
+        whitening = None if shrinkage is None else _whitening(moments, shrinkage, c)
         if whitening is not None:  # the CP of the kernel seen through whitened input channels, mapped back
             weight = torch.einsum("ncij,cd->ndij", weight, whitening)
         last, *stages = _cp_factors(weight, rank, seed)

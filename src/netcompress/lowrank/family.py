@@ -18,6 +18,7 @@ from netcompress.lowrank.plan import (
     check_fraction,
     rank_for_energy,
     rank_for_keep,
+    useful_rank_limit,
 )
 from netcompress.moments import Moments
 from netcompress.registry import method as _method
@@ -58,7 +59,7 @@ def _initial_rank(name: str, layer: nn.Module, rank, keep: float | None, rank_co
     if keep is not None:
         request = rank_for_keep(keep, out_features * in_features + bias, per_rank, bias)
         return min(request, limit)
-    return max(1, min(limit, (out_features * in_features - 1) // per_rank))  # fewer weights than the dense layer
+    return useful_rank_limit(out_features, in_features, per_rank, limit)
 
 
 def _curve(f: Factorization, heldout: Moments | None = None) -> LayerCurve:

@@ -24,7 +24,7 @@ from torch import nn
 
 from netcompress.lowrank._linalg import leading_output_directions, ridge_solve
 from netcompress.lowrank.modules import build_low_rank
-from netcompress.moments import Moments
+from netcompress.moments import Moments, output_energy
 from netcompress.registry import register
 
 __all__ = [
@@ -200,10 +200,7 @@ class Factorization:
         if self.compensate_bias:
             c, s = self.moments.mean_input, moments.input_sum
             G = G - torch.outer(c, s) - torch.outer(s, c) + moments.count * torch.outer(c, c)
-        W, b = self.weight, self.bias
-        energy = float((W @ moments.gram * W).sum())
-        if b is not None:
-            energy += 2 * float(b @ (W @ moments.input_sum)) + moments.count * float(b @ b)
+        energy = output_energy(self.weight, self.bias, moments)
         errors = self._output_error(G)
         return errors / energy if energy > 0 else torch.zeros_like(errors)
 

@@ -45,9 +45,16 @@ def check_fraction(name: str, value: object) -> float:
     return float(value)
 
 
-def useful_rank_limit(out_features: int, in_features: int) -> int:
-    """The largest rank whose two factors hold fewer weights than the dense matrix (at least 1)."""
-    return max(1, min(out_features, in_features, (out_features * in_features - 1) // (out_features + in_features)))
+def useful_rank_limit(out_features: int, in_features: int, per_rank: int | None = None,
+                      largest: int | None = None) -> int:
+    """The largest rank whose factors hold fewer weights than the dense ``out × in`` matrix (at least 1).
+
+    By default the factors are two matrices (``out + in`` weights per rank, rank at most
+    ``min(out, in)``); a decomposition with other factors gives its ``per_rank`` and ``largest`` rank.
+    """
+    per_rank = out_features + in_features if per_rank is None else per_rank
+    largest = min(out_features, in_features) if largest is None else largest
+    return max(1, min(largest, (out_features * in_features - 1) // per_rank))
 
 
 def rank_for_keep(keep: float, params_before: int, params_per_rank: int, fixed_params: int) -> int:

@@ -40,13 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from netcompress._checkpoint import read_checkpoint, write_checkpoint
-from netcompress._layers import DENSE, progress_disabled, replace_module
+from netcompress._layers import DENSE, innermost, progress_disabled, replace_module
 from netcompress._transaction import evaluating
 from netcompress.compress import compress
 from netcompress.distill.finetune import accuracy, finetune
 from netcompress.distill.losses import Logits
 from netcompress.prune.family import removable_layers
-from netcompress.prune.structured import plan_graph
+from netcompress.prune.structured import plan_graph, sparsity_keeping
 
 __all__ = ["INVALID_REWARD", "SHRINK_RATIOS", "N2NResult", "n2n_reward", "n2n_search", "n2n_student"]
 
@@ -78,8 +78,7 @@ class _Layer:
 
 def _sequence(model: nn.Module, example: torch.Tensor) -> list[_Layer]:
     """The Linear/Conv2d layers of ``model`` in the order a forward pass on ``example`` calls them."""
-    leaves = {n: m for n, m in model.named_modules()
-              if isinstance(m, DENSE) and not any(isinstance(c, DENSE) for c in m.modules() if c is not m)}
+    leaves = innermost(model, DENSE)
     calls: dict[str, list[bool]] = {}
     handles = [m.register_forward_hook(lambda mod, i, o, n=n: calls.setdefault(n, []).append(
         isinstance(i[0], torch.Tensor) and i[0].shape == o.shape)) for n, m in leaves.items()]
@@ -204,16 +203,15 @@ def n2n_student(base: nn.Module, data: torch.Tensor, *, remove: Sequence[str] = 
             raise ValueError(f"remove names layer {name!r}, which is not a Linear/Conv2d layer called once with "
                              "inputs and outputs of the same shape; only such layers can become nn.Identity")
         replace_module(student, name, nn.Identity())
-    sparsity = {}
+    kept = {}
     for name, share in (keep or {}).items():
         if name not in layers or name in remove:
             raise ValueError(f"keep names layer {name!r}, which is not a remaining Linear/Conv2d layer of the model")
         if not 0 < share <= 1:
             raise ValueError(f"keep[{name!r}] must be a share in (0, 1] of the layer's channels, got {share!r}")
         channels = layers[name].module.weight.shape[0]
-        kept = max(1, min(channels, round(share * channels)))
-        if kept < channels:
-            sparsity[name] = 1 - kept / channels  # the channel method turns 1 − k/n back into exactly k channels
+        kept[name] = max(1, min(channels, round(share * channels)))
+    sparsity = sparsity_keeping(student, kept)
     if sparsity:
         compress(student, list(data.split(256)), method="channel", sparsity=sparsity, progress=False)
     return student.eval()

@@ -50,9 +50,9 @@ from netcompress.distill.finetune import finetune
 from netcompress.distill.losses import Logits
 from netcompress.flops import ChannelCosts, channel_costs, count_flops
 from netcompress.prune.family import removable_layers
-from netcompress.prune.structured import check_channel, needed_layers, plan_graph
-from netcompress.report import Report
-from netcompress.stats import collect
+from netcompress.prune.structured import check_channel, needed_layers, plan_graph, sparsity_keeping
+from netcompress.report import Report, text_table
+from netcompress.stats import collect, heldout_mask
 
 __all__ = ["TOLERANCE", "Reallocation", "prune_reallocate"]
 
@@ -87,14 +87,11 @@ class Reallocation:
         return self.flops_after / self.flops_before
 
     def __str__(self) -> str:
-        rows = [("layer", "channels", "backbone", "kept", "kept %", "importance")]
-        for name, before in self.channels_before.items():
-            after = self.channels_after[name]
-            rows.append((name, str(before), str(self.backbone[name]), str(after), f"{100 * after / before:.1f}",
-                         f"{self.importance[name]:.4g}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-                 for r in rows]
+        rows = [(name, before, self.backbone[name], self.channels_after[name],
+                 f"{100 * self.channels_after[name] / before:.1f}", f"{self.importance[name]:.4g}")
+                for name, before in self.channels_before.items()]
+        lines = [text_table(("layer", "channels", "backbone", "kept", "kept %", "importance"), rows, rule=False,
+                            right=True)]
         lines.append(f"MACs per sample: {self.flops_before:,} -> {self.flops_after:,} "
                      f"({self.fraction:.3f} of dense, target {self.flops:.3f})")
         lines.append(f"{self.measure}: " + ", ".join(f"{k} {v:.4g}" for k, v in self.losses.items()))
@@ -150,14 +147,13 @@ def _as_batches(data, batch_size: int) -> list[tuple[object, torch.Tensor | None
 
 
 def _split(batches, holdout: float) -> tuple[list, list]:
-    """The fitting and held-out samples: sample ``i`` is held out where ``⌊(i+1)·h⌋ > ⌊i·h⌋`` (as ``collect``)."""
+    """The fitting and held-out samples, held out by the rule ``collect`` uses (:func:`netcompress.stats.heldout_mask`)."""
     if not holdout:
         return batches, batches
     fit, held, start = [], [], 0
     for x, y in batches:
         size = samples_in(x)
-        i = torch.arange(start, start + size, dtype=torch.float64)
-        out = torch.floor((i + 1) * holdout) > torch.floor(i * holdout)
+        out = heldout_mask(start, size, holdout)
         start += size
         for part, mask in ((fit, ~out), (held, out)):
             index = mask.nonzero().flatten()
@@ -255,13 +251,9 @@ def _pruned_copy(original: nn.Module, probe, stats, groups, selected, counts, cr
 
 
 def _sparsity(groups, selected, counts, model: nn.Module) -> dict[str, float]:
-    """Per-layer shares to remove, ``1 − k/n``, which the ``channel`` method turns back into exactly ``k``."""
-    shares = {}
-    for group, kept in zip(groups, counts, strict=True):
-        size = model.get_submodule(group[0]).weight.shape[0]
-        if kept < size:
-            shares.update({name: 1 - kept / size for name in group if name in selected})
-    return shares
+    """Per-layer shares to remove that keep each group's count (every selected member of the group)."""
+    return sparsity_keeping(model, {name: kept for group, kept in zip(groups, counts, strict=True)
+                                    for name in group if name in selected})
 
 
 def _loss(network: nn.Module, batches, references, measure: str) -> float:

@@ -199,6 +199,21 @@ def _check_sparsities(sparsity: float | Mapping[str, float]) -> None:
         _check_sparsity(sparsity)
 
 
+def sparsity_keeping(model: nn.Module, kept: Mapping[str, int]) -> dict[str, float]:
+    """The per-layer ``sparsity`` of ``channel``/``activation`` that keeps exactly ``kept[name]`` output channels.
+
+    ``n`` channels lose ``round(share · n)``, so the share is ``1 − k/n``; layers kept whole are left out.
+    """
+    shares = {}
+    for name, k in kept.items():
+        n = model.get_submodule(name).weight.shape[0]
+        if not 1 <= k <= n:
+            raise ValueError(f"layer {name!r} has {n} channels; it can keep 1 … {n} of them, not {k}")
+        if k < n:
+            shares[name] = 1 - k / n
+    return shares
+
+
 def _group_sparsity(group: list[str], sparsity: float | Mapping[str, float]) -> float:
     """The share a group of coupled layers loses: the one given, or the one its members agree on."""
     if not isinstance(sparsity, Mapping):

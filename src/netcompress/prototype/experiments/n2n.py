@@ -24,6 +24,7 @@ import netcompress as nc
 from netcompress.distill.finetune import accuracy, finetune
 from netcompress.distill.losses import Logits
 from netcompress.prototype.data import mnist
+from netcompress.prototype.experiments.reallocation import uniform_within
 from netcompress.report import text_table
 from netcompress.storage.atomic import atomic_write_bytes
 
@@ -66,20 +67,6 @@ def _row(name: str, model: nn.Module, split, val, teacher_params: int, teacher_v
             "reward": nc.prune.n2n_reward(params, teacher_params, val_accuracy, teacher_val)}
 
 
-def _uniform(teacher: nn.Module, batches, target_macs: int, example) -> nn.Module:
-    """The teacher with every prunable layer keeping one share of its channels, the largest within ``target_macs``."""
-    lo, hi, best = 0.0, 1.0, None
-    for _ in range(12):  # bisection on the share removed: 128 units move in steps of 1/128 > 2⁻¹²
-        share = (lo + hi) / 2
-        model = copy.deepcopy(teacher)
-        nc.compress(model, batches, method="channel", sparsity=share, progress=False)
-        if nc.count_flops(model, example) <= target_macs:
-            hi, best = share, model
-        else:
-            lo = share
-    return best
-
-
 def run(out: str | Path = "netcompress-n2n", *, seed: int = 0, episodes: int | tuple[int, int] = (15, 40),
         rollouts: int = 5, student_epochs: int = 5, baselines: bool = True, checkpoint: str | Path | None = None,
         plots: bool = True, progress: bool | None = None, echo=print) -> dict:
@@ -108,7 +95,7 @@ def run(out: str | Path = "netcompress-n2n", *, seed: int = 0, episodes: int | t
     if baselines and result.stage != "teacher":
         batches, target = list(train[0].split(256)), rows[1]["macs"]
         loss = Logits(**DISTILLATION)
-        uniform = _uniform(teacher, batches, target, example)
+        uniform = uniform_within(teacher, batches, target, example, steps=12)  # 128 units: steps of 1/128 > 2⁻¹²
         finetune(uniform, train, epochs=epochs, lr=1e-3, teacher=teacher, loss=loss, seed=seed, progress=False)
         rows.append(_row(f"uniform channels + KD ({epochs} ep.)", uniform, split, val, teacher_params, teacher_val,
                          example))

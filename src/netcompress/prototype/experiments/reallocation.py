@@ -30,14 +30,15 @@ KD = {"temperature": 4.0, "alpha": 0.1, "beta": 0.9 * 4.0 ** 2}
 _UNIFORM = {"uniform (L1)": {"criterion": "l1", "refit": False}, "channel": {}}
 
 
-def _uniform_at(model, batches, target: float, example, dense: int, settings: dict):
-    """The uniform share whose pruned network has the most MACs within ``target``·dense (bisection on the share)."""
+def uniform_within(model, batches, target_macs: float, example, *, steps: int, **settings):
+    """The network every prunable layer of which keeps one share of its channels (``channel`` method with
+    ``settings``), the largest share within ``target_macs`` found by ``steps`` halvings; ``None`` if none fits."""
     best, lo, hi = None, 0.0, 1.0
-    for _ in range(7):
+    for _ in range(steps):
         share = (lo + hi) / 2
         pruned = copy.deepcopy(model)
         nc.compress(pruned, batches, method="channel", sparsity=1 - share, progress=False, **settings)
-        if nc.count_flops(pruned, example) <= target * dense:
+        if nc.count_flops(pruned, example) <= target_macs:
             best, lo = pruned, share
         else:
             hi = share
@@ -62,7 +63,7 @@ def peel_spectrum(seed: int = 0, *, flops: tuple[float, ...] = FLOPS, kd_epochs:
     batches = list(zip(split.train_x.split(250), split.train_y.split(250), strict=True))
     rows = []
     for target in flops:
-        students = {name: _uniform_at(model, [x for x, _ in batches], target, example, dense, settings)
+        students = {name: uniform_within(model, [x for x, _ in batches], target * dense, example, steps=7, **settings)
                     for name, settings in _UNIFORM.items()}
         peel = copy.deepcopy(model)
         nc.prune_reallocate(peel, batches, flops=target, seed=seed, progress=False)
