@@ -117,9 +117,9 @@ def load_ranker(folder: Path):
     from safetensors.torch import load_file
 
     from netcompress.rankings import Shallow
-    from netcompress.storage.io import _read_json
+    from netcompress.storage.files import read_json
 
-    config = _read_json(folder / CONFIG, "ranker description") if (folder / CONFIG).is_file() else None
+    config = read_json(folder / CONFIG, "ranker description") if (folder / CONFIG).is_file() else None
     if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("version") != VERSION:
         raise ValueError(f"{folder} holds no {CONFIG} written by `netcompress rank train`")
     crop, width = _positive("crop", config.get("crop"), MAX_CROP), _positive("width", config.get("width"), MAX_WIDTH)

@@ -40,6 +40,7 @@ from netcompress._layers import replace_module
 from netcompress._transaction import all_or_nothing
 from netcompress.report import Report
 from netcompress.storage.atomic import atomic_write_bytes, made_directories, staged_file
+from netcompress.storage.files import read_json
 from netcompress.storage.packing import pack_codes, unpack_codes
 
 __all__ = ["apply_manifest", "atomic_write_bytes", "check_save_target", "load", "manifest", "read_report", "save"]
@@ -49,7 +50,6 @@ VERSION = 4
 READABLE = (2, 3, 4)  # 2: no architecture fingerprint (only layer names are checked); 3: codes one per byte
 WEIGHTS, MANIFEST, REPORT = "model.safetensors", "manifest.json", "report.json"
 OWN_FILES = (WEIGHTS, MANIFEST, REPORT)
-MAX_JSON_BYTES = 64 << 20  # a manifest or report of a model with a million layers is far smaller
 
 
 def manifest(model: nn.Module) -> dict:
@@ -65,27 +65,6 @@ def manifest(model: nn.Module) -> dict:
         if entry is not None:
             layers[name] = entry
     return {"format": FORMAT, "version": VERSION, "layers": layers, "architecture": _architecture.fingerprint(model)}
-
-
-def _read_json(file: Path, what: str) -> object:
-    """The JSON value in ``file``, refusing huge, empty, non-UTF-8 and too deeply nested files in one sentence."""
-    try:
-        size = file.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise ValueError(f"{file} is {size:,} bytes, more than a {what} can be ({MAX_JSON_BYTES:,})")
-        text = file.read_bytes().decode("utf-8")
-    except OSError as error:
-        raise ValueError(f"{file} cannot be read ({error.strerror or error})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{file} is corrupt: a {what} is UTF-8 JSON text") from None
-    if not text.strip():
-        raise ValueError(f"{file} is empty; write it again with netcompress")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{file} is corrupt: not valid JSON ({error})") from None
-    except RecursionError:
-        raise ValueError(f"{file} is corrupt: its JSON is nested too deeply to be a {what}") from None
 
 
 def _check_record(record: object, source: str) -> dict:
@@ -184,7 +163,7 @@ def _previous_files(path: Path) -> tuple[str, ...] | None:
     if not file.is_file():
         return None
     try:
-        record = _read_json(file, "manifest")
+        record = read_json(file, "manifest")
     except ValueError:
         return None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
@@ -261,7 +240,7 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     file = path / MANIFEST
     if not file.is_file():
         raise ValueError(f"{path} has no {MANIFEST}; it was not written by netcompress.save")
-    record = _read_json(file, "manifest")
+    record = read_json(file, "manifest")
     planned = _plan(model, record, str(file))
     weights = path / WEIGHTS
     if not weights.is_file():
@@ -299,7 +278,7 @@ def read_report(path: str | os.PathLike) -> Report:
     file = Path(path) / REPORT
     if not file.is_file():
         raise ValueError(f"{path} holds no {REPORT}; save it with netcompress.save(model, path, report)")
-    data = _read_json(file, "report")
+    data = read_json(file, "report")
     rows = data.get("layers") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise ValueError(f"{file} is not a netcompress report (it needs a list of layer rows); save it again")
