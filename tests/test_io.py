@@ -58,7 +58,7 @@ _HEAD = '{"format": "netcompress.manifest", "version": 2, "layers": '
         (_HEAD + '{"fc1": {"type": "LowRankLinear", "in_features": 192, "out_features": 40, "rank": -2, "bias": true}}}',
          "layer 'fc1'.*field 'rank' must be an integer"),
         (_HEAD + '{"fc1": {"type": "Linear", "in_features": 99999999, "out_features": 40, "bias": true}}}',
-         "field 'in_features' must be an integer"),
+         "field 'in_features' is 99999999, but this model's layer has 192"),
         (_HEAD + '{"fc1": {"type": "QuantizedLinear", "in_features": 192, "out_features": 40, "levels": 1000, '
                  '"group_size": 1, "bias": true, "masked": false}}}', "field 'levels' must be at most 256"),
         (_HEAD + '{"fc9": {"type": "Linear", "in_features": 2, "out_features": 2, "bias": true}}}',

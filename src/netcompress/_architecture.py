@@ -90,7 +90,8 @@ def _show(entry: dict) -> str:
     if kind == "linear":
         return f"Linear({entry.get('in')}→{entry.get('out')})"
     if kind == "conv2d":
-        kernel = "×".join(map(str, entry.get("kernel") or ["?", "?"]))
+        kernel = entry.get("kernel")
+        kernel = "×".join(map(str, kernel)) if isinstance(kernel, list) and kernel else "?×?"
         groups = f", groups {entry.get('groups')}" if entry.get("groups", 1) != 1 else ""
         return f"Conv2d({entry.get('in')}→{entry.get('out')}, {kernel}{groups})"
     if kind == "batchnorm":

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from torch import nn
 
-__all__ = ["Entry", "build", "conv_fields", "describable", "describe", "linear_fields", "replacement_types"]
+__all__ = ["Entry", "build", "check_type", "conv_fields", "describable", "describe", "linear_fields", "replacement_types"]
 
 _MAX_DIM = 1 << 24
 _MAX_ELEMENTS = 1 << 31
@@ -129,10 +129,15 @@ def describe(module: nn.Module) -> dict | None:
     return {"type": type(module).__name__, **known[1](module)}
 
 
+def check_type(entry: object, where: str) -> None:
+    """Raise ``ValueError`` unless ``entry`` is a description of a registered layer type."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("type"), str) or entry["type"] not in _KNOWN:
+        raise ValueError(f"{where}: unknown layer type; expected one of {', '.join(sorted(_KNOWN))}")
+
+
 def build(entry: object, where: str) -> nn.Module:
     """An uninitialised layer from its description; ``where`` names it in errors."""
-    if not isinstance(entry, dict) or entry.get("type") not in _KNOWN:
-        raise ValueError(f"{where}: unknown layer type; expected one of {', '.join(sorted(_KNOWN))}")
+    check_type(entry, where)
     return _KNOWN[entry["type"]][2](Entry(entry, where))
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from contextlib import ExitStack
@@ -31,16 +32,18 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import netcompress._architecture as _architecture
-from netcompress._description import build, describe
+from netcompress._description import build, check_type, describe
 from netcompress._layers import replace_module
 from netcompress._transaction import all_or_nothing
 from netcompress.report import Report
 from netcompress.storage.atomic import atomic_write_bytes, made_directories, staged_file
-from netcompress.storage.files import read_json
+from netcompress.storage.files import read_json, require_regular
+from netcompress.storage.fit import check_fits
 from netcompress.storage.packing import pack_codes, unpack_codes
 
 __all__ = ["apply_manifest", "atomic_write_bytes", "check_save_target", "load", "manifest", "read_report", "save"]
@@ -93,17 +96,31 @@ def _like(new: nn.Module, *olds: nn.Module) -> nn.Module:
     return new
 
 
+def copy_trainability(new: nn.Module, old: nn.Module) -> None:
+    """Give ``new``'s parameters the ``requires_grad`` of what they replace in ``old``: biases its bias's, the rest its weight's."""
+    flags = {name.rsplit(".", 1)[-1]: p.requires_grad for name, p in old.named_parameters()}
+    weight = flags.get("weight", flags.get("weight_orig", all(flags.values()) if flags else True))
+    for name, p in new.named_parameters():
+        p.requires_grad_(flags.get("bias", weight) if name.rsplit(".", 1)[-1] == "bias" else weight)
+
+
 def _outermost(planned: dict[str, nn.Module], name: str) -> str | None:
     parts = name.split(".")
     return next((p for i in range(1, len(parts)) if (p := ".".join(parts[:i])) in planned), None)
 
 
-def _plan(model: nn.Module, record: object, source: str) -> dict[str, nn.Module]:
-    """Check ``record`` against ``model`` and build every replacement layer, changing nothing in ``model``."""
+def _plan(model: nn.Module, record: object, source: str, built: dict[str, int] | None = None) -> dict[str, nn.Module]:
+    """Check ``record`` against ``model`` and build every replacement layer, changing nothing in ``model``.
+
+    Under ``torch.device("meta")`` this allocates nothing: :func:`load` does that first, to size
+    every layer against the weights file before it builds them for real (``built`` collects the
+    elements each description builds, including those a later description of a child replaces).
+    """
     record = _check_record(record, source)
     originals = None
     if record["version"] >= 3:
         originals = _architecture.check(model, record.get("architecture"), source)
+    meta = torch.empty(0).is_meta
     planned: dict[str, nn.Module] = {}
     replaced: dict[str, nn.Module] = {}  # the model's layer that each planned one replaces
     for name, entry in record["layers"].items():
@@ -119,8 +136,17 @@ def _plan(model: nn.Module, record: object, source: str) -> dict[str, nn.Module]
                              "build the original architecture")
         if describe(current) == entry:
             continue
+        where = f"{source}, layer {name!r}"
+        check_type(entry, where)
         # A wrapper's placeholder child (say nn.Identity) holds no tensors: then the replaced layer decides.
-        new = _like(build(entry, f"{source}, layer {name!r}"), current, replaced.get(parent, current))
+        placeholder = parent is not None and isinstance(current, nn.Identity)
+        check_fits(entry, replaced[parent] if placeholder else current, where)
+        new = build(entry, where)
+        if built is not None:
+            built[name] = sum(t.numel() for t in new.state_dict().values())
+        if not meta:
+            new = _like(new, current, replaced.get(parent, current))
+            copy_trainability(new, replaced.get(parent, current) if placeholder else current)
         new.train(current.training)  # a rebuilt layer keeps the train/eval mode of the one it replaces
         if parent:
             replace_module(planned[parent], name[len(parent) + 1:], new)
@@ -131,6 +157,42 @@ def _plan(model: nn.Module, record: object, source: str) -> dict[str, nn.Module]
             if name in originals:
                 setattr(new, _architecture.ORIGINAL, {**originals[name], "exact": True})
     return planned
+
+
+def _stored_shapes(weights: Path) -> dict[str, list[int]]:
+    """Tensor name → shape in a safetensors file, from its header only (safetensors checks it against the file size)."""
+    try:
+        with safe_open(str(weights), "pt") as handle:
+            return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{weights} cannot be read as safetensors ({error})") from None
+
+
+def _check_sizes(planned: dict[str, nn.Module], built: dict[str, int], stored: dict[str, list[int]], source: str,
+                 weights: Path) -> None:
+    """Every tensor of every layer ``load`` would build (sized on ``meta``) must be in the weights file, with its shape.
+
+    Codes packed below 8 bits are stored as 1-D bytes, at least an eighth of their count (their
+    exact packing is checked by :func:`unpack_codes`); and no description may build more than
+    8× the elements the file stores under its name (a parent built before its children's
+    descriptions replace them). So a forged manifest allocates no more than 8× what the weights hold.
+    """
+    for name, module in planned.items():
+        for key, tensor in module.state_dict().items():
+            found = stored.get(f"{name}.{key}")
+            count = tensor.numel()
+            if key.rsplit(".", 1)[-1] == "codes" and isinstance(found, list) and len(found) == 1 \
+                    and -(-count // 8) <= found[0] <= count:
+                continue
+            if found != list(tensor.shape):
+                raise ValueError(f"{source}: layer {name!r} needs {key} of shape {list(tensor.shape)}, but {weights} "
+                                 f"stores {found}; the manifest does not belong to these weights, so save the model "
+                                 "again")
+    for name, count in built.items():
+        held = sum(math.prod(shape) for key, shape in stored.items() if key.startswith(f"{name}."))
+        if count > 8 * held:
+            raise ValueError(f"{source}: layer {name!r} describes {count:,} elements, but {weights} holds "
+                             f"{held:,} for it; the manifest does not belong to these weights, so save the model again")
 
 
 def apply_manifest(model: nn.Module, record: object, source: str) -> None:
@@ -241,13 +303,15 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if not file.is_file():
         raise ValueError(f"{path} has no {MANIFEST}; it was not written by netcompress.save")
     record = read_json(file, "manifest")
-    planned = _plan(model, record, str(file))
-    weights = path / WEIGHTS
-    if not weights.is_file():
-        raise ValueError(f"{path} has no {WEIGHTS}; save the model again")
+    weights = require_regular(path / WEIGHTS, "weights file")
+    with torch.device("meta"):  # size every layer against the file before anything is allocated
+        built: dict[str, int] = {}
+        sized = _plan(model, record, str(file), built)
+    _check_sizes(sized, built, _stored_shapes(weights), str(file), weights)
     expected = record.get("weights_sha256")
     if expected is not None and expected != _sha256(weights):
         raise ValueError(f"{weights} is not the file {file} was written with (its SHA-256 differs); save the model again")
+    planned = _plan(model, record, str(file))
     try:
         state = load_file(weights)
     except (SafetensorError, OSError) as error:
