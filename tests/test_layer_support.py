@@ -172,7 +172,7 @@ def test_tied_weights_are_left_dense():
 
 
 class ReadsItsWeight(nn.Module):
-    """A model whose forward reads a layer's weight directly: replacing the layer breaks it."""
+    """A model whose forward computes with a layer's weight directly: replacing the layer breaks it."""
 
     def __init__(self):
         super().__init__()
@@ -183,17 +183,33 @@ class ReadsItsWeight(nn.Module):
         return self.out(self.fc(x) * self.fc.weight.mean())
 
 
+class ReadsItsWeightsDtype(ReadsItsWeight):
+    """Reads only the weight's dtype (no computation netcompress sees), yet a replacement without one breaks it."""
+
+    def forward(self, x):
+        return self.out(self.fc(x.to(self.fc.weight.dtype)))
+
+
 @pytest.mark.parametrize("method, settings", [("dalr", {"rank": 2}), ("magnitude", {"sparsity": 0.5})])
-def test_a_model_broken_by_the_swap_is_put_back(method, settings):
+def test_a_layer_whose_weight_the_model_computes_with_is_not_replaced_by_one_without(method, settings):
     model = ReadsItsWeight()
     x = torch.randn(32, 8)
+    report = nc.compress(model, x, method=method, progress=False, **settings)
+    note = report["fc"].note
+    assert "its weight is also read directly by the model's forward (torch.mean)" in note
+    if method == "magnitude":  # a masked layer's .weight is the pruned weight it computes with
+        assert report["fc"].replaced and "its replacement's weight is what that module now computes with" in note
+    else:
+        assert report["fc"].status == "left dense" and type(model.fc) is nn.Linear
+    assert model(x).shape == (32, 2)
+
+
+def test_a_model_broken_by_the_swap_is_put_back():
+    model = ReadsItsWeightsDtype()
+    x = torch.randn(32, 8)
     before = _state(model)
-    if method == "magnitude":  # a masked layer still has .weight: the forward runs, nothing to undo
-        nc.compress(model, x, method=method, progress=False, **settings)
-        assert model(x).shape == (32, 2)
-        return
     with pytest.raises(ValueError, match="failed at forward.*left unchanged"):
-        nc.compress(model, x, method=method, progress=False, **settings)
+        nc.compress(model, x, method="dalr", rank=2, progress=False)
     _unchanged(model, before)
     assert model(x).shape == (32, 2)
 

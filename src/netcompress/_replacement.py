@@ -14,16 +14,23 @@ import torch
 from torch import nn
 
 from netcompress._architecture import remember_original
-from netcompress._layers import Padded, explicit_padding, replace_module
+from netcompress._layers import (
+    Padded,
+    copy_trainability,
+    explicit_padding,
+    plain_layer,
+    reparametrized_note,
+    replace_module,
+)
 from netcompress._sizes import saved_bytes
-from netcompress._tensors import WeightRows, _take, batch_size, call_model, model_device_dtype, plain_bias
+from netcompress._tensors import WeightRows, _take, batch_size, call_model, model_device_dtype, plain_bias, weight_rows
 from netcompress._transaction import all_or_nothing, evaluating
 from netcompress.moments import Moments, relative_output_error
 from netcompress.report import LayerRow, Report
 from netcompress.stats import LayerStats
 
 __all__ = ["Plan", "apply_plan", "behind_padding", "check_runs", "check_samples", "first_batch", "full_report", "swap_in", "layer_row", "layer_settings",
-           "output_errors", "stored_params"]
+           "output_errors", "readable_as_weight", "stored_params"]
 
 
 def stored_params(module: nn.Module) -> int:
@@ -45,9 +52,13 @@ def stored_params(module: nn.Module) -> int:
 
 
 def output_errors(old: nn.Module, new: nn.Module, stats: LayerStats | None, name: str) -> tuple[float | None, float | None]:
-    """In-sample and held-out relative output error of replacing ``old`` by ``new``."""
+    """In-sample and held-out relative output error of replacing ``old`` by ``new``.
+
+    A re-parametrised ``old`` is compared through its effective weight (:func:`plain_layer`).
+    """
     if stats is None or name not in stats:
         return None, None
+    old = plain_layer(old)
     # Read a block of rows at a time: a 32,000-row head is never decoded or copied to float64 whole.
     W, b = WeightRows(old), plain_bias(old)
     W_new, b_new = WeightRows(new), plain_bias(new)
@@ -58,11 +69,43 @@ def output_errors(old: nn.Module, new: nn.Module, stats: LayerStats | None, name
     return in_sample, held
 
 
+def readable_as_weight(old: nn.Module, new: nn.Module) -> bool:
+    """Whether a module that computes with ``old.weight`` and ``old.bias`` directly (``F.linear(x, qkv.weight,
+    qkv.bias)``) computes, once ``new`` is in ``old``'s place, exactly what ``new`` computes.
+
+    True only when ``new`` has a ``weight`` of ``old``'s shape equal to the matrix it computes with
+    (a quantized layer's decoded weight; a masked layer whose pruned weights are zero) and a
+    ``bias`` equal to the one it adds. A factored layer has no ``weight``: a parent reading it
+    would fail, and reading ``old``'s would keep the dense layer in use.
+    """
+    weight, before = getattr(new, "weight", None), plain_layer(old)._parameters.get("weight")
+    if not isinstance(weight, torch.Tensor) or before is None or weight.shape != before.shape:
+        return False
+    with torch.no_grad():
+        computed = weight_rows(new, slice(None))
+        if not torch.equal(weight.detach().reshape(computed.shape).to(computed.dtype), computed):
+            return False
+        bias, added = getattr(new, "bias", None), plain_bias(new)
+        if (bias is None) != (added is None):
+            return False
+        return bias is None or torch.equal(bias.detach(), added.detach())
+
+
 def layer_row(name: str, old: nn.Module, method: str, **fields) -> LayerRow:
-    weight = old._parameters.get("weight") if not isinstance(old, Padded) else old.layer.weight
+    """The Report's row of layer ``name`` (``old`` as it is in the model), ``status`` "compressed" unless given.
+
+    A re-parametrised layer is sized by its effective weight; a compressed one's note says the
+    re-parametrisation is gone (:func:`~netcompress._layers.reparametrized_note`).
+    """
+    inner = old.layer if isinstance(old, Padded) else old
+    plain = plain_layer(inner)
+    weight = plain._parameters.get("weight")
     shape = list(weight.shape) if isinstance(weight, torch.Tensor) else [stored_params(old)]
-    before = stored_params(old)
+    before = stored_params(old) if plain is inner else stored_params(plain)
     fields.setdefault("params_after", before)
+    note = reparametrized_note(inner) if fields.get("status", "compressed") == "compressed" else ""
+    if note:
+        fields["note"] = f"{fields['note']}; {note}" if fields.get("note") else note
     return LayerRow(name=name, kind=type(old).__name__, shape=shape, method=method, rank=fields.pop("rank", None),
                     params_before=before, relative_error=fields.pop("relative_error", None), **fields)
 
@@ -95,8 +138,12 @@ class Plan:
         self.rows: dict[str, LayerRow] = {}
 
     def add(self, name: str, old: nn.Module, new: nn.Module, row: LayerRow) -> None:
-        """Plan to replace layer ``name`` by ``new`` (behind ``old``'s explicit padding, if any)."""
-        self.replacements[name] = behind_padding(old, new)
+        """Plan to replace layer ``name`` by ``new`` (behind ``old``'s explicit padding, if any).
+
+        ``new``'s parameters take ``old``'s ``requires_grad`` (:func:`~netcompress._layers.copy_trainability`):
+        a frozen layer comes out frozen.
+        """
+        self.replacements[name] = behind_padding(old, copy_trainability(new, old))
         self.rows[name] = row
 
 

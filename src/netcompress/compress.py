@@ -31,7 +31,15 @@ from torch import nn
 
 from netcompress._blocks import find_blocks
 from netcompress._compat import moved_names
-from netcompress._layers import DENSE, explicit_names, plain_layer, progress_disabled, replace_module, resolve_layers
+from netcompress._layers import (
+    DENSE,
+    explicit_names,
+    plain_layer,
+    progress_disabled,
+    read_in_source,
+    replace_module,
+    resolve_layers,
+)
 from netcompress._replacement import (
     Plan,
     apply_plan,
@@ -41,7 +49,9 @@ from netcompress._replacement import (
     full_report,
     layer_row,
     layer_settings,
+    behind_padding,
     output_errors,
+    readable_as_weight,
     stored_params,
     swap_in,
 )
@@ -49,9 +59,9 @@ from netcompress._transaction import all_or_nothing
 from netcompress.registry import FAMILIES, METHODS, Method, register_family
 from netcompress.registry import method as _method
 from netcompress.report import LayerRow, Report
-from netcompress.stats import LayerStats, collect, layers_called_once
+from netcompress.stats import LayerStats, gather, layers_called_once
 
-__all__ = ["DEFAULT_HOLDOUT", "METHODS", "Family", "Request", "compress"]
+__all__ = ["DEFAULT_HOLDOUT", "METHODS", "Family", "Request", "compress", "direct_reader"]
 
 # Layers whose inputs collect() can observe (embeddings take indices: data-free methods only).
 OBSERVABLE = DENSE
@@ -81,6 +91,7 @@ class Request:
     sequential: bool = False
     blocks: str | None = None
     called_once: bool = False  # every selected layer runs at most once per forward pass (checked once)
+    read_directly: dict[str, str] = field(default_factory=dict)  # without data: layers a parent's source reads
 
     def fail(self, name: str, explicit: set[str], error: Exception, selected: dict, skipped: dict) -> None:
         """A layer a setting does not fit: raise if the user named it, else leave it dense with the reason."""
@@ -111,6 +122,8 @@ class Family:
             first = next(iter(skipped.items()))
             raise ValueError(f"no layer of the model can be compressed by {chosen.name!r} ({first[0]!r}: {first[1]})")
         self.validate(request, selected, skipped, explicit)
+        if request.data is None and request.stats is None:  # no pass to see a parent read a weight: read its source
+            request.read_directly = read_in_source(request.model, selected)
         if request.sequential:
             return self.compress_sequentially(request, selected, skipped, explicit)
         stats = self.statistics(request, selected, skipped, explicit)
@@ -192,7 +205,9 @@ class Family:
         """The given statistics, or one pass over the data (with a held-out part) for the selected layers.
 
         ``reference`` (sequential mode) also gathers each layer's inputs in the original network
-        (see :func:`collect`).
+        (see :func:`collect`). A layer the pass never reached (the data never got there, or its
+        parent computes with its weight directly, ``F.linear(x, self.qkv.weight)``) is left dense
+        with that reason by a method that needs statistics; only one the user named raises.
         """
         chosen, stats, data = request.method, request.stats, request.data
         if stats is None and (data is not None or chosen.needs_stats):
@@ -200,9 +215,10 @@ class Family:
                 raise ValueError(f"method {chosen.name!r} needs target data or precomputed stats (netcompress.collect)")
             observable = [n for n, m in selected.items() if isinstance(m, OBSERVABLE)]
             if observable or chosen.needs_stats:
-                stats = collect(request.model, data, observable, positions=request.positions, holdout=request.holdout,
-                                progress=request.progress, stop_early=request.sequential, reference=reference,
-                                called_once=request.called_once)
+                required = [n for n in observable if n in explicit] if chosen.needs_stats else []
+                stats = gather(request.model, data, observable, required=required, positions=request.positions,
+                               holdout=request.holdout, progress=request.progress, stop_early=request.sequential,
+                               reference=reference, called_once=request.called_once)
         if chosen.needs_stats:
             unreached = [n for n in selected if n not in stats]
             if any(n in explicit for n in unreached):
@@ -239,14 +255,39 @@ class Family:
                 new = chosen.fn(plain_layer(layer), moments, **arguments[name])
             except (ValueError, TypeError) as error:
                 raise type(error)(f"layer {name!r}: {error}") from None
+            reader = direct_reader(request, stats, name)
+            if reader is not None and not readable_as_weight(layer, behind_padding(layer, new)):
+                note = unreadable(reader, new)
+                if name in explicit_names(request.layers):
+                    raise ValueError(f"layer {name!r} cannot be compressed by {chosen.name!r}: {note}")
+                plan.rows[name] = layer_row(name, layer, chosen.name, status="left dense", note=note)
+                continue
             error, held = output_errors(layer, new, stats, name)
+            note = f"{reader}; its replacement's weight is what that module now computes with" if reader else ""
             plan.add(name, layer, new, layer_row(
                 name, layer, chosen.name, params_after=stored_params(new), relative_error=error, heldout_error=held,
-                setting=", ".join(f"{k}={v}" for k, v in given[name].items()), bits=getattr(new, "bits", None)))
+                setting=", ".join(f"{k}={v}" for k, v in given[name].items()), bits=getattr(new, "bits", None),
+                note=note))
         return plan
 
 
 register_family(Family())
+
+
+def direct_reader(request: Request, stats: LayerStats | None, name: str) -> str | None:
+    """Why another module computes with layer ``name``'s weight directly (``None`` if none is known to).
+
+    From the statistics pass (:attr:`LayerStats.read_directly`) or, without data, from the
+    parent's source (:func:`~netcompress._layers.read_in_source`).
+    """
+    seen = stats.read_directly.get(name) if stats is not None else None
+    return seen or request.read_directly.get(name)
+
+
+def unreadable(reader: str, new: nn.Module) -> str:
+    """The note of a layer left dense because its replacement has no weight its direct reader could use."""
+    return (f"{reader}; its replacement ({type(new).__name__}) has no equivalent weight for it to read, "
+            "so replacing the layer would not change what that module computes")
 
 
 @contextmanager

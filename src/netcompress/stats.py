@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from netcompress import _tensors
 from netcompress._compat import moved_names
-from netcompress._layers import explicit_names, explicit_padding, progress_disabled, resolve_layers
+from netcompress._layers import explicit_names, explicit_padding, progress_disabled, resolve_layers, weight_sources
 from netcompress._tensors import (
     _output_matrix,
     _take,
@@ -42,6 +43,7 @@ __all__ = [
     "LayerStats",
     "SYMMETRIC_BLOCKS_FROM",
     "collect",
+    "gather",
 ]
 
 
@@ -55,13 +57,17 @@ class LayerStats(Mapping[str, Moments]):
     holdout=…)``), for honest error estimates; ``skipped`` names the layers that were not
     observed and why (e.g. a layer the data never reached); ``shared`` maps each layer that
     read the very same input as an earlier one (query/key/value) to that layer, whose input
-    statistics it shares (the same tensors, computed once).
+    statistics it shares (the same tensors, computed once); ``read_directly`` names the layers
+    whose weight another module computes with directly (a parent's ``F.linear(x, self.qkv.weight)``,
+    as torchvision's Swin does), with who and how: replacing such a layer changes what that
+    module computes only if the replacement keeps an equivalent ``weight``.
     """
 
     layers: dict[str, Moments] = field(default_factory=dict)
     heldout: LayerStats | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     shared: dict[str, str] = field(default_factory=dict)
+    read_directly: dict[str, str] = field(default_factory=dict)
 
     @property
     def grams(self) -> int:
@@ -98,7 +104,8 @@ class LayerStats(Mapping[str, Moments]):
                     tensors[f"{part}/{name}/{field_name}"] = getattr(m, field_name).detach().cpu().clone()
                 tensors[f"{part}/{name}/counts"] = torch.tensor([m.count, m.output_count, m.groups])
         save_file(tensors, str(path), metadata={"format": "netcompress.stats", "skipped": json.dumps(self.skipped),
-                                                "shared": json.dumps(self.shared)})
+                                                "shared": json.dumps(self.shared),
+                                                "read_directly": json.dumps(self.read_directly)})
 
     @classmethod
     def load(cls, path) -> LayerStats:
@@ -123,7 +130,8 @@ class LayerStats(Mapping[str, Moments]):
 
         shared = json.loads(metadata.get("shared", "{}"))
         stats = cls({name: moments(f) for name, f in parts["fit"].items()},
-                    skipped=json.loads(metadata.get("skipped", "{}")))
+                    skipped=json.loads(metadata.get("skipped", "{}")),
+                    read_directly=json.loads(metadata.get("read_directly", "{}")))
         if parts["heldout"]:
             stats.heldout = cls({name: moments(f) for name, f in parts["heldout"].items()})
         for part in (stats, stats.heldout):
@@ -409,12 +417,83 @@ def _batches(data: Iterable | torch.Tensor) -> Iterable:
 
 
 
-def _run(model: nn.Module, part, batch: int, shared: _SharedInputs, stopper: _Stopper | None) -> None:
-    """One forward call of the model on a part of a batch, for the recorders' hooks."""
+# Tensor functions that read only a weight's metadata, not its values: not a computation with it.
+_METADATA = frozenset({"__get__", "__len__", "__format__", "__repr__", "size", "dim", "numel", "nelement", "stride",
+                       "element_size", "data_ptr", "storage_offset", "untyped_storage", "get_device", "type",
+                       "is_floating_point", "is_complex", "is_contiguous", "is_nonzero", "_is_view"})
+
+
+def _function_name(func: Callable) -> str:
+    import torch.nn.functional as F
+
+    name = getattr(func, "__name__", repr(func))
+    return f"F.{name}" if hasattr(F, name) else f"torch.{name}" if hasattr(torch, name) else f"Tensor.{name}"
+
+
+class _DirectReads(TorchFunctionMode):
+    """Which recorded layers' weights a torch function receives outside the layer's own call.
+
+    A parent that computes ``F.linear(x, self.qkv.weight, self.qkv.bias)`` never calls ``qkv``
+    as a module, so its hooks see nothing; this mode, active for the first forward call of
+    :func:`collect`, sees the weight passed to ``F.linear`` and notes who passed it (the innermost
+    module then running that is not the layer or inside it).
+    """
+
+    def __init__(self, model: nn.Module, layers: Mapping[str, nn.Module]):
+        super().__init__()
+        self.watched = {id(p): name for name, layer in layers.items() for p in weight_sources(layer)}
+        self.running: list[str] = []
+        self.found: dict[str, tuple[str, str]] = {}  # layer → (the module that read its weight, the function)
+        self.handles = []
+        for name, module in model.named_modules():
+            if isinstance(module, torch.jit.ScriptModule):  # takes no Python hooks
+                continue
+            self.handles.append(module.register_forward_pre_hook(self._enter(name), prepend=True))
+            self.handles.append(module.register_forward_hook(self._leave(name), always_call=True))
+
+    def _enter(self, name: str):
+        def hook(module, args) -> None:
+            self.running.append(name)
+        return hook
+
+    def _leave(self, name: str):
+        def hook(module, args, output) -> None:
+            if self.running and self.running[-1] == name:
+                self.running.pop()
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.watched and getattr(func, "__name__", "") not in _METADATA:
+            for value in (*args, *kwargs.values()):
+                for tensor in (value if isinstance(value, (list, tuple)) else (value,)):
+                    layer = self.watched.get(id(tensor)) if isinstance(tensor, torch.Tensor) else None
+                    if layer is None or layer in self.found or layer in self.running:
+                        continue
+                    reader = next((n for n in reversed(self.running) if not n.startswith(f"{layer}.")), "")
+                    self.found[layer] = (reader, _function_name(func))
+        return func(*args, **kwargs)
+
+
+def _direct_reason(layer: str, reader: str, function: str, called: bool) -> str:
+    who = f"its parent {reader!r}" if reader else "the model's forward"
+    if called:
+        return f"its weight is also read directly by {who} ({function})"
+    return f"{who} computes with its weight directly ({function}), so netcompress saw no inputs"
+
+
+def _run(model: nn.Module, part, batch: int, shared: _SharedInputs, stopper: _Stopper | None,
+         watch: _DirectReads | None = None) -> None:
+    """One forward call of the model on a part of a batch, for the recorders' hooks (under ``watch``, if given)."""
     device, dtype = model_device_dtype(model)
     shared.new_call()
     try:
-        with evaluating(model):
+        with evaluating(model), (watch if watch is not None else nullcontext()):
             call_model(model, part, device, dtype)
     except _Reached:
         pass
@@ -511,7 +590,6 @@ def layers_called_once(model: nn.Module, batch, names: Iterable[str]) -> bool:
     return stopper.armed
 
 
-@torch.no_grad()
 def collect(
     model: nn.Module,
     data: Iterable | torch.Tensor,
@@ -556,8 +634,32 @@ def collect(
     Returns:
         :class:`LayerStats`, float64 throughout. When ``torch.distributed`` is
         initialised the sums are all-reduced, so every process gets the statistics
-        of the union of their data.
+        of the union of their data. A layer named in ``layers`` that saw no sample raises;
+        any other goes to ``stats.skipped`` with the reason: the data never reached it, or its
+        parent computes with its weight directly (``F.linear(x, self.qkv.weight)``), which
+        ``stats.read_directly`` also records (see :class:`LayerStats`).
     """
+    return gather(model, data, layers, required=explicit_names(layers), positions=positions, holdout=holdout,
+                  seed=seed, progress=progress, stop_early=stop_early, reference=reference, called_once=called_once)
+
+
+@torch.no_grad()
+def gather(
+    model: nn.Module,
+    data: Iterable | torch.Tensor,
+    layers: Iterable[str] | str | None = None,
+    *,
+    required: Iterable[str] = (),
+    positions: int | None = None,
+    holdout: float = 0.0,
+    seed: int = 0,
+    progress: bool | None = None,
+    stop_early: bool = False,
+    reference: Callable[[], AbstractContextManager] | None = None,
+    called_once: bool = False,
+) -> LayerStats:
+    """:func:`collect`, raising for an unreached layer only if it is in ``required`` (``compress`` passes
+    the layers the user named, not every layer it selected)."""
     from tqdm.auto import tqdm
 
     from netcompress.prune.modules import PRUNABLE
@@ -576,6 +678,8 @@ def collect(
     if stopper is not None:  # registered after the recorders: a layer is recorded before the pass stops
         handles += [layer.register_forward_hook(stopper.hook(name)) for name, layer in selected.items()]
     batches = samples = 0
+    watch: _DirectReads | None = _DirectReads(model, selected)  # for the first forward call only
+    found: dict[str, tuple[str, str]] = {}
     try:
         for batch in tqdm(_batches(data), desc="statistics", unit="batch", disable=progress_disabled(progress)):
             if not isinstance(batch, (torch.Tensor, Mapping, tuple, list)):
@@ -595,7 +699,12 @@ def collect(
                         _run(model, part, batches, shared, stopper)
                     for rec in recorders.values():
                         rec.capturing = False
-                _run(model, part, batches, shared, stopper)
+                try:
+                    _run(model, part, batches, shared, stopper, watch)
+                finally:
+                    if watch is not None:
+                        watch.remove()
+                found, watch = (watch.found if watch is not None else found), None
                 unpaired = [rec.name for rec in recorders.values() if rec.captured]
                 if unpaired:
                     raise ValueError(f"layer {unpaired[0]!r} ran more often in the original network than in the "
@@ -603,6 +712,8 @@ def collect(
             batches += 1
             samples += size
     finally:
+        if watch is not None:
+            watch.remove()
         for handle in handles:
             handle.remove()
         shared.new_call()  # its entries point back at the recorders: a cycle that would keep every Moments alive
@@ -624,17 +735,22 @@ def collect(
             for moments in part.values():
                 _mirror_lower(moments.gram)
             _all_reduce(part)
-    explicit = explicit_names(layers)
+    required = set(required)
     for name in list(stats.layers):
-        if stats.layers[name].count == 0:
-            if name in explicit:
+        called = stats.layers[name].count > 0
+        if name in found:
+            stats.read_directly[name] = _direct_reason(name, *found[name], called=called)
+        if not called:
+            reason = stats.read_directly.get(name, "the target data never reached it")
+            if name in required:
                 raise ValueError(
-                    f"layer {name!r} saw no samples ({batches} batches of data); "
-                    "pass non-empty target data that reaches this layer"
+                    f"layer {name!r} saw no samples ({batches} batches of data): {reason}; "
+                    + ("compress the module that calls F.linear, or leave this layer out" if name in found
+                       else "pass non-empty target data that reaches this layer")
                 )
             del stats.layers[name]
             stats.shared.pop(name, None)
-            stats.skipped[name] = "the target data never reached it"
+            stats.skipped[name] = reason
             if heldout is not None:
                 heldout.layers.pop(name, None)
     stats.heldout = heldout

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from netcompress._layers import plain_layer, progress_disabled, replace_module, resolve_layers
+from netcompress._layers import explicit_names, plain_layer, progress_disabled, replace_module, resolve_layers
 from netcompress._replacement import Plan, behind_padding, layer_row, output_errors, stored_params
-from netcompress.compress import Family, Request
+from netcompress.compress import Family, Request, direct_reader
 from netcompress.lowrank.methods import Factorization
 from netcompress.lowrank.plan import (
     LayerCurve,
@@ -127,12 +127,23 @@ class LowRankFamily(Family):
         chosen, sizing = request.method, request.sizing
         factorizations: dict[str, Factorization] = {}
         ranks: dict[str, int] = {}
+        plan = Plan()
         for name, layer in tqdm(selected.items(), desc=chosen.name, unit="layer",
                                 disable=progress_disabled(request.progress)):
             plain = plain_layer(layer)
+            reader = direct_reader(request, stats, name)
+            if reader is not None:  # a factored layer has no weight a parent could compute with
+                note = (f"{reader}; a factored replacement has no weight for it to read, so replacing the layer "
+                        "would not change what that module computes")
+                if name in explicit_names(request.layers):
+                    raise ValueError(f"layer {name!r} cannot be compressed by {chosen.name!r}: {note}")
+                plan.rows[name] = layer_row(name, layer, chosen.name, status="left dense", note=note)
+                continue
             ranks[name] = _initial_rank(name, plain, sizing.get("rank"), sizing.get("keep"), chosen.rank_cost)
+            # a layer the data never reached, for a method that needs no data: white inputs, as without data
+            moments = stats[name] if name in stats else Moments.white(*_matrix_shape(plain)[::-1])
             try:
-                factorizations[name] = chosen.fn(plain, stats[name], ranks[name], **request.settings)
+                factorizations[name] = chosen.fn(plain, moments, ranks[name], **request.settings)
             except ValueError as error:
                 raise ValueError(f"layer {name!r}: {error}") from None
         energy, budget = sizing.get("energy"), sizing.get("budget")
@@ -143,7 +154,6 @@ class LowRankFamily(Family):
                 ranks = {name: rank_for_energy(curve.relative_error, energy) for name, curve in curves.items()}
             else:
                 ranks = allocate_budget(curves, budget)
-        plan = Plan()
         for name, f in factorizations.items():
             layer, k = selected[name], ranks[name]
             before, after = f.params_before(), f.params_after(k)

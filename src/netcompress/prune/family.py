@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from netcompress._layers import explicit_names, resolve_layers
+from netcompress._layers import explicit_names, reparametrized, resolve_layers
 from netcompress._replacement import Plan, apply_plan, layer_row, stored_params
 from netcompress._tensors import model_device_dtype, model_input
 from netcompress.compress import Family, Request
@@ -38,7 +38,8 @@ class StructuralFamily(Family):
         example = _example_input(batches, model)
         selected, skipped = removable_layers(model, example, request.layers, request.exclude, chosen.accepts)
         if not selected:
-            raise ValueError(f"no layer of the model can have its units removed by {chosen.name!r}")
+            why = next((f" ({n!r}: {r})" for n, r in skipped.items() if r not in ("not selected", "excluded")), "")
+            raise ValueError(f"no layer of the model can have its units removed by {chosen.name!r}{why}")
         graph, groups = plan_graph(model, list(selected), example)
         needed = needed_layers(graph, groups)
         stats = request.stats
@@ -68,18 +69,51 @@ def removable_layers(model: nn.Module, example, layers=None, exclude=None,
     The model is traced on ``example``; a layer whose channels the tracer cannot follow is left
     out with the reason, except one named explicitly in ``layers``, which stays selected so that
     planning raises with that reason instead of skipping what the user asked for.
+
+    A layer re-parametrised by ``torch.nn.utils`` (prune, weight_norm, parametrize), or coupled to
+    or read by one, keeps its units: slicing it would silently drop the re-parametrisation, so the
+    row says which call removes it first (an explicitly named one raises with that reason).
     """
     selected, skipped = resolve_layers(model, layers, accepts, exclude)
     explicit = explicit_names(layers)
     graph = plan_graph(model, [], example)[0]
+    modules = dict(model.named_modules())
     for name in list(selected):
         reason = graph.blocked.get(name)
         if name not in graph.producers:
             reason = "the traced graph never calls it as a layer"
+        else:
+            reason = reason or _reparametrized_neighbour(name, graph, modules)
+        if reason is not None and name in explicit and name in graph.producers and name not in graph.blocked:
+            raise ValueError(f"layer {name!r}: its units cannot be removed: {reason}")
         if reason is not None and name not in explicit:
             skipped[name] = f"its units cannot be removed: {reason}"
             del selected[name]
     return selected, skipped
+
+
+# How to undo each re-parametrisation before structured pruning.
+_UNDO = {
+    "torch.nn.utils.prune": "torch.nn.utils.prune.remove(module, 'weight')",
+    "torch.nn.utils.weight_norm": "torch.nn.utils.remove_weight_norm(module)",
+    "torch.nn.utils.spectral_norm": "torch.nn.utils.remove_spectral_norm(module)",
+}
+_UNDO_PARAMETRIZE = "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight')"
+
+
+def _reparametrized_neighbour(name: str, graph, modules: dict[str, nn.Module]) -> str | None:
+    """Why ``name``'s units cannot be removed: it, a layer coupled to it or a reader of them is re-parametrised."""
+    group = graph.group(name)
+    touched = list(group) + [c for c, space in graph.consumers.items() if any(s.source in group for s in space)]
+    for other in touched:
+        kinds = reparametrized(modules[other]) if other in modules else {}
+        if kinds:
+            utility = sorted(set(kinds.values()))[0]
+            undo = _UNDO.get(utility, _UNDO_PARAMETRIZE)
+            whose = "it is" if other == name else f"layer {other!r}, which {'shares' if other in group else 'reads'} " \
+                                                   "its units, is"
+            return f"{whose} re-parametrised by {utility}; call {undo} first"
+    return None
 
 
 def _row_setting(name: str, settings: dict[str, object]) -> str:
