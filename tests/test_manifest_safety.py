@@ -178,3 +178,22 @@ def test_fuzzed_manifests_end_in_one_sentence_or_the_saved_model_under_a_memory_
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     counts = json.loads(done.stdout.strip().splitlines()[-1])
     assert counts["refused"] > 300 and counts["refused"] + counts["loaded"] == 400
+
+
+def test_a_frozen_layer_stays_frozen_through_save_and_load(tmp_path):
+    x = torch.randn(16, 3, 8, 8)
+    model = SmallNet().eval()
+    for p in model.conv2.parameters():
+        p.requires_grad_(False)
+    model.fc1.weight.requires_grad_(False)
+    nc.compress(model, x, method="dalr", rank={"conv2": 3, "fc1": 5}, progress=False)
+    out = nc.save(model, tmp_path / "out")
+    fresh = SmallNet().eval()
+    for p in fresh.conv2.parameters():
+        p.requires_grad_(False)
+    fresh.fc1.weight.requires_grad_(False)
+    nc.load(fresh, out)
+    flags = {name: p.requires_grad for name, p in fresh.named_parameters()}
+    assert flags == {name: p.requires_grad for name, p in model.named_parameters()}
+    assert not any(v for k, v in flags.items() if k.startswith("conv2.")) and flags["fc1.up.bias"]
+    assert not flags["fc1.down.weight"] and not flags["fc1.up.weight"] and flags["fc2.weight"]

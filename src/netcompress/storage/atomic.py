@@ -8,12 +8,17 @@ did not create.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "made_directories", "staged_file", "umask_mode"]
+__all__ = ["atomic_write", "atomic_write_bytes", "locked", "made_directories", "remove_stale", "staged_file",
+           "umask_mode"]
+
+UNLOCKED_STALE_SECONDS = 3600  # without file locks, a temporary file this old belongs to no running write
 
 
 def umask_mode(full: int) -> int:
@@ -72,3 +77,48 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Write ``payload`` to a temporary file beside ``path``, then rename it into place."""
     atomic_write(path, lambda tmp: tmp.write_bytes(payload))
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on ``folder`` (``flock`` on the directory itself, no lock file) while active.
+
+    Yields whether a lock is held: where the platform has no ``flock`` the block runs unlocked.
+    Another netcompress write into the same folder waits until this one ends.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield False
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def temporary_of(entry: Path, names: Iterable[str]) -> bool:
+    """Whether ``entry`` is a temporary file :func:`staged_file` makes for one of ``names`` (``.name.XXXXXXXX.tmp``)."""
+    match = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp", entry.name)
+    return match is not None and match.group(1) in set(names)
+
+
+def remove_stale(folder: Path, names: Iterable[str], extra: Iterable[Path] = (), *, lock_held: bool) -> None:
+    """Delete the temporary files that interrupted writes of ``names`` left in ``folder``, and the paths ``extra``.
+
+    Only called under :func:`locked`: then no other write is under way and every such file is
+    stale. Without a lock only files untouched for :data:`UNLOCKED_STALE_SECONDS` are removed.
+    Only regular files of netcompress's own naming are ever deleted.
+    """
+    names = tuple(names)
+    now = time.time()
+    for entry in [*folder.iterdir(), *extra]:
+        try:
+            if not (entry.is_file() and not entry.is_symlink()) or not (temporary_of(entry, names) or entry in extra):
+                continue
+            if lock_held or now - entry.stat().st_mtime > UNLOCKED_STALE_SECONDS:
+                entry.unlink()
+        except OSError:
+            continue  # gone already, or not ours to remove: a later write tries again

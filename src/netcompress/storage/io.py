@@ -27,7 +27,6 @@ import json
 import math
 import os
 import re
-from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -38,10 +37,10 @@ from torch import nn
 
 import netcompress._architecture as _architecture
 from netcompress._description import build, check_type, describe
-from netcompress._layers import replace_module
+from netcompress._layers import copy_trainability, replace_module
 from netcompress._transaction import all_or_nothing
 from netcompress.report import Report
-from netcompress.storage.atomic import atomic_write_bytes, made_directories, staged_file
+from netcompress.storage.atomic import atomic_write_bytes, locked, made_directories, remove_stale, staged_file
 from netcompress.storage.files import read_json, require_regular
 from netcompress.storage.fit import check_fits
 from netcompress.storage.packing import pack_codes, unpack_codes
@@ -94,14 +93,6 @@ def _like(new: nn.Module, *olds: nn.Module) -> nn.Module:
         if tensors:
             return new.to(device=tensors[0].device)
     return new
-
-
-def copy_trainability(new: nn.Module, old: nn.Module) -> None:
-    """Give ``new``'s parameters the ``requires_grad`` of what they replace in ``old``: biases its bias's, the rest its weight's."""
-    flags = {name.rsplit(".", 1)[-1]: p.requires_grad for name, p in old.named_parameters()}
-    weight = flags.get("weight", flags.get("weight_orig", all(flags.values()) if flags else True))
-    for name, p in new.named_parameters():
-        p.requires_grad_(flags.get("bias", weight) if name.rsplit(".", 1)[-1] == "bias" else weight)
 
 
 def _outermost(planned: dict[str, nn.Module], name: str) -> str | None:
@@ -214,13 +205,45 @@ def _sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
+def _next(path: Path, name: str) -> Path:
+    """Where ``save`` puts the new ``name`` until the manifest that vouches for it is in place."""
+    return path / f".{name}.next"
+
+
 def _ignorable(entry: Path) -> bool:
-    """A temporary file of a netcompress write (``.name.XXXXXXXX.tmp``): never deleted, never counted as the user's."""
-    return re.fullmatch(r"\..+\.[A-Za-z0-9_]{8}\.tmp", entry.name) is not None and entry.is_file()
+    """A temporary file of a netcompress write (``.name.XXXXXXXX.tmp``, ``.name.next``): never the user's."""
+    pattern = r"\..+\.[A-Za-z0-9_]{8}\.tmp|\.(" + "|".join(map(re.escape, OWN_FILES)) + r")\.next"
+    return re.fullmatch(pattern, entry.name) is not None and entry.is_file()
 
 
-def _previous_files(path: Path) -> tuple[str, ...] | None:
-    """The files an earlier ``save`` wrote in ``path`` (from its manifest), or None if ``path`` is not its output."""
+def _vouched(path: Path, name: str, digest: object) -> Path | None:
+    """The file holding ``name`` whose SHA-256 is ``digest``: in place, or still staged by a save cut short."""
+    for candidate in (path / name, _next(path, name)):
+        if candidate.is_file() and digest == _sha256(candidate):
+            return candidate
+    return None
+
+
+def _settle(path: Path, lock_held: bool) -> None:
+    """Finish what a save cut short after its manifest was in place, then remove what earlier saves left behind.
+
+    A save stages its files as ``.name.next``, renames the manifest (the one switch from the
+    old output to the new), then renames the staged files into place. Killed after the switch,
+    the manifest vouches (by SHA-256) for staged files: they are renamed now. Anything staged
+    that no manifest vouches for, and every temporary file of ours, is stale and removed.
+    """
+    record = _current_record(path)
+    digests = record.get("sha256") if isinstance(record, dict) else None
+    if lock_held and isinstance(digests, dict):
+        for name in (WEIGHTS, REPORT):
+            if name in digests and _vouched(path, name, digests[name]) == _next(path, name):
+                os.replace(_next(path, name), path / name)
+    staged = [_next(path, name) for name in (WEIGHTS, REPORT)]
+    remove_stale(path, [*OWN_FILES, *(p.name for p in staged)], staged, lock_held=lock_held)
+
+
+def _current_record(path: Path) -> dict | None:
+    """The manifest in ``path`` if it is a netcompress manifest, else None."""
     file = path / MANIFEST
     if not file.is_file():
         return None
@@ -228,7 +251,13 @@ def _previous_files(path: Path) -> tuple[str, ...] | None:
         record = read_json(file, "manifest")
     except ValueError:
         return None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
+    return record if isinstance(record, dict) and record.get("format") == FORMAT else None
+
+
+def _previous_files(path: Path) -> tuple[str, ...] | None:
+    """The files an earlier ``save`` wrote in ``path`` (from its manifest), or None if ``path`` is not its output."""
+    record = _current_record(path)
+    if record is None:
         return None
     files = record.get("files")
     if not isinstance(files, list):  # version 2 wrote the weights, the manifest and maybe a report
@@ -273,19 +302,26 @@ def save(model: nn.Module, path: str | os.PathLike, report: Report | None = None
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}  # tied weights need copies
     record["packed"] = pack_codes(model, state)
     report_text = report.to_json() if report is not None else None
-    with made_directories(path), ExitStack() as stack:
-        # Renamed into place in reverse order of entering: weights, report, then the manifest that vouches for them.
-        manifest_tmp = stack.enter_context(staged_file(path / MANIFEST))
-        report_tmp = stack.enter_context(staged_file(path / REPORT)) if report_text is not None else None
-        weights_tmp = stack.enter_context(staged_file(path / WEIGHTS))
-        save_file(state, weights_tmp, metadata={"format": FORMAT})
-        if report_tmp is not None:
-            report_tmp.write_text(report_text)
-        files = [WEIGHTS, MANIFEST] + ([REPORT] if report_tmp is not None else [])
-        record.update(files=files, weights_sha256=_sha256(weights_tmp))
-        manifest_tmp.write_text(json.dumps(record, indent=2))
-    if report_text is None and REPORT in previous:  # a report of the earlier save would describe another model
-        (path / REPORT).unlink(missing_ok=True)
+    with made_directories(path), locked(path) as lock_held:
+        _settle(path, lock_held)
+        # Stage every file under its .next name, switch by renaming the manifest that vouches for them, then
+        # rename them into place: killed at any point, the folder holds the old output or the new one.
+        digests = {}
+        with staged_file(_next(path, WEIGHTS)) as weights_tmp:
+            save_file(state, weights_tmp, metadata={"format": FORMAT})
+            digests[WEIGHTS] = _sha256(weights_tmp)
+        if report_text is not None:
+            with staged_file(_next(path, REPORT)) as report_tmp:
+                report_tmp.write_text(report_text)
+                digests[REPORT] = _sha256(report_tmp)
+        record.update(files=[WEIGHTS, MANIFEST, *([REPORT] if report_text is not None else [])],
+                      weights_sha256=digests[WEIGHTS], sha256=digests)
+        with staged_file(path / MANIFEST) as manifest_tmp:
+            manifest_tmp.write_text(json.dumps(record, indent=2))
+        for name in digests:
+            os.replace(_next(path, name), path / name)
+        if report_text is None and REPORT in previous:  # a report of the earlier save would describe another model
+            (path / REPORT).unlink(missing_ok=True)
     return path
 
 
@@ -303,14 +339,18 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if not file.is_file():
         raise ValueError(f"{path} has no {MANIFEST}; it was not written by netcompress.save")
     record = read_json(file, "manifest")
-    weights = require_regular(path / WEIGHTS, "weights file")
+    weights, expected = path / WEIGHTS, record.get("weights_sha256") if isinstance(record, dict) else None
+    if not _next(path, WEIGHTS).is_file():
+        require_regular(weights, "weights file")
+    if expected is not None:  # a save cut short after its switch may have left the new weights staged
+        weights = _vouched(path, WEIGHTS, expected)
+        if weights is None:
+            raise ValueError(f"{path / WEIGHTS} is not the file {file} was written with (its SHA-256 differs); "
+                             "save the model again")
     with torch.device("meta"):  # size every layer against the file before anything is allocated
         built: dict[str, int] = {}
         sized = _plan(model, record, str(file), built)
     _check_sizes(sized, built, _stored_shapes(weights), str(file), weights)
-    expected = record.get("weights_sha256")
-    if expected is not None and expected != _sha256(weights):
-        raise ValueError(f"{weights} is not the file {file} was written with (its SHA-256 differs); save the model again")
     planned = _plan(model, record, str(file))
     try:
         state = load_file(weights)
@@ -338,8 +378,10 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) 
 
 
 def read_report(path: str | os.PathLike) -> Report:
-    """The :class:`Report` saved beside a compressed model."""
-    file = Path(path) / REPORT
+    """The :class:`Report` saved beside a compressed model (the one its manifest vouches for, by SHA-256)."""
+    record = _current_record(Path(path)) or {}
+    digests = record.get("sha256") if isinstance(record.get("sha256"), dict) else {}
+    file = (_vouched(Path(path), REPORT, digests[REPORT]) if REPORT in digests else None) or Path(path) / REPORT
     if not file.is_file():
         raise ValueError(f"{path} holds no {REPORT}; save it with netcompress.save(model, path, report)")
     data = read_json(file, "report")

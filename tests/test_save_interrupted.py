@@ -1,0 +1,84 @@
+"""A ``save`` killed at any rename leaves the old output or the new one, and the next save clears what it left.
+
+Issue 22: a save killed between its renames left new weights beside the old manifest (the
+previous good output no longer loaded), and its temporary files piled up.
+"""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import netcompress as nc
+from conftest import SmallNet
+
+CHILD = textwrap.dedent(r"""
+    import os, signal, sys
+    import torch
+    sys.path.insert(0, __TESTS__)
+    import netcompress as nc
+    from conftest import SmallNet
+
+    torch.set_num_threads(1)
+    out, version, kill_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    torch.manual_seed(version)
+    model = SmallNet().eval()
+    report = nc.compress(model, torch.randn(16, 3, 8, 8), method="magnitude", sparsity=0.3 + 0.2 * version,
+                         progress=False)
+    calls, replace = [0], os.replace
+
+    def dying(source, target):  # SIGKILL: no handler, no cleanup, as a killed process or a power cut
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        replace(source, target)
+
+    os.replace = dying
+    nc.save(model, out, report)
+""")
+
+
+def _compressed(version):
+    """The model and report the child process with this ``version`` saves (same seed, same data)."""
+    torch.manual_seed(version)
+    model = SmallNet().eval()
+    report = nc.compress(model, torch.randn(16, 3, 8, 8), method="magnitude", sparsity=0.3 + 0.2 * version,
+                         progress=False)
+    return model, report
+
+
+def _save(out, version, kill_at, tests):
+    script = CHILD.replace("__TESTS__", repr(str(tests)))
+    return subprocess.run([sys.executable, "-c", script, str(out), str(version), str(kill_at)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL and flock are POSIX")
+@pytest.mark.parametrize("kill_at", [2, 3, 4])  # before the switch, at it, after it
+def test_a_save_killed_at_any_rename_leaves_a_whole_output_and_the_next_save_clears_its_files(tmp_path, kill_at,
+                                                                                              request):
+    tests = request.path.parent
+    out = tmp_path / "out"
+    x = torch.randn(4, 3, 8, 8)
+    (old, old_report), (new, new_report) = _compressed(0), _compressed(1)
+    with torch.no_grad():
+        expected = {0: old(x), 1: new(x)}
+    nc.save(old, out, old_report)
+    killed = _save(out, 1, kill_at, tests)
+    assert killed.returncode == -9, killed.stderr[-2000:]  # it really died mid-save
+
+    loaded = nc.load(SmallNet().eval(), out)  # the old output or the new one: never a mix
+    with torch.no_grad():
+        got = loaded(x)
+    which = next(v for v, y in expected.items() if torch.equal(got, y))
+    report = nc.read_report(out)
+    assert report.to_json() == (old_report, new_report)[which].to_json()
+    assert which == (1 if kill_at > 3 else 0)  # killed before its call; the third rename (the manifest) switches
+
+    nc.save(new, out, new_report)  # a later save finishes or removes what the killed one left
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.safetensors", "report.json"]
+    with torch.no_grad():
+        assert torch.equal(nc.load(SmallNet().eval(), out)(x), expected[1])
+
