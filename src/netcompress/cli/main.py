@@ -145,7 +145,8 @@ def _hf_arguments(command: argparse.ArgumentParser) -> None:
     group.add_argument("--max-length", type=int, metavar="N", help="tokens kept of each line (default 128)")
     group.add_argument("--save-pretrained", metavar="DIR2",
                        help="also write a plain save_pretrained directory (masked pruning and quantization only; "
-                            "a new or empty directory)")
+                            "a new or empty directory, neither -o nor inside it, nor holding -o or --ncz: "
+                            "outputs never nest, so each is written and replaced whole)")
 
 
 def _data_arguments(command: argparse.ArgumentParser) -> None:
@@ -209,6 +210,28 @@ def _check_ncz_target(path: Path, output: Path, force: bool) -> None:
                              "or pass --force to replace it")
 
 
+def _check_separate_outputs(args: argparse.Namespace) -> None:
+    """Refuse outputs that are the same path or nested in one another, before any work.
+
+    Each output is staged beside its final path and renamed into place whole, so a directory that
+    holds another output would be refused as foreign (or left half-written) after the compression ran.
+    The one nesting allowed is ``--ncz`` inside ``-o``: ``nc.save`` leaves files it did not write alone.
+    """
+    outputs = [("-o", args.output), ("--save-pretrained", getattr(args, "save_pretrained", None)),
+               ("--ncz", args.ncz)]
+    given = [(flag, Path(path), Path(path).resolve()) for flag, path in outputs if path is not None]
+    for flag, path, resolved in given:
+        for other, other_path, other_resolved in given:
+            if other == flag or (flag, other) == ("--ncz", "-o"):
+                continue  # --ncz inside -o is allowed, the same path refused by _check_ncz_target
+            if resolved == other_resolved and "--ncz" not in (flag, other) and flag < other:
+                raise ValueError(f"{flag} {path} and {other} {other_path} are the same path; give each output "
+                                 "a path of its own")
+            if other_resolved in resolved.parents:
+                raise ValueError(f"{flag} {path} is inside the {other} {'file' if other == '--ncz' else 'directory'} "
+                                 f"{other_path}; outputs do not nest, so give {flag} and {other} separate paths")
+
+
 def _steps(args: argparse.Namespace) -> list[dict]:
     """The compression as checked steps (a recipe, or one --method step): no data read yet."""
     from netcompress.pipeline import check_steps, read_recipe
@@ -245,6 +268,7 @@ def _compress(args: argparse.Namespace) -> None:
 
     # Everything that can be checked without the model and the data, before they are read.
     output, ncz = Path(args.output), Path(args.ncz) if args.ncz else None
+    _check_separate_outputs(args)
     check_save_target(output, args.force)
     if ncz is not None:
         _check_ncz_target(ncz, output, args.force)
@@ -260,6 +284,7 @@ def _compress(args: argparse.Namespace) -> None:
     source = labels = None
     if lines is not None:
         source = hf.HFSource(args.hf, args.hf_class)
+        source.check_text(lines, args.max_length, args.text)  # the tokenizer, measured on the text before the model loads
         model = source.load_model()
         calibration = source.batches(lines, args.batch_size, args.max_length, model)
         original = hf.shapes(model)

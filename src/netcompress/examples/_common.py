@@ -7,6 +7,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -60,18 +61,59 @@ def check_options(parser, args) -> None:
         parser.error(f"--lr must be a positive number, got {args.lr}")
 
 
-def launch(run: Callable[[object], dict], summary: Callable[[dict], str], args) -> None:
-    """An example's ``main``: ``run(args)`` in a process group, then rank 0 prints the summary (or JSON).
+def refused(error: ValueError) -> SystemExit:
+    """The exit of an example refusing its arguments: ``error: <sentence>`` on stderr, status 1, no traceback."""
+    return SystemExit(f"error: {error}")
+
+
+def launched_world() -> int:
+    """The world size the process group will have: the caller's group, torchrun's ``WORLD_SIZE``, or 1."""
+    if dist.is_initialized():
+        return dist.get_world_size()
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def check_output(path: str | os.PathLike, overwrite: bool, flag: str = "--out") -> None:
+    """Refuse, before any work, an output directory ``nc.save`` would not write (as ``netcompress compress -o``).
+
+    Refused: an existing file, FIFO or device; a path inside a file; a non-empty directory netcompress
+    did not write (unless ``overwrite``, and then only netcompress's own files in it are replaced).
+    """
+    from netcompress.storage.io import check_save_target
+
+    path = Path(path)
+    above = next((p for p in path.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"{flag} {path} is inside {above}, which is not a directory; choose another output path")
+    try:
+        check_save_target(path, overwrite)
+    except ValueError as error:
+        if "overwrite=True" in str(error):  # the library's hint names its keyword; the example's option is --overwrite
+            raise ValueError(f"{flag} {path} is a non-empty directory that netcompress did not write; choose a new "
+                             "or empty directory, or pass --overwrite to replace only netcompress's own files in it"
+                             ) from None
+        raise ValueError(f"{flag} {error}") from None
+
+
+def launch(run: Callable[[object], dict], summary: Callable[[dict], str], args,
+           check: Callable[[object], None] | None = None) -> None:
+    """An example's ``main``: the device and ``check(args)`` first, ``run(args)`` in a process group, then rank 0 prints.
 
     A ``ValueError`` (settings that cannot work, such as codistillation in a world of one) ends the
-    process with its one sentence and a non-zero status, without a traceback.
+    process with its one sentence and a non-zero status, without a traceback; ``check`` and the
+    device are checked before any process group is joined.
     """
     try:
         device(args.device)  # checked, and this rank's GPU made current, before NCCL starts
+        if check is not None:
+            check(args)
         with process_group("nccl" if args.device == "cuda" else "gloo") as (rank, _):
             result = run(args)
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise refused(error) from None
     if rank == 0:
         print(json.dumps(result, indent=1) if args.json else summary(result))
 

@@ -27,7 +27,7 @@ from netcompress.distill.finetune import finetune
 from netcompress.distributed import CodistillStats, codistill_distributed
 from netcompress.examples import _common as common
 
-__all__ = ["main", "parse_args", "run"]
+__all__ = ["check_world", "main", "parse_args", "run"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -105,8 +105,16 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+def check_world(args: argparse.Namespace) -> None:
+    """Refuse codistillation in a world of one before any process group is joined (``run`` checks it again)."""
+    if args.mode == "codistill" and common.launched_world() < 2:
+        raise ValueError("--mode codistill needs at least two ranks: launch it with "
+                         "torchrun --nproc_per_node 2 -m netcompress.examples.codistill")
+
+
 def main(argv: list[str] | None = None) -> None:
-    common.launch(run, summary, parse_args(argv))
+    """Parse ``argv``, refuse what cannot run in one ``error:`` sentence, train, and print on rank 0."""
+    common.launch(run, summary, parse_args(argv), check=check_world)
 
 
 if __name__ == "__main__":

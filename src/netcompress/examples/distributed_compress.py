@@ -20,14 +20,19 @@ Across machines: ``torchrun --nnodes 2 --nproc_per_node 1 --rdzv-backend c10d --
 from __future__ import annotations
 
 import argparse
+import math
+import os
 
 import torch
 import torch.distributed as dist
 
 import netcompress as nc
-from netcompress.examples._common import process_group
+from netcompress.examples._common import check_output, launched_world, process_group, refused
+
+__all__ = ["check_arguments", "compress_arguments", "dense_model", "main", "parse_args", "target_data"]
 
 LOWRANK_DEFAULT_BUDGET = 0.25
+DIGITS = 1000  # training digits of the UCI split, the target samples
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,8 +54,70 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="the network's dtype (statistics are float64 either way)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier output in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out netcompress did not write (only its own files replaced)")
     return parser.parse_args(argv)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse, in one ``ValueError`` sentence, what would fail after training or in the process group.
+
+    Checked before any process group is joined: numbers in range, ``--method`` registered and taking
+    the sizes given, ``--init`` a safetensors state dict of this MLP (read, bounded by the MLP's size),
+    and on rank 0 (which writes it) ``--out`` a path ``nc.save`` may write, as ``netcompress compress -o``.
+    """
+    from netcompress.pipeline import check_steps
+
+    for name, low in (("width", 1), ("batch_size", 1), ("epochs", 0), ("samples", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    if not 0 <= args.seed < 2**31:
+        raise ValueError(f"--seed must be between 0 and 2**31 - 1, got {args.seed}")
+    if not (math.isfinite(args.holdout) and 0 <= args.holdout < 1):
+        raise ValueError(f"--holdout must be a share in [0, 1) of the samples, got {args.holdout}")
+    if args.rank is not None and args.rank < 1:
+        raise ValueError(f"--rank must be at least 1, got {args.rank}")
+    if args.method not in nc.METHODS:
+        raise ValueError(f"--method {args.method!r} is not a registered method; choose one of {', '.join(nc.METHODS)}")
+    settings = {k: v for k, v in compress_arguments(args).items() if k not in ("method", "progress")}
+    try:
+        check_steps([{"method": args.method, **settings}])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--method {args.method}: {str(error).removeprefix('step 1: ')}") from None
+    samples, world = DIGITS if args.samples is None else min(args.samples, DIGITS), launched_world()
+    if samples < world:
+        raise ValueError(f"--samples {samples} leaves some of the {world} processes without a sample; "
+                         "give at least one per process")
+    if args.init is not None:
+        _read_init(args)
+    if os.environ.get("RANK", "0") == "0":  # only rank 0 writes --out
+        check_output(args.out, args.overwrite)
+
+
+def _read_init(args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """The ``--init`` state dict, refused in one sentence unless it holds exactly this MLP's tensors."""
+    from safetensors.torch import load
+
+    from netcompress.prototype.models import WideMLP
+    from netcompress.storage.files import read_bytes
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in WideMLP(width=args.width).state_dict().items()}
+    limit = 8 * sum(math.prod(shape) for shape in expected.values()) + (1 << 20)  # float64 and a header
+    data = read_bytes(args.init, "--init file", limit)
+    try:
+        state = load(data)
+    except Exception as error:  # safetensors raises its own error type
+        raise ValueError(f"--init {args.init} is not a safetensors file ({error}); write it with "
+                         "safetensors.torch.save_file(model.state_dict(), PATH)") from None
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        first = next(k for k in sorted({*got, *expected}) if got.get(k) != expected.get(k))
+        raise ValueError(f"--init {args.init} does not hold the MLP of --width {args.width}: tensor {first!r} is "
+                         f"{got.get(first, 'missing')}, expected {expected.get(first, 'none')}; give the width it "
+                         "was trained with")
+    return state
 
 
 def compress_arguments(args: argparse.Namespace) -> dict:
@@ -73,14 +140,12 @@ def target_data(args: argparse.Namespace):
 
 def dense_model(args: argparse.Namespace, split) -> torch.nn.Module:
     """The network to compress, identical in every process: loaded or trained on rank 0, then broadcast."""
-    from safetensors.torch import load_file
-
     from netcompress.prototype.models import WideMLP
 
     torch.manual_seed(args.seed)
     model = WideMLP(width=args.width).to(getattr(torch, args.dtype))
     if args.init is not None:
-        model.load_state_dict(load_file(args.init))
+        model.load_state_dict(_read_init(args))
     elif dist.get_rank() == 0:
         nc.finetune(model, (split.train_x, split.train_y), epochs=args.epochs, lr=1e-3, seed=args.seed, progress=False)
     for tensor in model.state_dict().values():  # every process must compress the very same weights
@@ -94,7 +159,12 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse and check ``argv`` (every bad argument is one ``error:`` sentence, before any work), then compress."""
     args = parse_args(argv)
+    try:
+        check_arguments(args)
+    except ValueError as error:
+        raise refused(error) from None
     with process_group() as (rank, world):
         split, data = target_data(args)
         model = dense_model(args, split)
