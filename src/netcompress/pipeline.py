@@ -36,6 +36,7 @@ from netcompress.distill.losses import Logits
 from netcompress.registry import FAMILIES, METHODS, Method, accepted_types, check_value
 from netcompress.registry import method as _method
 from netcompress.report import Report
+from netcompress.storage.files import read_bytes
 
 __all__ = ["check_steps", "read_recipe", "run_pipeline"]
 
@@ -204,13 +205,7 @@ def read_recipe(path: str | os.PathLike) -> list[dict]:
         import yaml
     except ImportError:
         raise ImportError("recipes need PyYAML; pip install pyyaml") from None
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_RECIPE_BYTES + 1)
-    except OSError as error:
-        raise ValueError(f"recipe {path} cannot be read ({error.strerror or error})") from None
-    if len(raw) > MAX_RECIPE_BYTES:
-        raise ValueError(f"recipe {path} is larger than {MAX_RECIPE_BYTES:,} bytes; a recipe is a short list of steps")
+    raw = read_bytes(path, "recipe", MAX_RECIPE_BYTES)  # a regular file only: a named pipe would block forever
     try:
         document = yaml.load(raw.decode("utf-8"), Loader=_loader())  # noqa: S506 (a SafeLoader subclass)
     except UnicodeDecodeError:

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import pickle
 import sys
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -32,11 +34,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from netcompress.storage.files import open_regular, require_regular
+
 __all__ = ["PRESETS", "batches", "build_model", "normalize", "read_data", "read_labels", "read_weights"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MAX_IMAGE_PIXELS = 40_000_000  # one image: a 7,700×5,200 photograph; Pillow's own bomb limit is 89 M
 MAX_FOLDER_VALUES = 1 << 30  # all images as float32: 4 GiB
+MAX_DATA_VALUES = 1 << 31  # one data file: 8 GiB of float32, far more than a calibration sample
 PRESETS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}  # torchvision's ImageNet statistics
 
 
@@ -73,10 +78,16 @@ def _open_image(file: Path, image):
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files of ``folder`` (by suffix, hidden files left out), sorted; refuses a folder with none."""
+    """The image files of ``folder`` (by suffix, hidden files left out), sorted; refuses a folder with none.
+
+    An entry with an image's suffix that is not a regular file (a named pipe would block the
+    read forever, a device would never end) is refused in one sentence, not skipped.
+    """
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise ValueError(f"folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    for file in files:
+        require_regular(file, "image")
     return files
 
 
@@ -117,36 +128,105 @@ def _read_images(folder: Path, image_size: tuple[int, int] | None) -> torch.Tens
     return torch.stack(images)
 
 
+def _npy_values(handle, source: str) -> int:
+    """The element count an ``.npy`` stream's header declares, checked against the bytes that follow it."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            raise ValueError(f"format version {version}")
+        shape, _, dtype = read_header[version](handle, max_header_size=1 << 16)
+    except (ValueError, OSError, SyntaxError, TypeError) as error:
+        raise ValueError(f"{source} is corrupt: its .npy header cannot be read ({_first_line(error)})") from None
+    if dtype.hasobject:
+        raise ValueError(f"{source} cannot be read as .npy data: it holds Python objects, which netcompress never "
+                         "unpickles; save a numeric array")
+    count = math.prod(shape)
+    if count > MAX_DATA_VALUES:
+        raise ValueError(f"{source} declares {count:,} values (shape {tuple(shape)}), more than the "
+                         f"{MAX_DATA_VALUES:,} netcompress reads; the file is corrupt, or pass a smaller sample")
+    return count * dtype.itemsize
+
+
+def _check_npy(handle, size: int, source: str) -> None:
+    """Refuse an ``.npy`` file whose header declares more data than the file holds (before numpy allocates it)."""
+    needed = _npy_values(handle, source)
+    held = size - handle.tell()
+    if needed > held:
+        raise ValueError(f"{source} is corrupt: its header declares {needed:,} bytes of data, but it holds {held:,}")
+    handle.seek(0)
+
+
+def _check_npz(archive: np.lib.npyio.NpzFile, path: Path) -> None:
+    """Refuse an ``.npz`` member whose header declares more than the member holds, or past the value cap."""
+    for name in archive.files:
+        info = archive.zip.getinfo(name if name in archive.zip.namelist() else f"{name}.npy")
+        with archive.zip.open(info) as member:
+            needed = _npy_values(member, f"{path} (array {name!r})")
+            held = info.file_size - member.tell()
+        if needed > held:
+            raise ValueError(f"{path} is corrupt: array {name!r} declares {needed:,} bytes of data, but holds {held:,}")
+
+
+def _check_pt(handle, path: Path) -> None:
+    """Refuse a ``torch.save`` archive whose members declare more than the value cap (before torch reads them)."""
+    if handle.read(4) != b"PK\x03\x04":
+        handle.seek(0)
+        return  # the legacy format: torch checks each storage against the stream as it reads it
+    handle.seek(0)
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise ValueError(f"{path} is corrupt: not a readable torch.save archive ({_first_line(error)})") from None
+    if declared > 8 * MAX_DATA_VALUES:
+        raise ValueError(f"{path} declares {declared:,} bytes of tensors, more than netcompress reads "
+                         f"({8 * MAX_DATA_VALUES:,}); the file is corrupt, or pass a smaller sample")
+    handle.seek(0)
+
+
 def read_data(path: str | Path, image_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """The target inputs stored at ``path`` as one tensor (see the module docstring for formats)."""
+    """The target inputs stored at ``path`` as one tensor (see the module docstring for formats).
+
+    Only regular files are opened, and every header (``.npy``, each ``.npz`` member, a
+    ``torch.save`` archive's members) is checked against the file's size and
+    :data:`MAX_DATA_VALUES` before anything is allocated.
+    """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"data path {path} does not exist")
     if path.is_dir():
         return _read_images(path, image_size)
     suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        raise ValueError(f"data {path} is one image; put the images in a folder and pass the folder")
+    if suffix not in (".pt", ".pth", ".npy", ".npz"):
+        raise ValueError(f"data {path} must be a .pt, .npy or .npz file or a folder of images")
     try:
-        if suffix in (".pt", ".pth"):
-            return _first_tensor(torch.load(path, map_location="cpu", weights_only=True), path)
-        if suffix == ".npy":
-            return torch.from_numpy(np.load(path, allow_pickle=False))
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
+        with open_regular(path, "data file") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if suffix in (".pt", ".pth"):
+                _check_pt(handle, path)
+                return _first_tensor(torch.load(handle, map_location="cpu", weights_only=True), path)
+            if suffix == ".npy":
+                _check_npy(handle, size, str(path))
+                return torch.from_numpy(np.load(handle, allow_pickle=False))
+            with np.load(handle, allow_pickle=False) as archive:
                 if not archive.files:
                     raise ValueError(f"{path} holds no arrays")
+                _check_npz(archive, path)
                 return torch.from_numpy(archive["x" if "x" in archive.files else archive.files[0]])
     except pickle.UnpicklingError:
         raise ValueError(
             f"{path} cannot be read as {suffix} data: it holds Python objects besides tensors, "
             "which netcompress never unpickles; save a plain tensor"
         ) from None
-    except (OSError, EOFError, RuntimeError, TypeError) as error:
+    except (OSError, EOFError, RuntimeError, TypeError, zipfile.BadZipFile, KeyError) as error:
         raise ValueError(f"{path} cannot be read as {suffix} data ({_first_line(error)})") from None
     except ValueError as error:
+        if str(error).startswith(str(path)) or str(error).startswith(f"data file {path}"):
+            raise
         raise ValueError(f"{path} cannot be read as {suffix} data ({_first_line(error)})") from None
-    if suffix in IMAGE_SUFFIXES:
-        raise ValueError(f"data {path} is one image; put the images in a folder and pass the folder")
-    raise ValueError(f"data {path} must be a .pt, .npy or .npz file or a folder of images")
 
 
 def normalize(data: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -168,8 +248,9 @@ def read_labels(path: str | Path | None, data_path: str | Path, count: int) -> t
     if path is None:
         data_path = Path(data_path)
         if data_path.suffix.lower() == ".npz":
-            with np.load(data_path, allow_pickle=False) as archive:
+            with open_regular(data_path, "data file") as handle, np.load(handle, allow_pickle=False) as archive:
                 if "y" in archive.files:
+                    _check_npz(archive, data_path)
                     labels = torch.from_numpy(archive["y"])
                     path = data_path
         if path is None:
@@ -228,10 +309,8 @@ def _import(module_name: str, attribute: str):
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.safetensors`` file or a ``torch.save``'d one (``weights_only=True``: never unpickled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"weights {path} do not exist")
-    with open(path, "rb") as handle:
+    path = require_regular(path, "weights")
+    with open_regular(path, "weights") as handle:
         head = handle.read(8)
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # a torch.save zip archive, or its legacy pickle
         try:

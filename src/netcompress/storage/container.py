@@ -65,6 +65,7 @@ from netcompress.storage.codec import (
     relative_indices,
     unpack_fixed,
 )
+from netcompress.storage.files import open_regular
 from netcompress.storage.io import apply_manifest, manifest
 
 __all__ = ["MAGIC", "load_compressed", "save_compressed"]
@@ -312,7 +313,7 @@ def load_compressed(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """
     source = str(path)
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path, ".ncz file") as handle:
             header, records, start, _ = read_header(handle, source)
             check_manifest_sizes(header.get("manifest"), records, source)
             with all_or_nothing(model):

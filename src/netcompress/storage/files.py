@@ -58,7 +58,7 @@ def open_regular(path: str | os.PathLike, what: str) -> Iterator[BinaryIO]:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise ValueError(f"{what} {path} does not exist") from None
+        raise ValueError(f"{what} {path} cannot be read: it does not exist") from None
     except OSError as error:
         raise ValueError(f"{what} {path} cannot be read ({error.strerror or error})") from None
     try:
@@ -80,13 +80,13 @@ def read_bytes(path: str | os.PathLike, what: str, limit: int) -> bytes:
     with open_regular(path, what) as handle:
         size = os.fstat(handle.fileno()).st_size
         if size > limit:
-            raise ValueError(f"{what} {path} is {size:,} bytes, more than a {what} can be ({limit:,})")
+            raise ValueError(f"{what} {path} is {size:,} bytes, larger than {limit:,} bytes: more than a {what} can be")
         try:
             data = handle.read(limit + 1)
         except OSError as error:
             raise ValueError(f"{what} {path} cannot be read ({error.strerror or error})") from None
     if len(data) > limit:  # grew while being read
-        raise ValueError(f"{what} {path} is more than {limit:,} bytes, more than a {what} can be")
+        raise ValueError(f"{what} {path} is larger than {limit:,} bytes: more than a {what} can be")
     return data
 
 
