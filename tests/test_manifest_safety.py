@@ -197,3 +197,49 @@ def test_a_frozen_layer_stays_frozen_through_save_and_load(tmp_path):
     assert flags == {name: p.requires_grad for name, p in model.named_parameters()}
     assert not any(v for k, v in flags.items() if k.startswith("conv2.")) and flags["fc1.up.bias"]
     assert not flags["fc1.down.weight"] and not flags["fc1.up.weight"] and flags["fc2.weight"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("shape", 7, r"field 'shape' must be a list of at most 8 whole numbers, got 7"),
+    ("params_after", [1], r"field 'params_after' must be a whole number, got \[1\]"),
+    ("params_before", 2**70, r"field 'params_before' must be a whole number"),
+    ("relative_error", "0.1", r"field 'relative_error' must be a finite number or null, got '0.1'"),
+    ("name", None, r"field 'name' must be text"),
+])
+def test_a_forged_report_field_is_one_sentence_naming_the_file_row_and_field(tmp_path, field, value, message):
+    model = SmallNet().eval()
+    report = nc.compress(model, torch.randn(16, 3, 8, 8), method="uniform", bits=4, progress=False)
+    out = nc.save(model, tmp_path / "out", report)
+    record = json.loads((out / "report.json").read_text())
+    record["layers"][0][field] = value
+    (out / "report.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"report.json cannot be read as a report \(the report's row 0 \([^)]*\): " + message):
+        nc.read_report(out)
+
+
+def test_fuzzed_reports_read_as_reports_or_one_sentence(tmp_path):
+    import copy
+    import random
+
+    model = SmallNet().eval()
+    out = nc.save(model, tmp_path / "out",
+                  nc.compress(model, torch.randn(16, 3, 8, 8), method="uniform", bits=4, progress=False))
+    record = json.loads((out / "report.json").read_text())
+    values = [None, True, -1, 0, 2**70, 1e308, "x", "", [], {}, [1, 2], {"a": 1}, 0.5]
+    rng = random.Random(0)
+    for _ in range(300):
+        forged = copy.deepcopy(record)
+        rows = forged["layers"]
+        if rng.random() < 0.2:
+            forged[rng.choice(sorted(forged))] = copy.deepcopy(rng.choice(values))
+        elif rng.random() < 0.1:
+            rows[rng.randrange(len(rows))] = copy.deepcopy(rng.choice(values))
+        else:
+            row = rows[rng.randrange(len(rows))]
+            row[rng.choice(sorted(row))] = copy.deepcopy(rng.choice(values))
+        (out / "report.json").write_text(json.dumps(forged))
+        try:
+            read = nc.read_report(out)
+        except ValueError:
+            continue
+        assert str(read) and read.to_json() and read.params_before >= 0  # what reads is a usable report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
@@ -42,6 +43,36 @@ class LayerRow:
     def replaced(self) -> bool:
         """Whether the layer was swapped for a compressed one."""
         return self.status == "compressed"
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# What each field of a LayerRow may hold in JSON, by its annotation.
+_KINDS = {"str": (lambda v: isinstance(v, str), "text"),
+          "int": (_whole, "a whole number"),
+          "int | None": (lambda v: v is None or _whole(v), "a whole number or null"),
+          "float | None": (lambda v: v is None or _number(v), "a finite number or null"),
+          "list[int]": (lambda v: isinstance(v, list) and len(v) <= 8 and all(_whole(d) for d in v),
+                        "a list of at most 8 whole numbers")}
+
+
+def _check_row(index: int, row: object) -> None:
+    """Raise ``ValueError`` naming the row and the field unless ``row`` holds a :class:`LayerRow`'s JSON types."""
+    if not isinstance(row, dict):
+        raise ValueError(f"the report's row {index} must be an object of fields; write it again with Report.to_json")
+    for spec in fields(LayerRow):
+        if spec.name not in row:
+            continue
+        check, kind = _KINDS[spec.type]
+        if not check(row[spec.name]):
+            raise ValueError(f"the report's row {index} ({row.get('name')!r}): field {spec.name!r} must be {kind}, "
+                             f"got {row[spec.name]!r:.60}; write it again with Report.to_json")
 
 
 @dataclass
@@ -104,9 +135,14 @@ class Report:
         if data.get("version") != VERSION:
             raise ValueError(f"the report has version {data.get('version')!r}; this netcompress reads version "
                              f"{VERSION}, so write it again with Report.to_json")
+        layers = data.get("layers")
+        if not isinstance(layers, list):
+            raise ValueError("the report's 'layers' must be a list of rows; write it again with Report.to_json")
         names = {f.name for f in fields(LayerRow)}
         try:
-            rows = [LayerRow(**{k: v for k, v in row.items() if k in names}) for row in data["layers"]]
+            for index, row in enumerate(layers):
+                _check_row(index, row)
+            rows = [LayerRow(**{k: v for k, v in row.items() if k in names}) for row in layers]
         except (KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"the report's layer rows are malformed ({error}); write it again with Report.to_json") from None
         bad = [r.name for r in rows if r.status not in STATUSES]
