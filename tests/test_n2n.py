@@ -170,3 +170,31 @@ def test_bad_arguments_are_refused_by_name(digits, setting, message):
     teacher, train, val = digits
     with pytest.raises(ValueError, match=message):
         n2n_search(teacher, train, val, **{**SMALL, **setting})
+
+
+def test_a_malformed_or_foreign_checkpoint_is_refused_in_one_sentence(digits, tmp_path):
+    import os
+
+    teacher, train, val = digits
+    path = tmp_path / "search.pt"
+    for content, message in ((b"not a checkpoint", r"cannot be read as a checkpoint"),
+                             (None, r"is not a checkpoint of an N2N search")):
+        if content is None:
+            torch.save({"settings": {}}, path)
+        else:
+            path.write_bytes(content)
+        with pytest.raises(ValueError, match=message) as error:
+            n2n_search(teacher, train, val, checkpoint=path, **SMALL)
+        assert str(path) in str(error.value)
+    os.unlink(path)
+    os.mkfifo(path)
+    with pytest.raises(ValueError, match=r"search.pt is a named pipe, not a regular file"):
+        n2n_search(teacher, train, val, checkpoint=path, **SMALL)
+
+
+def test_a_checkpoint_of_other_data_is_refused(digits, searched, tmp_path):
+    teacher, train, val = digits
+    path = tmp_path / "search.pt"
+    n2n_search(teacher, train, val, checkpoint=path, **{**SMALL, "episodes": (1, 0)})
+    with pytest.raises(ValueError, match=r"written by a search with data=[0-9a-f]{64}, not [0-9a-f]{64}"):
+        n2n_search(teacher, (train[0] + 1, train[1]), val, checkpoint=path, **{**SMALL, "episodes": (1, 0)})

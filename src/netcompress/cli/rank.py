@@ -21,6 +21,7 @@ __all__ = ["add_rank_commands", "rank"]
 FORMAT, VERSION = "netcompress.ranker", 1
 WEIGHTS, CONFIG = "ranker.safetensors", "ranker.json"
 MAX_CROP, MAX_WIDTH = 1024, 1024
+MAX_STEPS, MAX_GROUPS = 1_000_000, 1024
 
 
 def add_rank_commands(commands, common: argparse.ArgumentParser) -> None:
@@ -93,7 +94,7 @@ def _train(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     _check_target(out, args.force)
-    for name, value, limit in (("--steps", args.steps, 1_000_000), ("--groups", args.groups, 1024),
+    for name, value, limit in (("--steps", args.steps, MAX_STEPS), ("--groups", args.groups, MAX_GROUPS),
                                ("--width", args.width, MAX_WIDTH), ("--crop", args.crop, MAX_CROP)):
         _positive(name, value, limit)
     torch.manual_seed(args.seed)
@@ -111,28 +112,119 @@ def _train(args: argparse.Namespace) -> None:
           f"{history.losses[-1]:.4f}; wrote {out / WEIGHTS} and {out / CONFIG}")
 
 
-def load_ranker(folder: Path):
-    """The Shallow network ``rank train`` wrote in ``folder``, and its crop size."""
+# What ``rank score`` may allocate for a ranker a description asks for (rule 13: checked before anything is
+# built): its float32 parameters, and the scoring batch's activations (see ``shallow_scoring_bytes``).
+MAX_RANKER_BYTES = 1 << 30  # 268M parameters; a Shallow network of width 1024 on 227-pixel crops has 170M
+MAX_SCORING_BYTES = 2 << 30  # 16 crops of 227 pixels through width 32 take 0.2 GiB
+MAX_WEIGHTS_HEADER = 1 << 20  # the safetensors header of the Shallow network's ten tensors is ~1 KB
+MIN_CROP = 48  # the smallest crop the Shallow network can take (two 4× poolings and a 3×3 convolution)
+
+
+def _field(config: dict, file: Path, name: str, low: int, high: int) -> int:
+    value = config.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        shown = "missing" if name not in config else f"{json.dumps(value)[:40]}"
+        raise ValueError(f"ranker description {file}: {name!r} must be an integer from {low:,} to {high:,}, got "
+                         f"{shown}; write it again with `netcompress rank train`")
+    return value
+
+
+def _check_description(config: object, file: Path) -> tuple[int, int]:
+    """``(crop, width)`` of a ranker description, every field checked; one ``ValueError`` naming the field otherwise."""
+    from netcompress.rankings import KINDS
+
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{file} is not a ranker description written by `netcompress rank train` (no 'format': "
+                         f"{FORMAT!r}); pass the directory rank train wrote")
+    _field(config, file, "version", VERSION, VERSION)
+    unknown = sorted(set(config) - set(_DESCRIPTION_FIELDS))
+    if unknown:
+        raise ValueError(f"ranker description {file}: field {unknown[0][:40]!r} is not one rank train writes; "
+                         "write it again with `netcompress rank train`")
+    for name, low, high in (("steps", 1, MAX_STEPS), ("groups", 1, MAX_GROUPS), ("seed", -(1 << 63), (1 << 64) - 1),
+                            ("images", 1, 1 << 31)):
+        _field(config, file, name, low, high)
+    kinds = config.get("kinds")
+    if not isinstance(kinds, list) or not kinds or len(set(map(repr, kinds))) != len(kinds) \
+            or not all(isinstance(k, str) and k in KINDS for k in kinds):
+        raise ValueError(f"ranker description {file}: 'kinds' must be a list of distinct distortions from "
+                         f"{', '.join(KINDS)}, got {json.dumps(kinds)[:60] if 'kinds' in config else 'missing'}; "
+                         "write it again with `netcompress rank train`")
+    for name in ("first_loss", "last_loss"):
+        value = config.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ValueError(f"ranker description {file}: {name!r} must be a finite loss >= 0, got "
+                             f"{json.dumps(value)[:40] if name in config else 'missing'}; "
+                             "write it again with `netcompress rank train`")
+    return _field(config, file, "crop", MIN_CROP, MAX_CROP), _field(config, file, "width", 1, MAX_WIDTH)
+
+
+_DESCRIPTION_FIELDS = ("format", "version", "crop", "width", "steps", "groups", "seed", "images", "kinds",
+                       "first_loss", "last_loss")
+
+
+def load_ranker(folder: Path, crops: int = 16):
+    """The Shallow network ``rank train`` wrote in ``folder``, and its crop size; each file checked before use.
+
+    Every field of ``ranker.json`` is checked (type, range; a field rank train does not write is
+    refused). Before anything is built, the network it describes must fit ``MAX_RANKER_BYTES``
+    (float32 parameters), scoring ``crops`` crops with it must fit ``MAX_SCORING_BYTES`` (see
+    :func:`~netcompress.rankings.networks.shallow_scoring_bytes`), and ``ranker.safetensors`` must be a
+    regular file of the size those parameters take. Every refusal is one ``ValueError`` naming the file.
+    """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_safetensors
 
     from netcompress.rankings import Shallow
-    from netcompress.storage.files import read_json
+    from netcompress.rankings.networks import shallow_parameters, shallow_scoring_bytes
+    from netcompress.storage.files import read_bytes, read_json, require_regular
 
-    config = read_json(folder / CONFIG, "ranker description") if (folder / CONFIG).is_file() else None
-    if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("version") != VERSION:
-        raise ValueError(f"{folder} holds no {CONFIG} written by `netcompress rank train`")
-    crop, width = _positive("crop", config.get("crop"), MAX_CROP), _positive("width", config.get("width"), MAX_WIDTH)
+    folder = Path(folder)
+    if not (folder / CONFIG).exists():
+        raise ValueError(f"{folder} holds no {CONFIG} written by `netcompress rank train`; pass the directory "
+                         "rank train wrote")
+    description = folder / CONFIG
+    crop, width = _check_description(read_json(description, "ranker description", 1 << 20), description)
+    parameters = shallow_parameters(crop, width)
+    if 4 * parameters > MAX_RANKER_BYTES:
+        raise ValueError(f"ranker description {description}: 'crop' {crop} and 'width' {width} describe a network of "
+                         f"{parameters:,} parameters ({4 * parameters / 2**30:.1f} GiB), more than the "
+                         f"{MAX_RANKER_BYTES >> 30} GiB a ranker may take; train a narrower ranker or smaller crops")
+    needed, most = shallow_scoring_bytes(crop, width, crops), MAX_SCORING_BYTES // shallow_scoring_bytes(crop, width, 1)
+    if needed > MAX_SCORING_BYTES:
+        fix = f"pass at most --crops {most}" if most else "train a narrower ranker or smaller crops"
+        raise ValueError(f"scoring --crops {crops} crops with the ranker of {description} ('crop' {crop}, 'width' "
+                         f"{width}) needs about {needed / 2**30:.1f} GiB, more than the {MAX_SCORING_BYTES >> 30} GiB "
+                         f"cap; {fix}")
+    weights = require_regular(folder / WEIGHTS, "ranker weights")
+    size, least = weights.stat().st_size, 4 * parameters
+    if not least <= size <= least + MAX_WEIGHTS_HEADER:
+        raise ValueError(f"ranker weights {weights} is {size:,} bytes, but the {parameters:,} float32 parameters "
+                         f"{CONFIG} describes ('crop' {crop}, 'width' {width}) take {least:,} bytes plus a header; "
+                         "the ranker is corrupt: train it again")
+    data = read_bytes(weights, "ranker weights", least + MAX_WEIGHTS_HEADER)
+    try:
+        state = load_safetensors(data)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ValueError(f"ranker weights {weights} cannot be read as safetensors ({_first_line(error)}); "
+                         "train the ranker again") from None
+    del data
     model = Shallow(crop, width=width)
-    try:
-        state = load_file(folder / WEIGHTS)
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{folder / WEIGHTS} cannot be read as safetensors ({_first_line(error)})") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"{folder / WEIGHTS} does not fit the network {CONFIG} describes "
-                         f"({str(error).strip().splitlines()[-1].strip()})") from None
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        found = state.get(name)
+        if found is None or found.shape != tensor.shape or found.dtype != tensor.dtype:
+            got = "missing" if found is None else f"{found.dtype} {tuple(found.shape)}"
+            raise ValueError(f"ranker weights {weights} do not fit the network {CONFIG} describes: tensor {name!r} "
+                             f"is {got}, not {tensor.dtype} {tuple(tensor.shape)}; train the ranker again")
+        if not bool(found.isfinite().all()):
+            raise ValueError(f"ranker weights {weights} hold non-finite values in {name!r}; the ranker is corrupt: "
+                             "train it again")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise ValueError(f"ranker weights {weights} hold tensor {extra[0][:60]!r}, which the network {CONFIG} "
+                         "describes does not have; train the ranker again")
+    model.load_state_dict(state)
     return model.eval(), crop
 
 
@@ -140,7 +232,7 @@ def _score(args: argparse.Namespace) -> None:
     from netcompress.rankings import score_image
 
     _positive("--crops", args.crops, 4096)
-    model, crop = load_ranker(Path(args.model))
+    model, crop = load_ranker(Path(args.model), crops=args.crops)
     scores = {}
     for name in args.images:
         file = Path(name)

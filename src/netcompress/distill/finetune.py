@@ -23,7 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netcompress._checkpoint import read_checkpoint, write_checkpoint
+from netcompress._checkpoint import (
+    checkpoint_header,
+    data_identity,
+    module_digest,
+    read_checkpoint,
+    settings_of,
+    verify_checkpoint,
+    write_checkpoint,
+)
 from netcompress._layers import progress_disabled
 from netcompress._transaction import evaluating
 from netcompress.distill.losses import Batch, FeatureTaps, Logits, codistillation_losses, ensemble_weights
@@ -66,14 +74,50 @@ def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     raise TypeError("each batch must be an input tensor or an (inputs, labels) pair")
 
 
-def _save_checkpoint(path: Path, student, losses, optimizer, decay, regularize, epoch: int) -> None:
-    state = {"epoch": epoch, "student": student.state_dict(), "losses": losses.state_dict(),
+def _save_checkpoint(path: Path, header: dict, student, losses, optimizer, decay, regularize, epoch: int) -> None:
+    state = {**header, "epoch": epoch, "student": student.state_dict(), "losses": losses.state_dict(),
              "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
     if decay is not None:
         state["decay"] = decay.state_dict()
     if regularize is not None:
         state["regularize"] = regularize.state_dict()
     write_checkpoint(path, state)
+
+
+def _fingerprint(data, *, epochs, lr, batch_size, weight_decay, schedule, seed, freeze_batchnorm, terms, teachers,
+                 teacher_weights, regularize) -> dict:
+    """What makes one finetune run: every setting that changes its path, and the identity of its data and teachers."""
+    return {"epochs": epochs, "lr": float(lr), "batch_size": batch_size, "weight_decay": float(weight_decay),
+            "schedule": schedule, "seed": seed, "freeze_batchnorm": bool(freeze_batchnorm),
+            "loss": {str(i): settings_of(term) for i, term in enumerate(terms)},
+            "teachers": [module_digest(t) for t in teachers],
+            "teacher_weights": None if teacher_weights is None else [float(w) for w in teacher_weights],
+            "regularize": None if regularize is None else settings_of(regularize),
+            "data": data_identity(data)}
+
+
+def _resume(path: Path, state: dict, run: dict, epochs: int, student, losses, optimizer, decay, regularize) -> int:
+    """Verify all of ``state`` against this run, then (only then) load it; the first epoch still to train."""
+    state_dicts = {"decay": decay.state_dict()} if decay is not None else {}
+    if regularize is not None:
+        state_dicts["regularize"] = {"ranks_before": {}}
+    verify_checkpoint(path, state, run=run, models={"student": student.state_dict(), "losses": losses.state_dict()},
+                      optimizers={"optimizer": optimizer}, generators={"rng": torch.get_rng_state()},
+                      counters={"epoch": (0, max(epochs - 1, 0))}, state_dicts=state_dicts)
+    if regularize is not None:
+        ranks = state["regularize"]["ranks_before"]
+        if not isinstance(ranks, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in ranks.items()):
+            raise ValueError(f"checkpoint {path} is malformed: 'regularize' does not map layers to ranks; delete it "
+                             "or pass another checkpoint path")
+    student.load_state_dict(state["student"])
+    losses.load_state_dict(state["losses"])
+    optimizer.load_state_dict(state["optimizer"])
+    if decay is not None:
+        decay.load_state_dict(state["decay"])
+    torch.set_rng_state(state["rng"])
+    if regularize is not None:
+        regularize.load_state_dict(state["regularize"])
+    return int(state["epoch"]) + 1
 
 
 def _teachers(teacher) -> list[nn.Module]:
@@ -140,7 +184,14 @@ def finetune(
             step with the learning rate of that step; it records effective ranks before and after.
         schedule: ``"constant"`` or ``"cosine"`` (decays the learning rate to zero over the run).
         checkpoint: a file written atomically after every epoch; if it exists, training resumes
-            from it, and the result equals an uninterrupted run.
+            from it, and the result equals an uninterrupted run. The file records the run's
+            fingerprint (every setting above that changes the path, the loss terms' types and, for
+            netcompress's own, their settings, the teachers' weights, and the data: a SHA-256 over
+            all tensors of ``(inputs, labels)`` data, or the length and the first batch of an
+            iterable), the architecture (state-dict keys, shapes, dtypes) and the optimizer's
+            structure; a checkpoint that differs in any of them, or is malformed, raises one
+            ``ValueError`` naming the file and the first difference before anything is loaded,
+            so ``student`` is left untouched.
         freeze_batchnorm: keep every BatchNorm layer in eval mode, so its running statistics
             (estimated on the large source data set) are not overwritten by the few target
             batches; its affine parameters still train.
@@ -180,19 +231,17 @@ def finetune(
     else:
         steps = epochs * max(1, len(data)) if hasattr(data, "__len__") else epochs
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if schedule == "cosine" else None
-    first = 0
+    first, header = 0, {}
     path = Path(checkpoint) if checkpoint is not None else None
-    state = read_checkpoint(path)
-    if state is not None:
-        student.load_state_dict(state["student"])
-        losses.load_state_dict(state["losses"])
-        optimizer.load_state_dict(state["optimizer"])
-        if decay is not None:
-            decay.load_state_dict(state["decay"])
-        torch.set_rng_state(state["rng"])
-        if regularize is not None and "regularize" in state:
-            regularize.load_state_dict(state["regularize"])
-        first = int(state["epoch"]) + 1
+    if path is not None:
+        run = _fingerprint(data, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                           schedule=schedule, seed=seed, freeze_batchnorm=freeze_batchnorm, terms=terms,
+                           teachers=teachers, teacher_weights=teacher_weights, regularize=regularize)
+        header = checkpoint_header(run, {"student": student.state_dict(), "losses": losses.state_dict()},
+                                   {"optimizer": optimizer})
+        state = read_checkpoint(path)
+        if state is not None:
+            first = _resume(path, state, run, epochs, student, losses, optimizer, decay, regularize)
     with _frozen(teachers):
         try:
             student.train()
@@ -217,7 +266,7 @@ def finetune(
                     if decay is not None:
                         decay.step()
                 if path is not None:
-                    _save_checkpoint(path, student, losses, optimizer, decay, regularize, epoch)
+                    _save_checkpoint(path, header, student, losses, optimizer, decay, regularize, epoch)
         finally:
             student_taps.close()
             if teacher_taps is not None:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netcompress._checkpoint import read_checkpoint, write_checkpoint
+from netcompress._checkpoint import module_digest, read_checkpoint, tensor_digest, verify_run, write_checkpoint
 from netcompress._layers import DENSE, innermost, progress_disabled, replace_module
 from netcompress._transaction import evaluating
 from netcompress.compress import compress
@@ -380,11 +380,13 @@ class _Search:
                 "stages": {n: s.state_dict() for n, s in self.stages.items()}, "history": self.history,
                 "best": self.best, "stage1": self.stage1}
 
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in self.settings.items():
-            if state["settings"].get(key) != value:
-                raise ValueError(f"checkpoint was written by a search with {key}={state['settings'].get(key)!r}, not "
-                                 f"{value!r}; pass the same settings and data, or another checkpoint path")
+    def load_state_dict(self, state: dict, path=None) -> None:
+        """Resume from ``state`` after checking its settings against this search's (the shared check)."""
+        if not isinstance(state, dict) or not all(k in state for k in ("settings", "generator", "stages", "history",
+                                                                        "best", "stage1")):
+            raise ValueError(f"checkpoint {path} is not a checkpoint of an N2N search; delete it or pass another "
+                             "checkpoint path")
+        verify_run(path, state["settings"], self.settings, run="search")
         self.generator.set_state(state["generator"])
         for name, stage in self.stages.items():
             stage.load_state_dict(state["stages"][name])
@@ -498,7 +500,8 @@ def n2n_search(
         seed: every random choice (policy initialisation, actions, distillation shuffles) comes from a
             ``torch.Generator`` seeded with it.
         checkpoint: a file written after every episode; if it exists, the search resumes from it and
-            ends exactly as an uninterrupted one (a checkpoint of other settings raises ``ValueError``).
+            ends exactly as an uninterrupted one (a checkpoint of other settings, another teacher (a
+            SHA-256 of its weights) or other data (a SHA-256 of both pairs' tensors) raises ``ValueError``).
         progress: a tqdm bar over episodes (``None``: only on a terminal).
 
     Returns:
@@ -512,7 +515,8 @@ def n2n_search(
     settings = {"episodes": list(pair), "rollouts": rollouts, "student_epochs": student_epochs,
                 "student_lr": float(student_lr), "ratios": [float(r) for r in ratios], "hidden": hidden,
                 "policy_lr": float(policy_lr), "batch_size": batch_size, "seed": seed,
-                "teacher_params": _params(teacher), "samples": [len(train[0]), len(val[0])]}
+                "teacher_params": _params(teacher), "samples": [len(train[0]), len(val[0])],
+                "teacher": module_digest(teacher), "data": tensor_digest([*train, *val])}
     loss = distill_loss if distill_loss is not None else Logits(temperature=4.0, alpha=0.1, beta=0.9 * 4.0 ** 2)
     search = _Search(teacher, train, val, settings, loss, torch.Generator().manual_seed(seed))
     removal = _removal_choices(teacher, search.example)
@@ -523,7 +527,7 @@ def n2n_search(
                          "(the channel method can prune none); give a deeper network")
     state = read_checkpoint(checkpoint)
     if state is not None:
-        search.load_state_dict(state)
+        search.load_state_dict(state, checkpoint)
 
     def save() -> None:
         if checkpoint is not None:

@@ -51,7 +51,7 @@ class RankedSet:
         unknown = [k for k in kinds if k not in LEVELS]
         if unknown or not kinds:
             raise ValueError(f"kinds must be some of {', '.join(LEVELS)}, got {list(kinds)!r}")
-        self.crop, self.kinds = crop, tuple(kinds)
+        self.crop, self.kinds, self.seed = crop, tuple(kinds), seed
         self.references = [_colour(image) for image in references]
         small = [i for i, image in enumerate(self.references) if min(image.shape[:2]) < crop]
         if small:
@@ -62,6 +62,17 @@ class RankedSet:
         # series[r][k]: the reference r distorted by kind k at every level, best first, (levels, H, W, 3)
         self.series = [[np.stack(distortion_series(image, kind, seed=seed + 1000 * r)) for kind in self.kinds]
                        for r, image in enumerate(self.references)]
+
+    def identity(self) -> dict:
+        """What a training checkpoint records of this set: crop, kinds, noise seed and a SHA-256 of the references."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for image in self.references:
+            digest.update(f"{image.dtype}{image.shape};".encode())
+            digest.update(np.ascontiguousarray(image).data)
+        return {"crop": self.crop, "kinds": list(self.kinds), "seed": self.seed, "levels": self.levels,
+                "references": len(self.references), "sha256": digest.hexdigest()}
 
     def batch(self, groups: int, generator: torch.Generator) -> torch.Tensor:
         """``groups`` ranked groups, ``groups × levels`` crops (N, 3, crop, crop), each group best first."""

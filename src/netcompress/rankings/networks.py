@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Shallow"]
+__all__ = ["Shallow", "shallow_parameters", "shallow_scoring_bytes"]
 
 
 class Shallow(nn.Module):
@@ -33,3 +33,20 @@ class Shallow(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x).flatten(1)).squeeze(1)
+
+
+def shallow_parameters(crop: int, width: int) -> int:
+    """The number of parameters of ``Shallow(crop, width)``, computed without building it."""
+    side = crop // 4 // 4 - 2
+    return (3 * width * 9 + width) + 2 * (width * width * 9 + width) + (width * width * side * side + width) \
+        + (width + 1)
+
+
+def shallow_scoring_bytes(crop: int, width: int, crops: int) -> int:
+    """An upper bound on the memory (bytes) :func:`~netcompress.rankings.score_image` needs for ``crops`` crops.
+
+    Per crop of ``crop²`` pixels: the uint8 crops and their stack (6 bytes a pixel), the float32
+    batch (12) and, at the widest point, conv1's output and its ReLU (``2·width`` float32 values);
+    later layers work on maps 16 times smaller and are freed as the forward pass goes.
+    """
+    return crops * crop * crop * (6 + 12 + 8 * width)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from netcompress._checkpoint import read_checkpoint, write_checkpoint
+from netcompress._checkpoint import checkpoint_header, read_checkpoint, verify_checkpoint, write_checkpoint
 from netcompress._layers import progress_disabled
 from netcompress.rankings.data import RankedSet, _colour, as_tensor
 from netcompress.rankings.losses import fast_ranking_loss, ranked_pairs, siamese_ranking_loss
@@ -38,6 +38,11 @@ def train_ranker(model: nn.Module, ranked: RankedSet, *, steps: int = 200, group
     time differs. Adam, ``lr``. With ``checkpoint``, the model, the optimizer and the batch
     generator are written there (atomically) every ``checkpoint_every`` steps and at the end, and
     a call that finds the file resumes from it: an interrupted run ends where an uninterrupted one would.
+    The file records the run's fingerprint (``groups``, ``lr``, ``margin``, ``fast``, ``seed`` and the
+    ranked set's identity: crop, kinds, noise seed, a SHA-256 of the references; not ``steps``, which
+    only says where to stop, so a run may be extended), the model's architecture and the optimizer's
+    structure; a checkpoint that differs, holds more than ``steps`` steps or is malformed raises one
+    ``ValueError`` naming the file and the first difference before anything is loaded.
     """
     from tqdm.auto import tqdm
 
@@ -49,12 +54,21 @@ def train_ranker(model: nn.Module, ranked: RankedSet, *, steps: int = 200, group
     better, worse = ranked_pairs(groups, ranked.levels)
     history = RankingHistory()
     first = 0
-    state = read_checkpoint(checkpoint)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        history, first = RankingHistory(list(state["losses"]), list(state["seconds"])), int(state["step"])
+    header: dict = {}
+    if checkpoint is not None:
+        # The steps are left out: they only say where to stop, and every step's path is the same without them.
+        run = {"groups": groups, "lr": float(lr), "margin": float(margin), "fast": bool(fast), "seed": seed,
+               "data": ranked.identity() if hasattr(ranked, "identity") else type(ranked).__qualname__}
+        header = checkpoint_header(run, {"model": model.state_dict()}, {"optimizer": optimizer})
+        state = read_checkpoint(checkpoint)
+        if state is not None:
+            verify_checkpoint(checkpoint, state, run=run, models={"model": model.state_dict()},
+                              optimizers={"optimizer": optimizer}, generators={"generator": generator.get_state()},
+                              counters={"step": (1, steps)}, float_lists={"losses": "step", "seconds": "step"})
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            history, first = RankingHistory(list(state["losses"]), list(state["seconds"])), int(state["step"])
     model.train()
     for step in tqdm(range(first, steps), desc="ranking", unit="step", disable=progress_disabled(progress)):
         x = ranked.batch(groups, generator)
@@ -69,7 +83,7 @@ def train_ranker(model: nn.Module, ranked: RankedSet, *, steps: int = 200, group
         history.seconds.append(time.perf_counter() - start)
         history.losses.append(float(loss.detach()))
         if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-            write_checkpoint(checkpoint, {"step": step + 1, "model": model.state_dict(),
+            write_checkpoint(checkpoint, {**header, "step": step + 1, "model": model.state_dict(),
                                           "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                                           "losses": history.losses, "seconds": history.seconds})
     model.eval()
@@ -78,7 +92,10 @@ def train_ranker(model: nn.Module, ranked: RankedSet, *, steps: int = 200, group
 
 @torch.no_grad()
 def score_image(model: nn.Module, image: np.ndarray, crop: int, crops: int = 16, seed: int = 0) -> float:
-    """The mean score over ``crops`` random ``crop``-pixel crops of ``image`` (the paper's average pooling at test time)."""
+    """The mean score over ``crops`` random ``crop``-pixel crops of ``image`` (the paper's average pooling at test time).
+
+    A score that is not finite (a network with corrupt or diverged weights) raises ``ValueError``.
+    """
     image = _colour(image)
     height, width = image.shape[:2]
     if min(height, width) < crop:
@@ -90,6 +107,10 @@ def score_image(model: nn.Module, image: np.ndarray, crop: int, crops: int = 16,
     was_training = model.training
     model.eval()
     try:
-        return float(model(batch).mean())
+        score = float(model(batch).mean())
     finally:
         model.train(was_training)
+    if not np.isfinite(score):
+        raise ValueError(f"the network scores the image {score}, not a finite number: its weights are corrupt or "
+                         "diverged; train it again")
+    return score
