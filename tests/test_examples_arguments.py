@@ -65,7 +65,7 @@ def _tree(folder):
     (["--out", "o", "--samples", "0"], "--samples must be at least 1, got 0"),
     (["--out", "o", "--width", "0"], "--width must be at least 1, got 0"),
     (["--out", "o", "--seed", "-1"], "--seed must be between 0 and 2**31 - 1, got -1"),
-    (["--out", "o", "--init", "nowhere.safetensors"], "--init file nowhere.safetensors does not exist"),
+    (["--out", "o", "--init", "nowhere.safetensors"], "--init file nowhere.safetensors cannot be read: it does not exist"),
     (["--out", "o", "--init", "fifo"], "--init file fifo is a named pipe, not a regular file"),
     (["--out", "o", "--init", "junk.safetensors"], "--init junk.safetensors is not a safetensors file"),
     (["--out", "o", "--init", "narrow.safetensors"], "--init narrow.safetensors does not hold the MLP of --width 256: "

@@ -113,3 +113,28 @@ def test_real_arrays_still_read_exactly(tmp_path):
 def test_a_device_is_refused_not_read_without_end(deadline):
     with pytest.raises(ValueError, match="weights /dev/zero is a device, not a regular file"):
         read_weights("/dev/zero")
+
+
+def test_a_forged_statistics_file_is_one_sentence(tmp_path, deadline):
+    from safetensors.torch import load_file, save_file
+
+    model = SmallNet().eval()
+    stats = nc.collect(model, torch.randn(32, 3, 8, 8), progress=False)
+    stats.save(tmp_path / "s.safetensors")
+    again = nc.LayerStats.load(tmp_path / "s.safetensors")
+    assert torch.equal(again["fc1"].gram, stats["fc1"].gram) and again["fc1"].count == stats["fc1"].count
+    tensors, metadata = load_file(tmp_path / "s.safetensors"), {"format": "netcompress.stats"}
+    for change, message in [
+        (lambda t: t.update({"fit/fc1/gram": torch.zeros(3, 3, dtype=torch.float64)}),
+         r"layer 'fc1' \(fit\) is corrupt: 'gram' must be finite float64 of shape \(3, 3\)|'input_sum' must be"),
+        (lambda t: t.update({"fit/fc1/counts": torch.tensor([-1, 0, 1])}), "'counts' must be 3 non-negative integers"),
+        (lambda t: t.pop("fit/fc1/norm4"), "is corrupt: it must hold"),
+        (lambda t: t.update({"elsewhere": torch.zeros(1)}), "tensor 'elsewhere' is not"),
+    ]:
+        forged = dict(tensors)
+        change(forged)
+        save_file(forged, tmp_path / "f.safetensors", metadata=metadata)
+        with pytest.raises(ValueError, match=message):
+            nc.LayerStats.load(tmp_path / "f.safetensors")
+    with pytest.raises(ValueError, match="statistics file .* is a named pipe"):
+        nc.LayerStats.load(_fifo(tmp_path / "p.safetensors"))

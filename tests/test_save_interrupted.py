@@ -82,3 +82,17 @@ def test_a_save_killed_at_any_rename_leaves_a_whole_output_and_the_next_save_cle
     with torch.no_grad():
         assert torch.equal(nc.load(SmallNet().eval(), out)(x), expected[1])
 
+
+
+def test_a_single_file_writer_removes_only_its_own_stale_temporary_files(tmp_path):
+    model = SmallNet().eval()
+    nc.compress(model, torch.randn(16, 3, 8, 8), method="kmeans", bits=4, progress=False)
+    stale = tmp_path / ".m.ncz.a1b2c3d4.tmp"  # what a killed save_compressed leaves
+    stale.write_bytes(b"half a container")
+    others = {tmp_path / ".other.ncz.a1b2c3d4.tmp": b"another name's", tmp_path / ".m.ncz.keep": b"not our pattern",
+              tmp_path / "m.ncz.a1b2c3d4.tmp": b"not hidden"}
+    for path, payload in others.items():
+        path.write_bytes(payload)
+    nc.save_compressed(model, tmp_path / "m.ncz")
+    assert not stale.exists() and all(path.read_bytes() == payload for path, payload in others.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.ncz", *(p.name for p in others)])

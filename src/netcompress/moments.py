@@ -81,6 +81,30 @@ class Moments:
         )
 
     @classmethod
+    def from_saved(cls, fields: dict[str, torch.Tensor], where: str) -> Moments:
+        """Statistics read back from a file: every tensor's presence, shape and finiteness checked (``where`` names it)."""
+        expected = {"gram", "input_sum", "positive_count", "response_sum", "response_max", "norm4", "counts"}
+        if set(fields) != expected:
+            raise ValueError(f"{where} is corrupt: it must hold {', '.join(sorted(expected))}, "
+                             f"got {', '.join(sorted(fields))}")
+        counts = fields["counts"]
+        if counts.shape != (3,) or counts.is_floating_point() or bool((counts < 0).any()):
+            raise ValueError(f"{where} is corrupt: 'counts' must be 3 non-negative integers")
+        count, output_count, groups = (int(v) for v in counts)
+        gram, outputs = fields["gram"], fields["positive_count"].shape
+        per_group = gram.shape[-1] if gram.dim() in (2, 3) else -1
+        shapes = {"gram": (per_group, per_group) if groups == 1 else (groups, per_group, per_group),
+                  "input_sum": (groups * per_group,), "norm4": (), "response_sum": outputs, "response_max": outputs}
+        for key, shape in shapes.items():
+            tensor = fields[key]
+            if groups < 1 or len(outputs) != 1 or tuple(tensor.shape) != tuple(shape) or tensor.dtype != torch.float64 \
+                    or not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{where} is corrupt: {key!r} must be finite float64 of shape {tuple(shape)}, got "
+                                 f"{tensor.dtype} of shape {tuple(tensor.shape)}")
+        rest = {k: v for k, v in fields.items() if k != "counts"}
+        return cls(**rest, count=count, output_count=output_count, groups=groups)
+
+    @classmethod
     def white(cls, in_features: int, out_features: int) -> Moments:
         """Statistics of ``n`` white inputs (zero mean, unit variance: ``XXᵀ = nI``, ``n`` the input width).
 

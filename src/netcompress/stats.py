@@ -112,28 +112,38 @@ class LayerStats(Mapping[str, Moments]):
         """Statistics written by :meth:`save` (safetensors: nothing is unpickled)."""
         import json
 
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
+        from netcompress.storage.files import require_regular
+
+        path = require_regular(path, "statistics file")
         parts: dict[str, dict[str, dict[str, torch.Tensor]]] = {"fit": {}, "heldout": {}}
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("format") != "netcompress.stats":
-                raise ValueError(f"{path} is not a statistics file written by LayerStats.save")
-            for key in handle.keys():
-                part, rest = key.split("/", 1)
-                name, field_name = rest.rsplit("/", 1)
-                parts.setdefault(part, {}).setdefault(name, {})[field_name] = handle.get_tensor(key)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                if metadata.get("format") != "netcompress.stats":
+                    raise ValueError(f"{path} is not a statistics file written by LayerStats.save")
+                for key in handle.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                    part, _, rest = key.partition("/")
+                    name, _, field_name = rest.rpartition("/")
+                    if part not in parts or not name:
+                        raise ValueError(f"{path} is corrupt: tensor {key!r} is not 'fit|heldout/<layer>/<field>'")
+                    parts[part].setdefault(name, {})[field_name] = handle.get_tensor(key)
+            documents = {key: json.loads(metadata.get(key, "{}")) for key in ("shared", "skipped", "read_directly")}
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{path} cannot be read as a statistics file ({error})") from None
+        except (json.JSONDecodeError, RecursionError):
+            raise ValueError(f"{path} is corrupt: its metadata is not JSON") from None
+        if not all(isinstance(d, dict) and all(isinstance(k, str) for k in d) for d in documents.values()):
+            raise ValueError(f"{path} is corrupt: its 'shared', 'skipped' and 'read_directly' must be objects")
 
-        def moments(fields: dict[str, torch.Tensor]) -> Moments:
-            count, output_count, groups = (int(v) for v in fields.pop("counts"))
-            return Moments(**fields, count=count, output_count=output_count, groups=groups)
+        def moments(part: str) -> dict[str, Moments]:
+            return {name: Moments.from_saved(f, f"{path}, layer {name!r} ({part})") for name, f in parts[part].items()}
 
-        shared = json.loads(metadata.get("shared", "{}"))
-        stats = cls({name: moments(f) for name, f in parts["fit"].items()},
-                    skipped=json.loads(metadata.get("skipped", "{}")),
-                    read_directly=json.loads(metadata.get("read_directly", "{}")))
+        shared = {k: v for k, v in documents["shared"].items() if isinstance(v, str)}
+        stats = cls(moments("fit"), skipped=documents["skipped"], read_directly=documents["read_directly"])
         if parts["heldout"]:
-            stats.heldout = cls({name: moments(f) for name, f in parts["heldout"].items()})
+            stats.heldout = cls(moments("heldout"))
         for part in (stats, stats.heldout):
             if part is None:
                 continue

@@ -137,7 +137,7 @@ def _npy_values(handle, source: str) -> int:
             raise ValueError(f"format version {version}")
         shape, _, dtype = read_header[version](handle, max_header_size=1 << 16)
     except (ValueError, OSError, SyntaxError, TypeError) as error:
-        raise ValueError(f"{source} is corrupt: its .npy header cannot be read ({_first_line(error)})") from None
+        raise ValueError(f"{source} cannot be read as .npy data: its header is corrupt ({_first_line(error)})") from None
     if dtype.hasobject:
         raise ValueError(f"{source} cannot be read as .npy data: it holds Python objects, which netcompress never "
                          "unpickles; save a numeric array")

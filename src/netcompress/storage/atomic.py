@@ -68,10 +68,15 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Call ``write(temporary_path)``, then rename the result onto ``path`` (creating its folder)."""
+    """Call ``write(temporary_path)``, then rename the result onto ``path`` (creating its folder).
+
+    Under a lock on the folder, the temporary files an interrupted write of ``path`` left are removed first.
+    """
     path = Path(path)
-    with made_directories(path.parent), staged_file(path) as tmp:
-        write(tmp)
+    with made_directories(path.parent), locked(path.parent) as lock_held:
+        remove_stale(path.parent, [path.name], lock_held=lock_held)
+        with staged_file(path) as tmp:
+            write(tmp)
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
@@ -91,7 +96,11 @@ def locked(folder: Path) -> Iterator[bool]:
     except ImportError:  # not POSIX
         yield False
         return
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder one may write but not read: no lock, and nothing is cleaned up
+        yield False
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield True
