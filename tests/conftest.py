@@ -1,4 +1,7 @@
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +14,22 @@ SEED = int(os.environ.get("NETCOMPRESS_TEST_SEED", "0"))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(SEED)
+
+
+CAPPED_ADDRESS_SPACE = 3 << 30  # for fuzzers' subprocesses: torch itself maps ~0.7 GB
+
+
+def run_capped(script: str, *, timeout: float = 120, **values: object) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh Python whose address space is capped (``RLIMIT_AS``, Linux).
+
+    An allocation driven by a forged count or shape then ends in ``MemoryError`` instead of
+    exhausting the machine. Each ``__NAME__`` in ``script`` is replaced by ``values["name"]`` as
+    JSON (paths, seeds and counts are JSON literals in Python too).
+    """
+    cap = f"import resource\nresource.setrlimit(resource.RLIMIT_AS, ({CAPPED_ADDRESS_SPACE}, {CAPPED_ADDRESS_SPACE}))\n"
+    for name, value in values.items():
+        script = script.replace(f"__{name.upper()}__", json.dumps(value))
+    return subprocess.run([sys.executable, "-c", cap + script], capture_output=True, text=True, timeout=timeout)
 
 
 def softmax_np(z, axis=-1):

@@ -5,7 +5,6 @@ Everything runs in one subprocess whose address space is capped with ``resource.
 ``MemoryError`` instead of exhausting the machine; the test fails on anything but ``ValueError``.
 """
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -13,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_capped
+
 resource = pytest.importorskip("resource")
 
-LIMIT = 3 << 30  # address space of the subprocess: torch itself maps ~0.7 GB
 
 SCRIPT = textwrap.dedent(r"""
     import copy, json, random, resource, struct, sys, zlib
-    resource.setrlimit(resource.RLIMIT_AS, (__LIMIT__, __LIMIT__))
     import torch
     from torch import nn
     import netcompress as nc
@@ -206,9 +205,7 @@ SCRIPT = textwrap.dedent(r"""
 
 
 def _run(tmp_path: Path, seed: int, trials: int) -> subprocess.CompletedProcess:
-    script = (SCRIPT.replace("__LIMIT__", str(LIMIT)).replace("__PATH__", json.dumps(str(tmp_path / "f.ncz")))
-              .replace("__SEED__", str(seed)).replace("__TRIALS__", str(trials)))
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    return run_capped(SCRIPT, path=str(tmp_path / "f.ncz"), seed=seed, trials=trials)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS caps memory reliably only on Linux")

@@ -6,7 +6,6 @@ padding changed in the manifest loaded silently and changed the outputs.
 """
 
 import json
-import subprocess
 import sys
 import textwrap
 
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from conftest import SmallNet
+from conftest import SmallNet, run_capped
 
 
 def _unchanged(model, before):
@@ -82,8 +81,7 @@ def test_a_pruned_width_still_loads_and_computes_what_was_saved(tmp_path):
 
 
 FUZZ = textwrap.dedent(r"""
-    import copy, json, random, resource, sys
-    resource.setrlimit(resource.RLIMIT_AS, (__LIMIT__, __LIMIT__))
+    import copy, json, random, sys
     import torch
     from torch import nn
     import netcompress as nc
@@ -172,9 +170,7 @@ FUZZ = textwrap.dedent(r"""
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS caps memory reliably only on Linux")
 def test_fuzzed_manifests_end_in_one_sentence_or_the_saved_model_under_a_memory_cap(tmp_path):
-    script = (FUZZ.replace("__LIMIT__", str(3 << 30)).replace("__PATH__", repr(str(tmp_path / "out")))
-              .replace("__TRIALS__", "400").replace("__SEED__", "0"))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    done = run_capped(FUZZ, timeout=240, path=str(tmp_path / "out"), trials=400, seed=0)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     counts = json.loads(done.stdout.strip().splitlines()[-1])
     assert counts["refused"] > 300 and counts["refused"] + counts["loaded"] == 400

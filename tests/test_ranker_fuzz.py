@@ -6,7 +6,6 @@ run with ``MemoryError`` (or torch's allocation ``RuntimeError``) instead of exh
 machine; the test fails on anything but ``ValueError`` or a ranker that loads and scores finitely.
 """
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -14,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_capped
+
 resource = pytest.importorskip("resource")
 
-LIMIT = 3 << 30  # address space of the subprocess: torch itself maps ~0.7 GB
 
 SCRIPT = textwrap.dedent(r"""
     import copy, json, math, os, random, resource, sys
-    resource.setrlimit(resource.RLIMIT_AS, (__LIMIT__, __LIMIT__))
     from pathlib import Path
     import numpy as np
     import torch
@@ -148,9 +147,7 @@ SCRIPT = textwrap.dedent(r"""
 
 
 def _run(tmp_path: Path, seed: int, trials: int) -> subprocess.CompletedProcess:
-    script = (SCRIPT.replace("__LIMIT__", str(LIMIT)).replace("__FOLDER__", json.dumps(str(tmp_path / "ranker")))
-              .replace("__SEED__", str(seed)).replace("__TRIALS__", str(trials)))
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    return run_capped(SCRIPT, folder=str(tmp_path / "ranker"), seed=seed, trials=trials)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS caps memory reliably only on Linux")

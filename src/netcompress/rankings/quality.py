@@ -209,7 +209,7 @@ def fit_scores(model: nn.Module, images: Sequence[np.ndarray], scores: Sequence[
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     losses = []
     model.train()
-    for step in tqdm(range(steps), desc="scores", unit="step", disable=progress_disabled(progress)):
+    for _ in tqdm(range(steps), desc="scores", unit="step", disable=progress_disabled(progress)):
         x, picks = _crops(images, crop, batch, generator)
         optimizer.zero_grad()
         loss = nn.functional.mse_loss(model(x).reshape(-1), target[picks])
