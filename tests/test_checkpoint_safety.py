@@ -161,8 +161,26 @@ def test_the_same_run_resumes_to_the_uninterrupted_result_with_batches_from_an_i
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(),
                                                  strict=True))
     other = [(x + 1, y) for x, y in batches]
-    with pytest.raises(ValueError, match=r"with data.first_batch_sha256=[0-9a-f]{64}, not"):
+    with pytest.raises(ValueError, match=r"with data.sha256=[0-9a-f]{64}, not"):
         run(None, tmp_path / "it.pt", data=other)
+
+
+def test_a_checkpoint_does_not_change_the_order_a_shuffled_loader_gives(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def run(path, seed=0):
+        loader = DataLoader(TensorDataset(X[:24], Y[:24]), batch_size=8, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        model = _net()
+        nc.finetune(model, loader, checkpoint=path, **{**SETTINGS, "epochs": 2})
+        return model
+
+    plain, checkpointed = run(None), run(tmp_path / "loader.pt")  # drawing a batch to hash it would reshuffle
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), checkpointed.state_dict().values(),
+                                                 strict=True))
+    torch.manual_seed(123)  # the global random state before finetune is not part of the run
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
+                                                 run(tmp_path / "loader.pt").state_dict().values(), strict=True))
 
 
 @pytest.fixture(scope="module")

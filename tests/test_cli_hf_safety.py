@@ -137,6 +137,14 @@ def test_the_real_config_and_a_tiny_one_pass_the_check(saved):
     assert hf.check_config(saved, "AutoModel")["hidden_size"] == 32
 
 
+def test_size_looking_fields_holding_words_or_sentinels_pass_the_check(work):
+    # Fields real configs ship: GPT-Neo's attention_layers, DeBERTa-v3's max_relative_positions, Mamba's rank.
+    folder, _ = work
+    _edit_config(folder, attention_layers=["global", "local"], max_relative_positions=-1, time_step_rank="auto",
+                 position_buckets=256)
+    assert hf.check_config(folder, "AutoModel")["max_relative_positions"] == -1
+
+
 # --------------------------------------------------------------------------- item 2: the tokenizer
 
 

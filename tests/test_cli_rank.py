@@ -36,6 +36,20 @@ def test_train_then_score_as_a_table_and_as_json(photos, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "quality score" in table and f"{scores[images[0]]:.4f}" in table
 
+    # The description vouches for its weights: a later training's weights beside it are refused, and weights a
+    # rank train cut short after its switch left staged (.ranker.safetensors.next) are the ones read.
+    weights = (out / "ranker.safetensors").read_bytes()
+    other = tmp_path / "other"
+    assert main(["rank", "train", "--images", str(photos), "--out", str(other), "--steps", "3", "--crop", "48",
+                 "--width", "4", "--seed", "1"]) == 0
+    (out / "ranker.safetensors").write_bytes((other / "ranker.safetensors").read_bytes())
+    capsys.readouterr()
+    assert main(["rank", "score", "--model", str(out), images[0]]) != 0
+    assert "are not the ones ranker.json was written with" in capsys.readouterr().err
+    (out / ".ranker.safetensors.next").write_bytes(weights)
+    assert main(["rank", "score", "--model", str(out), images[0], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[images[0]] == scores[images[0]]
+
 
 def test_refusals_are_one_sentence_and_write_nothing(photos, tmp_path, capsys):
     empty = tmp_path / "empty"

@@ -99,25 +99,32 @@ def module_digest(module: torch.nn.Module) -> str:
 
 
 def data_identity(data) -> dict:
-    """What a checkpoint records of a run's data, to refuse resuming on other data.
+    """What a checkpoint records of a run's data, to refuse resuming on other data; it never draws from ``data``.
 
     * ``(inputs, labels)`` tensors (or any tuple/list of tensors): SHA-256 over every tensor
       (dtype, shape, all bytes) and their lengths; it covers the whole data.
-    * any other re-iterable (a list of batches, a DataLoader): its type, its length when it has
-      one, and SHA-256 over the tensors of its *first batch* only (drawn with torch's random
-      state saved and put back, so shuffling is not disturbed); other batches are not covered.
-      A one-shot iterator is recorded by type alone (hashing it would consume it).
+    * a list or tuple of batches: SHA-256 over the tensors of every batch.
+    * a ``DataLoader``: its batch size and its dataset's type and length; a ``TensorDataset``'s
+      tensors are hashed whole. Batches are not drawn: that would advance the loader's shuffling
+      generator, and a dataset's own random augmentation would make the digest differ between runs.
+    * any other iterable: its type and its length when it has one.
     """
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
         return {"kind": "tensors", "lengths": [len(t) if t.dim() else 1 for t in data],
                 "sha256": tensor_digest(data)}
     identity: dict = {"kind": f"{type(data).__module__}.{type(data).__qualname__}",
                       "length": len(data) if hasattr(data, "__len__") else None}
-    if iter(data) is data:
-        return identity
-    with torch.random.fork_rng(devices=[]):
-        first = next(iter(data), None)
-    identity["first_batch_sha256"] = tensor_digest(_tensors_in(first))
+    if isinstance(data, (tuple, list)):
+        identity["sha256"] = tensor_digest(_tensors_in(list(data)))
+    from torch.utils.data import DataLoader, TensorDataset
+
+    dataset = getattr(data, "dataset", None)
+    if isinstance(data, DataLoader) and dataset is not None:
+        identity["batch_size"] = data.batch_size
+        identity["dataset"] = f"{type(dataset).__module__}.{type(dataset).__qualname__}"
+        identity["dataset_length"] = len(dataset) if hasattr(dataset, "__len__") else None
+        if isinstance(dataset, TensorDataset):
+            identity["dataset_sha256"] = tensor_digest(dataset.tensors)
     return identity
 
 

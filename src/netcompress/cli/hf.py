@@ -58,6 +58,10 @@ ONLY_WITH_HF = {"text": "--text", "max_length": "--max-length", "hf_class": "--h
 # intermediate and vocabulary sizes, positions, …) is capped at 2**24; the parameter count then bounds them together.
 MAX_CONFIG_BYTES = 4 << 20
 MAX_REPEATED = 1024
+# The sizes every transformers architecture that has them reads as whole numbers (others are capped only).
+CORE_SIZES = frozenset({"num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                        "num_key_value_heads", "vocab_size", "max_position_embeddings", "n_layer", "n_head", "n_embd",
+                        "n_positions", "d_model", "num_layers", "num_heads", "d_ff", "d_kv"})
 MAX_SIZE = 1 << 24
 REPEATED_FIELD = re.compile(r"(layers?|heads?|experts)$")
 SIZE_FIELD = re.compile(r"^(num_\w+|n_\w+|max_position_embeddings|dim|d_model|d_ff|d_kv|\w+_(size|sizes|dim|length|rank)|"
@@ -179,10 +183,15 @@ def _check_fields(data: dict, path: Path, where: str = "") -> None:
             continue
         cap = MAX_REPEATED if REPEATED_FIELD.search(key) else MAX_SIZE
         for item in _integers(value):
+            # Only the sizes every architecture reads as whole numbers must be one; elsewhere a name that looks
+            # like a size may hold words (GPT-Neo's attention_layers: ["global", "local"], Mamba's "auto" rank)
+            # or a sentinel (DeBERTa's max_relative_positions = -1): neither allocates anything.
             if type(item) is not int:  # bool is an int to Python, not to a size
+                if key not in CORE_SIZES:
+                    continue
                 raise ValueError(f"config.json {path} gives {name} as {_json_text(item)}, where transformers reads a "
                                  "whole number; write it as an integer")
-            if item < 0 or item > cap:
+            if item > cap or (item < 0 and key in CORE_SIZES):
                 raise ValueError(f"config.json {path} gives {name} = {item:,}, outside the 0 to {cap:,} netcompress "
                                  "reads; fix the field (a real model's value is far smaller)")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +75,29 @@ def _photographs(folder: Path, crop: int) -> list[np.ndarray]:
 def _check_target(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a directory; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not force and not (out / CONFIG).is_file():
+    ours = {f".{WEIGHTS}.next"}  # what an interrupted rank train leaves (see storage.atomic.write_vouched)
+    if out.is_dir() and any(e.name not in ours and not _temporary(e) for e in out.iterdir()) and not force \
+            and not (out / CONFIG).is_file():
         raise ValueError(f"{out} is a non-empty directory that rank train did not write; choose a new or empty "
                          f"directory, or pass --force to replace only {WEIGHTS} and {CONFIG} in it")
+
+
+def _temporary(entry: Path) -> bool:
+    from netcompress.storage.atomic import temporary_of
+
+    return temporary_of(entry, (CONFIG, WEIGHTS, f".{WEIGHTS}.next"))
+
+
+def _vouching(out: Path) -> tuple[dict, dict] | None:
+    """The weights digest the ranker description in ``out`` vouches for, as ``write_vouched`` reads it."""
+    from netcompress.storage.files import read_json
+
+    try:
+        config = read_json(out / CONFIG, "ranker description", 1 << 20)
+    except ValueError:
+        return None
+    digests = config.get("sha256") if isinstance(config, dict) and config.get("format") == FORMAT else None
+    return ({k: v for k, v in digests.items() if isinstance(v, str)}, {}) if isinstance(digests, dict) else None
 
 
 def _positive(name: str, value: int, limit: int) -> int:
@@ -90,7 +111,7 @@ def _train(args: argparse.Namespace) -> None:
     from safetensors.torch import save_file
 
     from netcompress.rankings import RankedSet, Shallow, train_ranker
-    from netcompress.storage.atomic import made_directories, staged_file
+    from netcompress.storage.atomic import write_vouched
 
     out = Path(args.out)
     _check_target(out, args.force)
@@ -105,9 +126,14 @@ def _train(args: argparse.Namespace) -> None:
     config = {"format": FORMAT, "version": VERSION, "crop": args.crop, "width": args.width, "steps": args.steps,
               "groups": args.groups, "seed": args.seed, "images": len(photographs), "kinds": list(ranked.kinds),
               "first_loss": history.losses[0], "last_loss": history.losses[-1]}
-    with made_directories(out), staged_file(out / CONFIG) as config_tmp, staged_file(out / WEIGHTS) as weights_tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights_tmp)
-        config_tmp.write_text(json.dumps(config, indent=2))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+
+    def write_config(tmp: Path, digests: dict[str, str], removes: dict[str, str]) -> None:
+        tmp.write_text(json.dumps({**config, "sha256": digests}, indent=2))
+
+    # The weights are staged, then ranker.json (which names their SHA-256) is renamed into place: the one switch.
+    write_vouched(out, {WEIGHTS: lambda tmp: save_file(state, tmp)}, CONFIG, write_config, lambda: _vouching(out),
+                  (WEIGHTS,))
     print(f"trained on {len(photographs)} photographs, {args.steps} steps: ranking loss {history.losses[0]:.4f} → "
           f"{history.losses[-1]:.4f}; wrote {out / WEIGHTS} and {out / CONFIG}")
 
@@ -150,6 +176,11 @@ def _check_description(config: object, file: Path) -> tuple[int, int]:
         raise ValueError(f"ranker description {file}: 'kinds' must be a list of distinct distortions from "
                          f"{', '.join(KINDS)}, got {json.dumps(kinds)[:60] if 'kinds' in config else 'missing'}; "
                          "write it again with `netcompress rank train`")
+    digests = config.get("sha256", {})
+    if not (isinstance(digests, dict) and set(digests) <= {WEIGHTS}
+            and all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) for v in digests.values())):
+        raise ValueError(f"ranker description {file}: 'sha256' must map {WEIGHTS} to its SHA-256 in hexadecimal, got "
+                         f"{json.dumps(digests)[:60]}; write it again with `netcompress rank train`")
     for name in ("first_loss", "last_loss"):
         value = config.get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
@@ -160,7 +191,7 @@ def _check_description(config: object, file: Path) -> tuple[int, int]:
 
 
 _DESCRIPTION_FIELDS = ("format", "version", "crop", "width", "steps", "groups", "seed", "images", "kinds",
-                       "first_loss", "last_loss")
+                       "first_loss", "last_loss", "sha256")
 
 
 def load_ranker(folder: Path, crops: int = 16):
@@ -177,6 +208,7 @@ def load_ranker(folder: Path, crops: int = 16):
 
     from netcompress.rankings import Shallow
     from netcompress.rankings.networks import shallow_parameters, shallow_scoring_bytes
+    from netcompress.storage.atomic import vouched
     from netcompress.storage.files import read_bytes, read_json, require_regular
 
     folder = Path(folder)
@@ -184,7 +216,8 @@ def load_ranker(folder: Path, crops: int = 16):
         raise ValueError(f"{folder} holds no {CONFIG} written by `netcompress rank train`; pass the directory "
                          "rank train wrote")
     description = folder / CONFIG
-    crop, width = _check_description(read_json(description, "ranker description", 1 << 20), description)
+    config = read_json(description, "ranker description", 1 << 20)
+    crop, width = _check_description(config, description)
     parameters = shallow_parameters(crop, width)
     if 4 * parameters > MAX_RANKER_BYTES:
         raise ValueError(f"ranker description {description}: 'crop' {crop} and 'width' {width} describe a network of "
@@ -196,7 +229,16 @@ def load_ranker(folder: Path, crops: int = 16):
         raise ValueError(f"scoring --crops {crops} crops with the ranker of {description} ('crop' {crop}, 'width' "
                          f"{width}) needs about {needed / 2**30:.1f} GiB, more than the {MAX_SCORING_BYTES >> 30} GiB "
                          f"cap; {fix}")
-    weights = require_regular(folder / WEIGHTS, "ranker weights")
+    weights = folder / WEIGHTS
+    digest = config.get("sha256", {}).get(WEIGHTS)  # checked by _check_description
+    if digest is not None:  # in place, or staged by a rank train cut short after its switch
+        found = vouched(folder, WEIGHTS, digest)
+        if found is None:
+            require_regular(weights, "ranker weights")
+            raise ValueError(f"ranker weights {weights} are not the ones {CONFIG} was written with (their SHA-256 "
+                             "differs); train the ranker again")
+        weights = found
+    require_regular(weights, "ranker weights")
     size, least = weights.stat().st_size, 4 * parameters
     if not least <= size <= least + MAX_WEIGHTS_HEADER:
         raise ValueError(f"ranker weights {weights} is {size:,} bytes, but the {parameters:,} float32 parameters "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -35,6 +36,10 @@ def process_group(backend: str = "gloo") -> Iterator[tuple[int, int]]:
     try:
         yield dist.get_rank(), dist.get_world_size()
     finally:
+        # A DDP wrapper kept alive by a reference cycle would otherwise be freed at interpreter exit, after the
+        # group: its reducer still holds the last gloo Work, whose destruction then aborts the process (SIGABRT,
+        # "terminate called without an active exception"). Free such objects while the group is alive.
+        gc.collect()
         dist.destroy_process_group()
 
 

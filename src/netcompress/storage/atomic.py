@@ -7,6 +7,7 @@ did not create.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -15,8 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "locked", "made_directories", "remove_stale", "staged_file",
-           "umask_mode"]
+__all__ = ["atomic_write", "atomic_write_bytes", "locked", "made_directories", "remove_stale", "sha256", "staged_file",
+           "staged_name", "umask_mode", "vouched", "write_vouched"]
 
 UNLOCKED_STALE_SECONDS = 3600  # without file locks, a temporary file this old belongs to no running write
 
@@ -102,7 +103,11 @@ def locked(folder: Path) -> Iterator[bool]:
         yield False
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # NFS refuses flock on a read-only descriptor, Lustre without -o flock has none
+            yield False
+            return
         yield True
     finally:
         os.close(fd)  # closing releases the lock
@@ -131,3 +136,86 @@ def remove_stale(folder: Path, names: Iterable[str], extra: Iterable[Path] = (),
                 entry.unlink()
         except OSError:
             continue  # gone already, or not ours to remove: a later write tries again
+
+
+# ---- a set of files switched by one rename: staged files, then the record that vouches for them -----------------
+
+def sha256(file: Path) -> str:
+    """The SHA-256 of ``file``'s bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def staged_name(name: str) -> str:
+    """The hidden name under which :func:`write_vouched` keeps the new ``name`` until its record is in place."""
+    return f".{name}.next"
+
+
+def vouched(folder: Path, name: str, digest: object) -> Path | None:
+    """The regular file holding ``name`` whose SHA-256 is ``digest``: in place, or staged by a write cut short."""
+    for candidate in (folder / name, folder / staged_name(name)):
+        if candidate.is_file() and not candidate.is_symlink() and digest == sha256(candidate):
+            return candidate
+    return None
+
+
+def _remove_if(file: Path, digest: object) -> None:
+    if isinstance(digest, str) and file.is_file() and not file.is_symlink() and sha256(file) == digest:
+        file.unlink()
+
+
+def _settle(folder: Path, names: tuple[str, ...], record: str, digests: dict, removes: dict, lock_held: bool) -> None:
+    """Finish what a write cut short after its switch left, then remove what no record vouches for.
+
+    Killed after the switch, the record vouches (by SHA-256) for staged files: they are renamed
+    into place now, and the files it replaced are removed if their digests match. Staged files
+    it does not vouch for, and temporary files of these names, are stale and removed.
+    """
+    for name in names:
+        if name in digests and vouched(folder, name, digests[name]) == folder / staged_name(name):
+            os.replace(folder / staged_name(name), folder / name)
+    for name, digest in removes.items():
+        if name in names and name not in digests:
+            _remove_if(folder / name, digest)
+    staged = [folder / staged_name(name) for name in names if name not in digests]
+    remove_stale(folder, [*names, record, *(staged_name(name) for name in names)], staged, lock_held=lock_held)
+
+
+def write_vouched(folder: Path, payloads: dict[str, Callable[[Path], None]], record: str,
+                  write_record: Callable[[Path, dict[str, str], dict[str, str]], None],
+                  current: Callable[[], tuple[dict, dict] | None], names: Iterable[str]) -> None:
+    """Write the files ``payloads`` names (``name → write(path)``) and the ``record`` file that vouches for them.
+
+    Each payload is staged under :func:`staged_name` and its SHA-256 taken; then
+    ``write_record(path, digests, removes)`` writes the record (naming ``digests``, and
+    ``removes``: the files of ``names`` the previous record vouched for that this write leaves
+    out), which is renamed into place: that rename is the one switch from the old set of files to
+    the new. The staged files are renamed onto their names after it, and the left-out ones
+    removed. Killed at any point, ``folder`` holds the old set or the new one (readers use
+    :func:`vouched`); the next write finishes what is left. ``current()`` gives the present
+    record's ``(digests, removes)``, or None where there is none. Runs under :func:`locked`.
+    """
+    names = tuple(names)
+    with made_directories(folder), locked(folder) as lock_held:
+        present = current()
+        if present is not None:
+            _settle(folder, names, record, *present, lock_held)
+        else:
+            remove_stale(folder, [*names, record, *(staged_name(n) for n in names)],
+                         [folder / staged_name(n) for n in names], lock_held=lock_held)
+        previous = (current() or ({}, {}))[0]
+        digests = {}
+        for name, write in payloads.items():
+            with staged_file(folder / staged_name(name)) as tmp:
+                write(tmp)
+                digests[name] = sha256(tmp)
+        removes = {name: digest for name, digest in previous.items() if name not in digests}
+        with staged_file(folder / record) as tmp:
+            write_record(tmp, digests, removes)
+        for name in digests:
+            os.replace(folder / staged_name(name), folder / name)
+        for name, digest in removes.items():
+            _remove_if(folder / name, digest)

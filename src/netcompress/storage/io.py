@@ -22,7 +22,6 @@ Nothing is unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -39,7 +38,7 @@ from netcompress._description import build, check_type, describe
 from netcompress._layers import copy_trainability, replace_module
 from netcompress._transaction import all_or_nothing
 from netcompress.report import Report
-from netcompress.storage.atomic import atomic_write_bytes, locked, made_directories, remove_stale, staged_file
+from netcompress.storage.atomic import atomic_write_bytes, sha256, staged_name, vouched, write_vouched
 from netcompress.storage.files import read_json, require_regular
 from netcompress.storage.fit import check_fits
 from netcompress.storage.packing import pack_codes, unpack_codes
@@ -196,49 +195,29 @@ def apply_manifest(model: nn.Module, record: object, source: str) -> None:
         replace_module(model, name, new)
 
 
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _next(path: Path, name: str) -> Path:
-    """Where ``save`` puts the new ``name`` until the manifest that vouches for it is in place."""
-    return path / f".{name}.next"
-
-
 def _ignorable(entry: Path) -> bool:
     """A temporary file of a netcompress write (``.name.XXXXXXXX.tmp``, ``.name.next``): never the user's."""
-    pattern = r"\..+\.[A-Za-z0-9_]{8}\.tmp|\.(" + "|".join(map(re.escape, OWN_FILES)) + r")\.next"
+    pattern = r"\..+\.[A-Za-z0-9_]{8}\.tmp|" + "|".join(re.escape(staged_name(name)) for name in OWN_FILES)
     return re.fullmatch(pattern, entry.name) is not None and entry.is_file()
 
 
-def _vouched(path: Path, name: str, digest: object) -> Path | None:
-    """The file holding ``name`` whose SHA-256 is ``digest``: in place, or still staged by a save cut short."""
-    for candidate in (path / name, _next(path, name)):
-        if candidate.is_file() and digest == _sha256(candidate):
-            return candidate
-    return None
+def _vouching(path: Path) -> tuple[dict, dict] | None:
+    """What the manifest in ``path`` vouches for (file → SHA-256) and what it removed; None without one.
 
-
-def _settle(path: Path, lock_held: bool) -> None:
-    """Finish what a save cut short after its manifest was in place, then remove what earlier saves left behind.
-
-    A save stages its files as ``.name.next``, renames the manifest (the one switch from the
-    old output to the new), then renames the staged files into place. Killed after the switch,
-    the manifest vouches (by SHA-256) for staged files: they are renamed now. Anything staged
-    that no manifest vouches for, and every temporary file of ours, is stale and removed.
+    A manifest of an older netcompress names no digests for its report: the report in place is taken as its own.
     """
     record = _current_record(path)
-    digests = record.get("sha256") if isinstance(record, dict) else None
-    if lock_held and isinstance(digests, dict):
-        for name in (WEIGHTS, REPORT):
-            if name in digests and _vouched(path, name, digests[name]) == _next(path, name):
-                os.replace(_next(path, name), path / name)
-    staged = [_next(path, name) for name in (WEIGHTS, REPORT)]
-    remove_stale(path, [*OWN_FILES, *(p.name for p in staged)], staged, lock_held=lock_held)
+    if record is None:
+        return None
+    digests = record.get("sha256")
+    if not isinstance(digests, dict):
+        digests = {WEIGHTS: record.get("weights_sha256")}
+        files = record.get("files")
+        if (path / REPORT).is_file() and (not isinstance(files, list) or REPORT in files):
+            digests[REPORT] = sha256(path / REPORT)
+    removes = record.get("removes")
+    return ({k: v for k, v in digests.items() if isinstance(v, str)},
+            {k: v for k, v in removes.items() if isinstance(v, str)} if isinstance(removes, dict) else {})
 
 
 def _current_record(path: Path) -> dict | None:
@@ -296,31 +275,21 @@ def save(model: nn.Module, path: str | os.PathLike, report: Report | None = None
     """
     path = Path(path)
     check_save_target(path, overwrite)
-    previous = (_previous_files(path) or ()) if path.is_dir() else ()
     record = manifest(model)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}  # tied weights need copies
     record["packed"] = pack_codes(model, state)
     report_text = report.to_json() if report is not None else None
-    with made_directories(path), locked(path) as lock_held:
-        _settle(path, lock_held)
-        # Stage every file under its .next name, switch by renaming the manifest that vouches for them, then
-        # rename them into place: killed at any point, the folder holds the old output or the new one.
-        digests = {}
-        with staged_file(_next(path, WEIGHTS)) as weights_tmp:
-            save_file(state, weights_tmp, metadata={"format": FORMAT})
-            digests[WEIGHTS] = _sha256(weights_tmp)
-        if report_text is not None:
-            with staged_file(_next(path, REPORT)) as report_tmp:
-                report_tmp.write_text(report_text)
-                digests[REPORT] = _sha256(report_tmp)
-        record.update(files=[WEIGHTS, MANIFEST, *([REPORT] if report_text is not None else [])],
-                      weights_sha256=digests[WEIGHTS], sha256=digests)
-        with staged_file(path / MANIFEST) as manifest_tmp:
-            manifest_tmp.write_text(json.dumps(record, indent=2))
-        for name in digests:
-            os.replace(_next(path, name), path / name)
-        if report_text is None and REPORT in previous:  # a report of the earlier save would describe another model
-            (path / REPORT).unlink(missing_ok=True)
+    payloads = {WEIGHTS: lambda tmp: save_file(state, tmp, metadata={"format": FORMAT})}
+    if report_text is not None:
+        payloads[REPORT] = lambda tmp: tmp.write_text(report_text)
+
+    def write_manifest(tmp: Path, digests: dict[str, str], removes: dict[str, str]) -> None:
+        # A report of the earlier save would describe another model: it goes (by its digest) after the switch.
+        record.update(files=[WEIGHTS, MANIFEST, *([REPORT] if REPORT in digests else [])],
+                      weights_sha256=digests[WEIGHTS], sha256=digests, removes=removes)
+        tmp.write_text(json.dumps(record, indent=2))
+
+    write_vouched(path, payloads, MANIFEST, write_manifest, lambda: _vouching(path), (WEIGHTS, REPORT))
     return path
 
 
@@ -339,13 +308,13 @@ def load(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ValueError(f"{path} has no {MANIFEST}; it was not written by netcompress.save")
     record = read_json(file, "manifest")
     weights, expected = path / WEIGHTS, record.get("weights_sha256") if isinstance(record, dict) else None
-    if not _next(path, WEIGHTS).is_file():
+    found = vouched(path, WEIGHTS, expected) if expected is not None else None  # in place, or staged by a save cut short
+    if found is None:
         require_regular(weights, "weights file")
-    if expected is not None:  # a save cut short after its switch may have left the new weights staged
-        weights = _vouched(path, WEIGHTS, expected)
-        if weights is None:
-            raise ValueError(f"{path / WEIGHTS} is not the file {file} was written with (its SHA-256 differs); "
+        if expected is not None:
+            raise ValueError(f"{weights} is not the file {file} was written with (its SHA-256 differs); "
                              "save the model again")
+    weights = found or weights
     with torch.device("meta"):  # size every layer against the file before anything is allocated
         built: dict[str, int] = {}
         sized = _plan(model, record, str(file), built)
@@ -379,8 +348,13 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) 
 def read_report(path: str | os.PathLike) -> Report:
     """The :class:`Report` saved beside a compressed model (the one its manifest vouches for, by SHA-256)."""
     record = _current_record(Path(path)) or {}
-    digests = record.get("sha256") if isinstance(record.get("sha256"), dict) else {}
-    file = (_vouched(Path(path), REPORT, digests[REPORT]) if REPORT in digests else None) or Path(path) / REPORT
+    file = Path(path) / REPORT
+    if isinstance(record.get("sha256"), dict):  # a manifest that says which report is its own
+        digest = record["sha256"].get(REPORT)
+        if digest is None:  # a report left by an earlier save (one cut short before removing it) is not this one's
+            raise ValueError(f"{path} holds no {REPORT} of the model saved there; save it with "
+                             "netcompress.save(model, path, report)")
+        file = vouched(Path(path), REPORT, digest) or file  # else one edited since: read, checked as any input
     if not file.is_file():
         raise ValueError(f"{path} holds no {REPORT}; save it with netcompress.save(model, path, report)")
     data = read_json(file, "report")
