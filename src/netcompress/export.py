@@ -47,7 +47,7 @@ from netcompress._tensors import model_device_dtype, model_input
 from netcompress._transaction import evaluating
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
-from netcompress.storage.atomic import made_directories, staged_file
+from netcompress.storage.atomic import replacing
 
 __all__ = ["ExportResult", "check_opset", "export_onnx", "is_netcompress_onnx", "require_onnx"]
 
@@ -112,7 +112,7 @@ def export_onnx(
     example = _input(example_input, "example_input", device, dtype)
     with evaluating(model), torch.no_grad():
         expected = _outputs(model, example, f"example_input of shape {tuple(example.shape)}")
-        with made_directories(path.parent), staged_file(path) as staged:
+        with replacing(path) as staged:
             with dense_layers(model):
                 _check_size(model)
                 _trace(model, example, expected, staged, opset)

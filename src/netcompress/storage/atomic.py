@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "locked", "made_directories", "remove_stale", "sha256", "staged_file",
+__all__ = ["atomic_write", "atomic_write_bytes", "locked", "made_directories", "remove_stale", "replacing", "sha256", "staged_file",
            "staged_name", "umask_mode", "vouched", "write_vouched"]
 
 UNLOCKED_STALE_SECONDS = 3600  # without file locks, a temporary file this old belongs to no running write
@@ -68,16 +68,24 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Call ``write(temporary_path)``, then rename the result onto ``path`` (creating its folder).
+@contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """:func:`staged_file` for ``path`` in its folder (created if missing), under a lock on that folder.
 
-    Under a lock on the folder, the temporary files an interrupted write of ``path`` left are removed first.
+    The temporary files an interrupted write of ``path`` left there are removed first. Do not
+    nest two of these (or :func:`write_vouched`) on one folder: the second would wait for the first.
     """
     path = Path(path)
     with made_directories(path.parent), locked(path.parent) as lock_held:
         remove_stale(path.parent, [path.name], lock_held=lock_held)
         with staged_file(path) as tmp:
-            write(tmp)
+            yield tmp
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(temporary_path)``, then rename the result onto ``path`` (see :func:`replacing`)."""
+    with replacing(path) as tmp:
+        write(tmp)
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
