@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 import netcompress as nc
-from netcompress.examples._common import check_output, launched_world, process_group, refused
+from netcompress.examples._common import check_output, launched_world, process_group, refused, run_as_program
 
 __all__ = ["check_arguments", "compress_arguments", "dense_model", "main", "parse_args", "target_data"]
 
@@ -181,4 +181,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_as_program(main)
