@@ -59,7 +59,7 @@ from netcompress._transaction import all_or_nothing
 from netcompress.registry import FAMILIES, METHODS, Method, register_family
 from netcompress.registry import method as _method
 from netcompress.report import LayerRow, Report
-from netcompress.stats import LayerStats, gather, layers_called_once
+from netcompress.stats import LayerStats, collect, layers_called_once
 
 __all__ = ["DEFAULT_HOLDOUT", "METHODS", "Family", "Request", "compress", "direct_reader"]
 
@@ -216,9 +216,9 @@ class Family:
             observable = [n for n, m in selected.items() if isinstance(m, OBSERVABLE)]
             if observable or chosen.needs_stats:
                 required = [n for n in observable if n in explicit] if chosen.needs_stats else []
-                stats = gather(request.model, data, observable, required=required, positions=request.positions,
-                               holdout=request.holdout, progress=request.progress, stop_early=request.sequential,
-                               reference=reference, called_once=request.called_once)
+                stats = collect(request.model, data, observable, required=required, positions=request.positions,
+                                holdout=request.holdout, progress=request.progress, stop_early=request.sequential,
+                                reference=reference, called_once=request.called_once)
         if chosen.needs_stats:
             unreached = [n for n in selected if n not in stats]
             if any(n in explicit for n in unreached):

@@ -43,7 +43,6 @@ __all__ = [
     "LayerStats",
     "SYMMETRIC_BLOCKS_FROM",
     "collect",
-    "gather",
 ]
 
 
@@ -600,6 +599,7 @@ def layers_called_once(model: nn.Module, batch, names: Iterable[str]) -> bool:
     return stopper.armed
 
 
+@torch.no_grad()
 def collect(
     model: nn.Module,
     data: Iterable | torch.Tensor,
@@ -612,6 +612,7 @@ def collect(
     stop_early: bool = False,
     reference: Callable[[], AbstractContextManager] | None = None,
     called_once: bool = False,
+    required: Iterable[str] | None = None,
 ) -> LayerStats:
     """Gather the target-domain statistics of ``layers`` in one pass over ``data``.
 
@@ -640,39 +641,22 @@ def collect(
             the statistics of its original inputs ``x`` (``moments.reference``) and ``Σ x x̃ᵀ``
             with its own inputs ``x̃`` (``moments.cross``), so that a method can aim at the
             original network's outputs.
+        required: the layers that must see samples (default: those ``layers`` names exactly);
+            ``compress`` passes the layers the user named, not every layer it selected.
 
     Returns:
         :class:`LayerStats`, float64 throughout. When ``torch.distributed`` is
         initialised the sums are all-reduced, so every process gets the statistics
-        of the union of their data. A layer named in ``layers`` that saw no sample raises;
+        of the union of their data. A layer in ``required`` that saw no sample raises;
         any other goes to ``stats.skipped`` with the reason: the data never reached it, or its
         parent computes with its weight directly (``F.linear(x, self.qkv.weight)``), which
         ``stats.read_directly`` also records (see :class:`LayerStats`).
     """
-    return gather(model, data, layers, required=explicit_names(layers), positions=positions, holdout=holdout,
-                  seed=seed, progress=progress, stop_early=stop_early, reference=reference, called_once=called_once)
-
-
-@torch.no_grad()
-def gather(
-    model: nn.Module,
-    data: Iterable | torch.Tensor,
-    layers: Iterable[str] | str | None = None,
-    *,
-    required: Iterable[str] = (),
-    positions: int | None = None,
-    holdout: float = 0.0,
-    seed: int = 0,
-    progress: bool | None = None,
-    stop_early: bool = False,
-    reference: Callable[[], AbstractContextManager] | None = None,
-    called_once: bool = False,
-) -> LayerStats:
-    """:func:`collect`, raising for an unreached layer only if it is in ``required`` (``compress`` passes
-    the layers the user named, not every layer it selected)."""
     from tqdm.auto import tqdm
 
     from netcompress.prune.modules import PRUNABLE
+
+    required = explicit_names(layers) if required is None else required
 
     if positions is not None and (isinstance(positions, bool) or not isinstance(positions, int) or positions <= 0):
         raise ValueError(f"positions must be a positive number of spatial samples per image, got {positions!r}")
