@@ -188,7 +188,7 @@ def _settle(folder: Path, names: tuple[str, ...], record: str, digests: dict, re
     for name, digest in removes.items():
         if name in names and name not in digests:
             _remove_if(folder / name, digest)
-    staged = [folder / staged_name(name) for name in names if name not in digests]
+    staged = [folder / staged_name(name) for name in names]  # what is still staged now, no record vouches for
     remove_stale(folder, [*names, record, *(staged_name(name) for name in names)], staged, lock_held=lock_held)
 
 
@@ -208,12 +208,7 @@ def write_vouched(folder: Path, payloads: dict[str, Callable[[Path], None]], rec
     """
     names = tuple(names)
     with made_directories(folder), locked(folder) as lock_held:
-        present = current()
-        if present is not None:
-            _settle(folder, names, record, *present, lock_held)
-        else:
-            remove_stale(folder, [*names, record, *(staged_name(n) for n in names)],
-                         [folder / staged_name(n) for n in names], lock_held=lock_held)
+        _settle(folder, names, record, *(current() or ({}, {})), lock_held)
         previous = (current() or ({}, {}))[0]
         digests = {}
         for name, write in payloads.items():
