@@ -128,9 +128,13 @@ def test_a_malformed_checkpoint_is_one_sentence_and_changes_nothing(checkpoint, 
 def test_a_truncated_foreign_or_special_file_is_one_sentence(checkpoint, tmp_path):
     data = checkpoint.read_bytes()
     checkpoint.write_bytes(data[: len(data) // 2])
-    _refused(checkpoint, r"cannot be read as a checkpoint .*truncated or not a checkpoint netcompress wrote")
-    checkpoint.write_text("epoch,loss\n1,0.5\n")
-    _refused(checkpoint, r"cannot be read as a checkpoint")
+    _refused(checkpoint, r"cannot be read as a checkpoint: it is truncated or damaged; delete it")
+    checkpoint.write_text("epoch,loss\n1,0.5\n")  # torch's own error was "(101)"
+    _refused(checkpoint, r"cannot be read as a checkpoint: it is not a torch.save archive, so not a checkpoint")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, checkpoint)  # torch's own error was 40 lines on weights_only
+    _refused(checkpoint, r"cannot be read as a checkpoint: it is not a torch.save archive")
     torch.save([1, 2, 3], checkpoint)
     _refused(checkpoint, r"holds a list, not a checkpoint netcompress wrote")
     torch.save({"epoch": 1, "student": {}}, checkpoint)  # the format before fingerprints
@@ -163,6 +167,40 @@ def test_the_same_run_resumes_to_the_uninterrupted_result_with_batches_from_an_i
     other = [(x + 1, y) for x, y in batches]
     with pytest.raises(ValueError, match=r"with data.sha256=[0-9a-f]{64}, not"):
         run(None, tmp_path / "it.pt", data=other)
+
+
+def test_a_run_on_a_shuffled_loader_resumes_to_the_uninterrupted_result(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from conftest import StopAfter
+
+    def run(stop_after, path):
+        loader = DataLoader(TensorDataset(X, Y), batch_size=8, shuffle=True,
+                            generator=torch.Generator().manual_seed(0))
+        model = _net()
+        nc.finetune(model, loader, loss=[distill.Logits(), StopAfter(stop_after)], teacher=_net(4), checkpoint=path,
+                    **{**SETTINGS, "epochs": 3})
+        return model
+
+    straight = run(None, None)
+    with pytest.raises(KeyboardInterrupt):
+        run(3 + 2, tmp_path / "loader.pt")  # killed in the second epoch: the loader's generator had moved on
+    resumed = run(None, tmp_path / "loader.pt")
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(),
+                                                 strict=True))
+
+
+def test_a_loader_without_a_length_trains(tmp_path):
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(X, Y, strict=True))
+
+    model = _net()
+    before = model.state_dict()["0.weight"].clone()
+    nc.finetune(model, DataLoader(Stream(), batch_size=8), checkpoint=tmp_path / "s.pt", **SETTINGS)
+    assert not torch.equal(model.state_dict()["0.weight"], before)
 
 
 def test_a_checkpoint_does_not_change_the_order_a_shuffled_loader_gives(tmp_path):

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-__all__ = ["FORMAT", "VERSION", "architecture", "checkpoint_header", "data_identity", "module_digest",
+__all__ = ["FORMAT", "VERSION", "architecture", "checkpoint_header", "data_identity", "length_of", "module_digest",
            "optimizer_structure", "read_checkpoint", "settings_of", "tensor_digest", "verify_checkpoint", "verify_run",
            "write_checkpoint"]
 
@@ -55,26 +55,35 @@ def read_checkpoint(path: str | os.PathLike | None) -> dict | None:
 
     if path is None or not os.path.lexists(path):
         return None
+    head = b""
     try:
         with open_regular(path, "checkpoint") as handle:
+            head = handle.read(4)
+            handle.seek(0)
             state = torch.load(handle, map_location="cpu", weights_only=True)
     except ValueError as error:
         if str(error).startswith("checkpoint "):
             raise
-        raise _unreadable(path, error) from None
+        raise _unreadable(path, error, head) from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, KeyError, TypeError,
             AttributeError, ImportError, MemoryError, OverflowError, IndexError) as error:
-        raise _unreadable(path, error) from None
+        raise _unreadable(path, error, head) from None
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint netcompress wrote; "
                          "delete it or pass another checkpoint path")
     return state
 
 
-def _unreadable(path, error: BaseException) -> ValueError:
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-    return ValueError(f"checkpoint {path} cannot be read as a checkpoint ({first}); it is truncated or not a "
-                      "checkpoint netcompress wrote: delete it or pass another checkpoint path")
+def _unreadable(path, error: BaseException, head: bytes) -> ValueError:
+    """One sentence for a file torch.load refused, by what it is (torch's own messages name no file and run long)."""
+    if head != b"PK\x03\x04":  # netcompress writes torch.save's zip archives
+        reason = "it is not a torch.save archive, so not a checkpoint netcompress wrote"
+    elif isinstance(error, pickle.UnpicklingError):
+        reason = "it holds Python objects besides tensors, which netcompress never unpickles"
+    else:
+        reason = "it is truncated or damaged"
+    return ValueError(f"checkpoint {path} cannot be read as a checkpoint: {reason}; delete it or pass another "
+                      "checkpoint path")
 
 
 # --- fingerprints -------------------------------------------------------------------------------------------------
@@ -98,6 +107,14 @@ def module_digest(module: torch.nn.Module) -> str:
     return tensor_digest(state.values(), digest)
 
 
+def length_of(data) -> int | None:
+    """``len(data)``, or None where it has none (a DataLoader over an unsized IterableDataset raises TypeError)."""
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
 def data_identity(data) -> dict:
     """What a checkpoint records of a run's data, to refuse resuming on other data; it never draws from ``data``.
 
@@ -113,7 +130,7 @@ def data_identity(data) -> dict:
         return {"kind": "tensors", "lengths": [len(t) if t.dim() else 1 for t in data],
                 "sha256": tensor_digest(data)}
     identity: dict = {"kind": f"{type(data).__module__}.{type(data).__qualname__}",
-                      "length": len(data) if hasattr(data, "__len__") else None}
+                      "length": length_of(data)}
     if isinstance(data, (tuple, list)):
         identity["sha256"] = tensor_digest(_tensors_in(list(data)))
     from torch.utils.data import DataLoader, TensorDataset
@@ -122,7 +139,7 @@ def data_identity(data) -> dict:
     if isinstance(data, DataLoader) and dataset is not None:
         identity["batch_size"] = data.batch_size
         identity["dataset"] = f"{type(dataset).__module__}.{type(dataset).__qualname__}"
-        identity["dataset_length"] = len(dataset) if hasattr(dataset, "__len__") else None
+        identity["dataset_length"] = length_of(dataset)
         if isinstance(dataset, TensorDataset):
             identity["dataset_sha256"] = tensor_digest(dataset.tensors)
     return identity

@@ -26,6 +26,7 @@ from torch import nn
 from netcompress._checkpoint import (
     checkpoint_header,
     data_identity,
+    length_of,
     module_digest,
     read_checkpoint,
     settings_of,
@@ -74,9 +75,24 @@ def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     raise TypeError("each batch must be an input tensor or an (inputs, labels) pair")
 
 
-def _save_checkpoint(path: Path, header: dict, student, losses, optimizer, decay, regularize, epoch: int) -> None:
+def _loader_generator(data) -> torch.Generator | None:
+    """The generator a DataLoader shuffles with, whose state a checkpoint keeps (else a resume reshuffles)."""
+    from torch.utils.data import DataLoader
+
+    generator = getattr(data, "generator", None) if isinstance(data, DataLoader) else None
+    return generator if isinstance(generator, torch.Generator) else None
+
+
+def _generators(data) -> dict[str, torch.Tensor]:
+    """The random states a run draws from: torch's global one, and its DataLoader's own generator if it has one."""
+    loader = _loader_generator(data)
+    return {"rng": torch.get_rng_state(), **({"loader_rng": loader.get_state()} if loader is not None else {})}
+
+
+def _save_checkpoint(path: Path, header: dict, data, student, losses, optimizer, decay, regularize,
+                     epoch: int) -> None:
     state = {**header, "epoch": epoch, "student": student.state_dict(), "losses": losses.state_dict(),
-             "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+             "optimizer": optimizer.state_dict(), **_generators(data)}
     if decay is not None:
         state["decay"] = decay.state_dict()
     if regularize is not None:
@@ -96,13 +112,14 @@ def _fingerprint(data, *, epochs, lr, batch_size, weight_decay, schedule, seed, 
             "data": data_identity(data)}
 
 
-def _resume(path: Path, state: dict, run: dict, epochs: int, student, losses, optimizer, decay, regularize) -> int:
+def _resume(path: Path, state: dict, run: dict, epochs: int, data, student, losses, optimizer, decay,
+            regularize) -> int:
     """Verify all of ``state`` against this run, then (only then) load it; the first epoch still to train."""
     state_dicts = {"decay": decay.state_dict()} if decay is not None else {}
     if regularize is not None:
         state_dicts["regularize"] = {"ranks_before": {}}
     verify_checkpoint(path, state, run=run, models={"student": student.state_dict(), "losses": losses.state_dict()},
-                      optimizers={"optimizer": optimizer}, generators={"rng": torch.get_rng_state()},
+                      optimizers={"optimizer": optimizer}, generators=_generators(data),
                       counters={"epoch": (0, max(epochs - 1, 0))}, state_dicts=state_dicts)
     if regularize is not None:
         ranks = state["regularize"]["ranks_before"]
@@ -115,6 +132,8 @@ def _resume(path: Path, state: dict, run: dict, epochs: int, student, losses, op
     if decay is not None:
         decay.load_state_dict(state["decay"])
     torch.set_rng_state(state["rng"])
+    if _loader_generator(data) is not None:
+        _loader_generator(data).set_state(state["loader_rng"])
     if regularize is not None:
         regularize.load_state_dict(state["regularize"])
     return int(state["epoch"]) + 1
@@ -187,8 +206,10 @@ def finetune(
             from it, and the result equals an uninterrupted run. The file records the run's
             fingerprint (every setting above that changes the path, the loss terms' types and, for
             netcompress's own, their settings, the teachers' weights, and the data: a SHA-256 over
-            all tensors of ``(inputs, labels)`` data, or the length and the first batch of an
-            iterable), the architecture (state-dict keys, shapes, dtypes) and the optimizer's
+            all tensors of ``(inputs, labels)`` data or of a list of batches; a DataLoader's batch
+            size and dataset, see :func:`netcompress._checkpoint.data_identity`), the random
+            states (torch's, and a DataLoader's own shuffling generator), the architecture
+            (state-dict keys, shapes, dtypes) and the optimizer's
             structure; a checkpoint that differs in any of them, or is malformed, raises one
             ``ValueError`` naming the file and the first difference before anything is loaded,
             so ``student`` is left untouched.
@@ -229,7 +250,7 @@ def finetune(
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         steps = epochs * -(-len(data[0]) // batch_size)
     else:
-        steps = epochs * max(1, len(data)) if hasattr(data, "__len__") else epochs
+        steps = epochs * max(1, length_of(data) or 1)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if schedule == "cosine" else None
     first, header = 0, {}
     path = Path(checkpoint) if checkpoint is not None else None
@@ -241,7 +262,7 @@ def finetune(
                                    {"optimizer": optimizer})
         state = read_checkpoint(path)
         if state is not None:
-            first = _resume(path, state, run, epochs, student, losses, optimizer, decay, regularize)
+            first = _resume(path, state, run, epochs, data, student, losses, optimizer, decay, regularize)
     with _frozen(teachers):
         try:
             student.train()
@@ -266,7 +287,7 @@ def finetune(
                     if decay is not None:
                         decay.step()
                 if path is not None:
-                    _save_checkpoint(path, header, student, losses, optimizer, decay, regularize, epoch)
+                    _save_checkpoint(path, header, data, student, losses, optimizer, decay, regularize, epoch)
         finally:
             student_taps.close()
             if teacher_taps is not None:
