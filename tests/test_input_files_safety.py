@@ -138,3 +138,12 @@ def test_a_forged_statistics_file_is_one_sentence(tmp_path, deadline):
             nc.LayerStats.load(tmp_path / "f.safetensors")
     with pytest.raises(ValueError, match="statistics file .* is a named pipe"):
         nc.LayerStats.load(_fifo(tmp_path / "p.safetensors"))
+
+
+def test_a_file_or_pipe_where_an_output_directory_is_expected_is_named_as_such(tmp_path, deadline):
+    model = SmallNet().eval()
+    out = nc.save(model, tmp_path / "out", nc.compress(model, torch.randn(8, 3, 8, 8), rank=2, progress=False))
+    with pytest.raises(ValueError, match=r"report.json is not a directory; pass the directory netcompress.save wrote"):
+        nc.read_report(out / "report.json")  # before: "…/report.json holds no report.json"
+    with pytest.raises(ValueError, match=r"p is not a directory"):
+        nc.read_report(_fifo(tmp_path / "p"))

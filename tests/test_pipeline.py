@@ -86,3 +86,13 @@ def test_deep_compression_reaches_the_papers_rate_on_lenet_300_100(tmp_path):
     loaded = nc.load_compressed(LeNet300100(), tmp_path / "LeNet-300-100.ncz")
     data = mnist()
     assert accuracy(loaded, data.test_x, data.test_y) == row["compressed_accuracy"]
+
+
+@pytest.mark.parametrize("method", ["cp", "jaderberg", "cp-dalr", "jaderberg-dalr"])
+def test_a_method_for_convolutions_only_runs_in_a_recipe(method):
+    # Before: "step 1: a Linear is not a convolution": its settings were checked on a Linear probe.
+    model = SmallNet().eval()
+    (report,) = nc.run_pipeline(model, nc.pipeline.check_steps([{"method": method, "rank": 3}]),
+                                data=torch.randn(16, 3, 8, 8))
+    assert {r.name: r.status for r in report.rows} == {"conv1": "compressed", "conv2": "compressed",
+                                                       "fc1": "left dense", "fc2": "left dense"}

@@ -109,13 +109,26 @@ def _one_of(words: tuple[str, ...]) -> str:
     return f"{', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else words[0]
 
 
+def _probe(chosen: Method) -> nn.Module | None:
+    """A shape-less (meta) layer of a kind ``chosen`` takes, for its per-layer check; None if it takes neither kind.
+
+    A method for convolutions only (cp, jaderberg) is probed with a convolution, or its check
+    would refuse the probe itself ("a Linear is not a convolution").
+    """
+    if any(issubclass(nn.Linear, kind) for kind in chosen.accepts):
+        return nn.Linear(_PROBE_INPUTS, 1, device="meta")
+    if any(issubclass(nn.Conv2d, kind) for kind in chosen.accepts):
+        return nn.Conv2d(_PROBE_INPUTS, _PROBE_INPUTS, 3, device="meta")
+    return None
+
+
 def _run_checks(where: str, chosen: Method, settings: dict) -> None:
     """The method's own settings checks (ranges, choices), the per-layer one on a shape-less probe layer."""
     if any(isinstance(v, Mapping) for v in settings.values()):
         return  # per-layer values are checked by compress, layer by layer, before its statistics pass
-    hooks = [(hook, args) for hook, args in ((chosen.validate, ()),
-                                             (chosen.check, (nn.Linear(_PROBE_INPUTS, 1, device="meta"),)))
-             if hook is not None]
+    probe = _probe(chosen)
+    hooks = [(hook, args) for hook, args in ((chosen.validate, ()), (chosen.check, (probe,) if probe else None))
+             if hook is not None and args is not None]
     for hook, args in hooks:
         parameters = inspect.signature(hook).parameters
         given = {k: v for k, v in settings.items() if k in parameters}

@@ -212,6 +212,9 @@ def load_ranker(folder: Path, crops: int = 16):
     from netcompress.storage.files import read_bytes, read_json, require_regular
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"--model {folder} is not a directory; pass the directory `netcompress rank train` wrote "
+                         f"(it holds {CONFIG} and {WEIGHTS})")
     if not (folder / CONFIG).exists():
         raise ValueError(f"{folder} holds no {CONFIG} written by `netcompress rank train`; pass the directory "
                          "rank train wrote")
@@ -272,14 +275,13 @@ def load_ranker(folder: Path, crops: int = 16):
 
 def _score(args: argparse.Namespace) -> None:
     from netcompress.rankings import score_image
+    from netcompress.storage.files import require_regular
 
     _positive("--crops", args.crops, 4096)
     model, crop = load_ranker(Path(args.model), crops=args.crops)
     scores = {}
     for name in args.images:
-        file = Path(name)
-        if not file.is_file():
-            raise ValueError(f"{file} is not an image file")
+        file = require_regular(name, "image")  # one that does not exist, a folder or a pipe: one sentence each
         scores[name] = score_image(model, read_photograph(file), crop, crops=args.crops)
     if args.json:
         print(json.dumps(scores))

@@ -347,6 +347,8 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) 
 
 def read_report(path: str | os.PathLike) -> Report:
     """The :class:`Report` saved beside a compressed model (the one its manifest vouches for, by SHA-256)."""
+    if not Path(path).is_dir():
+        raise ValueError(f"{path} is not a directory; pass the directory netcompress.save wrote (it holds {REPORT})")
     record = _current_record(Path(path)) or {}
     file = Path(path) / REPORT
     if isinstance(record.get("sha256"), dict):  # a manifest that says which report is its own
