@@ -96,3 +96,16 @@ def test_a_method_for_convolutions_only_runs_in_a_recipe(method):
                                 data=torch.randn(16, 3, 8, 8))
     assert {r.name: r.status for r in report.rows} == {"conv1": "compressed", "conv2": "compressed",
                                                        "fc1": "left dense", "fc2": "left dense"}
+
+
+def test_the_cli_counts_a_recipes_parameters_once(tmp_path, capsys, monkeypatch):
+    # Before: each step's rows (every layer) were added up: "11,132 → 3,804" for this 9,230-parameter model.
+    monkeypatch.chdir(tmp_path)
+    np.save("x.npy", torch.randn(16, 3, 8, 8).numpy())
+    (tmp_path / "r.yaml").write_text("- {method: magnitude, sparsity: 0.8}\n- {method: kmeans, bits: 5, layers: [fc1]}\n")
+    assert main(["compress", "--model", f"{__file__}:SmallNet", "--data", "x.npy", "--recipe", "r.yaml",
+                 "-o", "out"]) == 0
+    total = sum(p.numel() for p in SmallNet().parameters())  # every layer of SmallNet holds a weight matrix
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("wrote out: "))
+    before, after = (int(n.replace(",", "")) for n in line.split(": ")[1].split(" parameters")[0].split(" → "))
+    assert before == total and 0.15 * total < after < 0.25 * total  # magnitude 0.8 keeps a fifth of the weights

@@ -300,9 +300,12 @@ def _compress(args: argparse.Namespace) -> None:
         reports = nc.run_pipeline(model, steps, data=calibration,
                                   train=(data.float(), labels) if labels is not None else None)
         report = nc.Report([row for r in reports for row in r.rows])
+        # Each step's report has a row for every layer: the run goes from the first's "before" to the last's "after".
+        before, after = (reports[0].params_before, reports[-1].params_after) if reports else (0, 0)
     else:
         settings = {k: v for k, v in steps[0].items() if k != "method"}
         report = nc.compress(model, calibration, method=args.method, **settings)
+        before, after = report.params_before, report.params_after
 
     # All outputs together: --save-pretrained and the container go to temporary names first, renamed
     # into place only once -o is written.
@@ -315,7 +318,7 @@ def _compress(args: argparse.Namespace) -> None:
             size = nc.save_compressed(model, staged, overwrite=True)  # our own temporary file
         nc.save(model, output, report, overwrite=args.force)
     print(report)
-    print(f"\nwrote {output}: {report.params_before:,} → {report.params_after:,} parameters in the compressed layers")
+    print(f"\nwrote {output}: {before:,} → {after:,} parameters in the compressed layers")
     if source is not None:
         print(source.load_hint(output))
     if ncz is not None:
