@@ -87,6 +87,17 @@ def test_codistill_refuses_a_world_of_one_before_joining_a_group(untouched):
                                   "torchrun --nproc_per_node 2 -m netcompress.examples.codistill")
 
 
+def test_codistillation_with_no_epoch_to_codistil_is_refused_and_the_default_leaves_one(untouched, capsys):
+    # Before: --epochs 1 took --burn-in 1 by default and ran with "0 exchanges", exit status 0.
+    assert codistill.parse_args(["--epochs", "1"]).burn_in == 0
+    assert codistill.parse_args(["--epochs", "20"]).burn_in == 2
+    with pytest.raises(SystemExit) as refused:
+        codistill.main(["--epochs", "2", "--burn-in", "2"])
+    assert refused.value.code == 2
+    assert "--burn-in 2 leaves none of the 2 epoch(s) to codistil" in capsys.readouterr().err
+    assert codistill.parse_args(["--epochs", "2", "--burn-in", "2", "--mode", "independent"]).burn_in == 2
+
+
 def test_the_examples_check_their_options_before_joining_a_group(untouched, capsys):
     for example, options in ((terngrad, ["--momentum", "1"]), (codistill, ["--exchange-every", "0"])):
         with pytest.raises(SystemExit) as refused:

@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("codistill", "independent"), default="codistill")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--burn-in", type=int,
-                        help="epochs of the task loss alone first (default 2, or --epochs if fewer)")
+                        help="epochs of the task loss alone first (default 2, or --epochs − 1 if fewer; "
+                             "at least one epoch must codistil)")
     parser.add_argument("--exchange-every", type=int, default=10,
                         help="steps between exchanges of the models' weights (default 10)")
     parser.add_argument("--weight", type=float, default=1.0, help="weight of the distillation loss (default 1)")
@@ -47,10 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.check_options(parser, args)
     if args.exchange_every < 1:
         parser.error(f"--exchange-every must be at least 1, got {args.exchange_every}")
-    if args.burn_in is None:
-        args.burn_in = min(2, args.epochs)
+    if args.burn_in is None:  # at least one epoch codistils: a run of only burn-in would exchange nothing
+        args.burn_in = min(2, max(args.epochs - 1, 0))
     if not 0 <= args.burn_in <= args.epochs:
         parser.error(f"--burn-in must be between 0 and --epochs ({args.epochs}), got {args.burn_in}")
+    if args.mode == "codistill" and args.epochs > 0 and args.burn_in == args.epochs:
+        parser.error(f"--burn-in {args.burn_in} leaves none of the {args.epochs} epoch(s) to codistil, so no weights "
+                     "would be exchanged; pass a smaller --burn-in, more --epochs, or --mode independent")
     if not (math.isfinite(args.temperature) and args.temperature > 0) or not (
             math.isfinite(args.weight) and args.weight >= 0):
         parser.error(f"--temperature must be > 0 and --weight >= 0, got {args.temperature} and {args.weight}")
