@@ -276,3 +276,11 @@ def test_a_padded_replacement_is_rebuilt_in_bfloat16_too(tmp_path):
     fresh = nc.load(build().to(torch.bfloat16), out)
     xb = x.to(torch.bfloat16)
     assert torch.equal(fresh(xb), model(xb))
+
+
+def test_an_output_path_inside_a_file_is_refused_before_any_work(tmp_path):
+    # Before: `netcompress compress -o afile/sub` compressed, then failed with "Not a directory".
+    (tmp_path / "afile").write_text("mine\n")
+    with pytest.raises(ValueError, match=r"afile/sub/deeper is inside .*afile, which is not a directory"):
+        check_save_target(tmp_path / "afile" / "sub" / "deeper")
+    assert (tmp_path / "afile").read_text() == "mine\n"

@@ -302,8 +302,8 @@ def unsupported_reason(model: nn.Module, name: str, module: nn.Module, accepts: 
     """Why a method that takes ``accepts`` cannot compress this layer (None when it can)."""
     own = replacement_types()
     if isinstance(module, own):
-        if reparametrized(module):
-            return _reparametrized_reason(module, reparametrized(module))
+        if kinds := reparametrized(module):
+            return _reparametrized_reason(module, kinds)
         return None if type(module) in accepts else f"already compressed ({type(module).__name__})"
     kinds = tuple(t for t in accepts if t not in own)
     if not isinstance(module, kinds):

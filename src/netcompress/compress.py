@@ -61,7 +61,7 @@ from netcompress.registry import method as _method
 from netcompress.report import LayerRow, Report
 from netcompress.stats import LayerStats, collect, layers_called_once
 
-__all__ = ["DEFAULT_HOLDOUT", "METHODS", "Family", "Request", "compress", "direct_reader"]
+__all__ = ["DEFAULT_HOLDOUT", "METHODS", "Family", "Request", "compress", "direct_reader", "leave_for_reader"]
 
 # Layers whose inputs collect() can observe (embeddings take indices: data-free methods only).
 OBSERVABLE = DENSE
@@ -257,10 +257,7 @@ class Family:
                 raise type(error)(f"layer {name!r}: {error}") from None
             reader = direct_reader(request, stats, name)
             if reader is not None and not readable_as_weight(layer, behind_padding(layer, new)):
-                note = unreadable(reader, new)
-                if name in explicit_names(request.layers):
-                    raise ValueError(f"layer {name!r} cannot be compressed by {chosen.name!r}: {note}")
-                plan.rows[name] = layer_row(name, layer, chosen.name, status="left dense", note=note)
+                leave_for_reader(request, plan, name, layer, reader, f"its replacement ({type(new).__name__})")
                 continue
             error, held = output_errors(layer, new, stats, name)
             note = f"{reader}; its replacement's weight is what that module now computes with" if reader else ""
@@ -284,10 +281,14 @@ def direct_reader(request: Request, stats: LayerStats | None, name: str) -> str 
     return seen or request.read_directly.get(name)
 
 
-def unreadable(reader: str, new: nn.Module) -> str:
-    """The note of a layer left dense because its replacement has no weight its direct reader could use."""
-    return (f"{reader}; its replacement ({type(new).__name__}) has no equivalent weight for it to read, "
-            "so replacing the layer would not change what that module computes")
+def leave_for_reader(request: Request, plan: Plan, name: str, layer: nn.Module, reader: str, replacement: str) -> None:
+    """Leave layer ``name`` dense in ``plan``: a module reading its weight directly (``reader``) could not read
+    its ``replacement``'s (``"a factored replacement"``, say). A layer the user named raises with that reason."""
+    note = (f"{reader}; {replacement} has no weight for it to read, so replacing the layer would not change what "
+            "that module computes")
+    if name in explicit_names(request.layers):
+        raise ValueError(f"layer {name!r} cannot be compressed by {request.method.name!r}: {note}")
+    plan.rows[name] = layer_row(name, layer, request.method.name, status="left dense", note=note)
 
 
 @contextmanager
@@ -332,7 +333,7 @@ def compress(
     the selected layers' parameters, spread where it lowers the target output error most per
     parameter; a layer is left dense where factoring it saves too little for its error).
     Pruning and quantization methods take their settings as keywords (see ``METHODS`` and the
-    README's method table); a setting given as a dict of layer name → value is per layer.
+    method table in docs/getting-started.md); a setting given as a dict of layer name → value is per layer.
 
     Args:
         model: changed in place only if everything succeeds; on any error it is left exactly

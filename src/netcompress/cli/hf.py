@@ -77,6 +77,7 @@ READ_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".safetensors", ".bin",
 MAX_TEXT_BYTES = 1 << 30  # calibration needs a few thousand lines; a gigabyte is far more
 MIN_VOCABULARY = 16  # the empty tokenizer transformers builds without files holds only its 5 special tokens
 MAX_UNKNOWN_SHARE = 0.5
+CHECKED_LINES = 256  # the lines of --text that check_text tokenizes to measure the unknown share
 # The family whose methods keep every layer plain and of its original shape once masks and codes are folded.
 FOLDABLE_FAMILY = "layer"
 
@@ -375,15 +376,18 @@ class HFSource:
     def check_text(self, lines: list[str], max_length: int | None = None, text: str | os.PathLike = "--text") -> None:
         """Refuse a tokenizer with a tiny vocabulary, or one that reads ``lines`` mostly as its unknown token.
 
-        Measured on the user's calibration text: more than half of its (non-special) tokens unknown
-        means the tokenizer is not the one the model was trained with.
+        Measured on the first :data:`CHECKED_LINES` of the user's calibration text: more than half
+        of their (non-special) tokens unknown means the tokenizer is not the one the model was
+        trained with.
         """
         tokenizer = self.tokenizer
         size = len(tokenizer)
         if size < MIN_VOCABULARY:
             raise ValueError(f"the tokenizer of --hf {self.folder} has only {size} token(s); give the directory the "
                              "tokenizer files the model was saved with (tokenizer.json or its vocabulary files)")
-        ids = tokenizer(lines, truncation=True, max_length=max_length or DEFAULT_MAX_LENGTH)["input_ids"]
+        # A sample is enough for a share (batches() tokenizes every line again for calibration).
+        ids = tokenizer(lines[:CHECKED_LINES], truncation=True,
+                        max_length=max_length or DEFAULT_MAX_LENGTH)["input_ids"]
         unknown, special = tokenizer.unk_token_id, set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
         tokens = [t for row in ids for t in row if t not in special]
         share = sum(t == unknown for t in tokens) / len(tokens) if tokens and unknown is not None else 0.0

@@ -86,9 +86,6 @@ def check_output(path: str | os.PathLike, overwrite: bool, flag: str = "--out") 
     from netcompress.storage.io import check_save_target
 
     path = Path(path)
-    above = next((p for p in path.absolute().parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise ValueError(f"{flag} {path} is inside {above}, which is not a directory; choose another output path")
     try:
         check_save_target(path, overwrite)
     except ValueError as error:

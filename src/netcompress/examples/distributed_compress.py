@@ -90,7 +90,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--samples {samples} leaves some of the {world} processes without a sample; "
                          "give at least one per process")
     if args.init is not None:
-        _read_init(args)
+        args.init_state = _read_init(args)  # read once: training takes it from here
     if os.environ.get("RANK", "0") == "0":  # only rank 0 writes --out
         check_output(args.out, args.overwrite)
 
@@ -145,7 +145,7 @@ def dense_model(args: argparse.Namespace, split) -> torch.nn.Module:
     torch.manual_seed(args.seed)
     model = WideMLP(width=args.width).to(getattr(torch, args.dtype))
     if args.init is not None:
-        model.load_state_dict(_read_init(args))
+        model.load_state_dict(getattr(args, "init_state", None) or _read_init(args))
     elif dist.get_rank() == 0:
         nc.finetune(model, (split.train_x, split.train_y), epochs=args.epochs, lr=1e-3, seed=args.seed, progress=False)
     for tensor in model.state_dict().values():  # every process must compress the very same weights

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from netcompress._layers import explicit_names, plain_layer, progress_disabled, replace_module, resolve_layers
+from netcompress._layers import plain_layer, progress_disabled, replace_module, resolve_layers
 from netcompress._replacement import Plan, behind_padding, layer_row, output_errors, stored_params
-from netcompress.compress import Family, Request, direct_reader
+from netcompress.compress import Family, Request, direct_reader, leave_for_reader
 from netcompress.lowrank.methods import Factorization
 from netcompress.lowrank.plan import (
     LayerCurve,
@@ -133,11 +133,7 @@ class LowRankFamily(Family):
             plain = plain_layer(layer)
             reader = direct_reader(request, stats, name)
             if reader is not None:  # a factored layer has no weight a parent could compute with
-                note = (f"{reader}; a factored replacement has no weight for it to read, so replacing the layer "
-                        "would not change what that module computes")
-                if name in explicit_names(request.layers):
-                    raise ValueError(f"layer {name!r} cannot be compressed by {chosen.name!r}: {note}")
-                plan.rows[name] = layer_row(name, layer, chosen.name, status="left dense", note=note)
+                leave_for_reader(request, plan, name, layer, reader, "a factored replacement")
                 continue
             ranks[name] = _initial_rank(name, plain, sizing.get("rank"), sizing.get("keep"), chosen.rank_cost)
             # a layer the data never reached, for a method that needs no data: white inputs, as without data

@@ -1,1 +1,1 @@
-"""Data, reference models and the experiments behind the README's figures (no API promise)."""
+"""Data, reference models and the experiments behind the documentation's figures (docs/demos.md) (no API promise)."""

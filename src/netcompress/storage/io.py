@@ -253,6 +253,9 @@ def check_save_target(path: str | os.PathLike, overwrite: bool = False) -> None:
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} exists and is not a directory; choose another output path")
     if not path.is_dir():
+        above = next((p for p in path.absolute().parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise ValueError(f"{path} is inside {above}, which is not a directory; choose another output path")
         return
     for own in OWN_FILES:
         if (path / own).exists() and not (path / own).is_file():
