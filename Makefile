@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # A pinned CPU build: a bare `torch` or an open range pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test bench bench-peers clean
+.PHONY: install demo test bench bench-peers docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/netcompress demo
+	$(PY) -m experiments
 
 test: install
 	$(PY) -m pytest
@@ -32,6 +32,14 @@ bench-peers: install
 	echo "$(TORCH)" > $(VENV)/torch-constraint.txt
 	$(PIP) install -q -c $(VENV)/torch-constraint.txt -e ".[bench,real,peers]"
 	cd benchmarks && ../$(PY) bench_peers.py
+
+# The documentation site: mkdocs, Material and mkdocstrings beside the pinned torch; the generated parts
+# (docs/results/, the methods table) must be current; any warning fails the build.
+docs: install
+	echo "$(TORCH)" > $(VENV)/torch-constraint.txt
+	$(PIP) install -q -c $(VENV)/torch-constraint.txt -e ".[docs]"
+	$(PY) docs/render.py --check
+	$(VENV)/bin/mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) netcompress-demo netcompress-deep-compression

@@ -34,10 +34,10 @@ def trained(network: str, seed: int = 0):
     ``widemlp-digits`` follows the domain-transfer demo: trained on MNIST, fine-tuned on UCI digits.
     """
     import torch
+    from experiments.data import mnist, uci_digits
+    from experiments.models import LeNet5, WideMLP
 
     from netcompress.distill.finetune import finetune
-    from netcompress.prototype.data import mnist, uci_digits
-    from netcompress.prototype.models import LeNet5, WideMLP
 
     torch.manual_seed(seed)
     if network == "lenet5":

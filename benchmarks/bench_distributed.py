@@ -1,6 +1,6 @@
 """Training across 2 processes (gloo, CPU) with fewer bytes: TernGrad against a float32 all-reduce, and codistillation.
 
-Every configuration runs the examples of :mod:`netcompress.examples` in real processes (spawned by
+Every configuration runs the examples of :mod:`examples` in real processes (spawned by
 ``torch.multiprocessing``, one thread each, a ``file://`` rendezvous), on the real UCI digits that
 ship with scikit-learn (1,000 images to train, 797 to test), for the same number of epochs and once
 per seed:
@@ -50,7 +50,7 @@ def _worker(rank: int, world: int, init: str, example: str, argv: list[str], out
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
-        module = importlib.import_module(f"netcompress.examples.{example}")
+        module = importlib.import_module(f"examples.{example}")
         result = module.run(module.parse_args(argv))
         if rank == 0:
             Path(out).write_text(json.dumps(result))
@@ -59,7 +59,7 @@ def _worker(rank: int, world: int, init: str, example: str, argv: list[str], out
 
 
 def launch(example: str, world: int, argv: list[str]) -> dict:
-    """The result of one run of ``netcompress.examples.<example>`` on ``world`` spawned processes."""
+    """The result of one run of ``examples.<example>`` on ``world`` spawned processes."""
     with tempfile.TemporaryDirectory() as folder:
         init, out = os.path.join(folder, "rendezvous"), os.path.join(folder, "result.json")
         os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the spawned processes before they import torch

@@ -1,7 +1,7 @@
 """Error feedback (GPTQ, SparseGPT) against plain rounding and magnitude pruning on a real pretrained transformer.
 
 all-MiniLM-L6-v2 (sentence embeddings, loaded offline by
-:mod:`netcompress.prototype.experiments.real_models`), every Linear layer quantized to 3-bit
+:mod:`experiments.real_models`), every Linear layer quantized to 3-bit
 symmetric codes with one scale per group of inputs (the embedding tables stay dense). Calibration:
 128 sentences from standard-library docstrings; fidelity: the mean cosine between compressed and
 original sentence embeddings on 128 held-out sentences from *other* modules' docstrings.
@@ -25,10 +25,10 @@ import time
 import warnings
 
 import torch
+from experiments import real_models as rm
 
 import netcompress as nc
 from _common import print_table
-from netcompress.prototype.experiments import real_models as rm
 
 CONFIGS = [("uniform", {}), ("gptq", {}), ("gptq", {"sequential": True})]
 

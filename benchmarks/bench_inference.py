@@ -11,11 +11,11 @@ import statistics
 import time
 
 import torch
+from experiments.models import WideMLP
 from torch import nn
 
 import netcompress as nc
 from _common import print_table
-from netcompress.prototype.models import WideMLP
 
 
 def multiply_adds(model: nn.Module, example: torch.Tensor) -> int:

@@ -351,7 +351,7 @@ class MiniLM:
 
 def minilm_parts(quick: bool, seq_len: int) -> MiniLM:
     """The model, its calibration and held-out sentences (32 of each with ``quick``, else 128) and how to score it."""
-    from netcompress.prototype.experiments import real_models as rm
+    from experiments import real_models as rm
 
     model, tokenizer = rm.minilm()
     count = 32 if quick else 128

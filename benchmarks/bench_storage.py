@@ -1,6 +1,6 @@
 """Storage: the .ncz container against float32 safetensors, zipped and zstd-compressed, and the coder's speed.
 
-Uses the two networks of ``netcompress demo deep-compression`` (LeNet-300-100 and
+Uses the two networks of ``python -m experiments deep-compression`` (LeNet-300-100 and
 LeNet-5 trained on the real MNIST subset, pruned, k-means quantized, fine-tuned).
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import zstandard
+from experiments.deep_compression import NETWORKS, run
 from safetensors.torch import save
 
 from _common import print_table
-from netcompress.prototype.experiments.deep_compression import NETWORKS, run
 from netcompress.storage.codec import code_lengths, huffman_decode, huffman_encode
 from netcompress.storage.container import load_compressed
 

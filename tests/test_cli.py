@@ -5,11 +5,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from experiments.models import WideMLP
 from safetensors.torch import save_file
 
 import netcompress as nc
 from netcompress.cli.main import main
-from netcompress.prototype.models import WideMLP
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def _factory_args(tmp_path, *extra):
 @pytest.fixture(autouse=True)
 def _factory_module(tmp_path, monkeypatch):
     (tmp_path / "tests_factory.py").write_text(
-        "from netcompress.prototype.models import WideMLP\n\ndef small_mlp():\n    return WideMLP(width=64)\n"
+        "from experiments.models import WideMLP\n\ndef small_mlp():\n    return WideMLP(width=64)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
 

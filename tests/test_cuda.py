@@ -113,7 +113,7 @@ def test_terngrad_example_runs_under_torchrun_on_the_gpu():
 
     pytest.importorskip("sklearn", reason="the example's data (UCI digits) needs the 'demo' extra")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-               "-m", "netcompress.examples.terngrad", "--device", "cuda", "--epochs", "3", "--json"]
+               "-m", "examples.terngrad", "--device", "cuda", "--epochs", "3", "--json"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parents[1], env=dict(os.environ))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -3,9 +3,8 @@
 import json
 
 import pytest
-
-from netcompress.prototype.data import mnist, uci_digits
-from netcompress.prototype.experiments.domain_transfer import run
+from experiments.data import mnist, uci_digits
+from experiments.domain_transfer import run
 
 
 def test_real_datasets_load():

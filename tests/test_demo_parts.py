@@ -5,17 +5,16 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from netcompress.prototype.data import mnist
-from netcompress.prototype.experiments import ensembles
-from netcompress.prototype.experiments.ensembles import (
+from experiments import ensembles
+from experiments.data import mnist
+from experiments.ensembles import (
     ensemble_accuracy,
     ensemble_teachers,
     plot_ensemble,
     teacher_probabilities,
     train_teachers,
 )
-from netcompress.prototype.experiments.low_rank_training import nuclear_then_dalr, plot_nuclear, torch_threads
+from experiments.low_rank_training import nuclear_then_dalr, plot_nuclear, torch_threads
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,7 +1,7 @@
 """Statistics gathered, and models compressed, by two gloo processes equal those of one process on all the data.
 
 One real ``torchrun --nproc_per_node 2`` launch (gloo on CPU) runs this file as its workers: the
-statistics of a small network on strided shards, then netcompress.examples.distributed_compress for every
+statistics of a small network on strided shards, then examples.distributed_compress for every
 case below, in one process group so that the launch is paid once. The tests compare what rank 0
 wrote with one process on all the data.
 """
@@ -61,7 +61,7 @@ def test_two_processes_gather_the_statistics_of_all_data(torchrun_outputs):
             np.testing.assert_array_equal(gathered[f"{part}/{key}"].numpy(), single[key].numpy())
 
 
-# --- torchrun: netcompress.examples.distributed_compress on two strided shards, against one process -----------
+# --- torchrun: examples.distributed_compress on two strided shards, against one process -----------
 
 # 997 UCI digits in batches of 83: rank 0 gets 499 samples (7 batches), rank 1 498 (6 batches); 20%
 # held out (compress's default). Each case: the example's options and the relative tolerance of the
@@ -80,7 +80,7 @@ CASES = {
 
 
 def _example():
-    return importlib.import_module("netcompress.examples.distributed_compress")
+    return importlib.import_module("examples.distributed_compress")
 
 
 def _torchrun_worker(out: str, init: str) -> None:
@@ -98,7 +98,7 @@ def _torchrun_worker(out: str, init: str) -> None:
 
 @pytest.fixture(scope="module")
 def torchrun_outputs(tmp_path_factory):
-    from netcompress.prototype.models import WideMLP
+    from experiments.models import WideMLP
 
     root = tmp_path_factory.mktemp("torchrun")
     (root / "out").mkdir()
@@ -114,7 +114,7 @@ def torchrun_outputs(tmp_path_factory):
 
 
 def _compressed(directory: Path, dtype: torch.dtype) -> torch.nn.Module:
-    from netcompress.prototype.models import WideMLP
+    from experiments.models import WideMLP
 
     return nc.load(WideMLP(width=32).to(dtype), directory).eval()
 

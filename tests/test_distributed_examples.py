@@ -1,6 +1,6 @@
 """The torchrun examples of issue 14 on the real UCI digits, for an epoch or two, gloo on CPU, one thread a rank.
 
-TernGrad runs as users run it, ``torchrun --nproc_per_node 2 -m netcompress.examples.terngrad --json``;
+TernGrad runs as users run it, ``torchrun --nproc_per_node 2 -m examples.terngrad --json``;
 the float32 baseline and codistillation run the same examples' ``run`` in two spawned processes (one
 launch for both). The tests check the results against what the settings imply: every parameter's
 float32 bytes once a step, TernGrad's 2-bit codes, the exchanges of codistillation, identical
@@ -29,7 +29,7 @@ EPOCHS = 2
 
 def _torchrun(module: str, *options: str, nproc: int = 2) -> dict:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", f"netcompress.examples.{module}", "--json", *options]
+               "-m", f"examples.{module}", "--json", *options]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -38,7 +38,7 @@ def _torchrun(module: str, *options: str, nproc: int = 2) -> dict:
 
 def _spawned(rank: int, out: str) -> None:
     """One of two spawned ranks: the float32 baseline, then codistillation, in one gloo group."""
-    from netcompress.examples import codistill, terngrad
+    from examples import codistill, terngrad
 
     results = {"float32": terngrad.run(terngrad.parse_args(["--comm", "float32", "--epochs", str(EPOCHS)])),
                "codistill": codistill.run(codistill.parse_args(["--epochs", "2", "--burn-in", "1",
@@ -88,12 +88,12 @@ def test_codistill_example_exchanges_after_the_burn_in(runs):
 
 
 def test_codistill_example_refuses_a_single_process_in_one_sentence():
-    from netcompress.examples import codistill
+    from examples import codistill
 
     with pytest.raises(SystemExit) as refused:  # run as a plain script: a world of one
         codistill.main(["--epochs", "1", "--burn-in", "0"])
     assert str(refused.value) == ("error: --mode codistill needs at least two ranks: launch it with "
-                                  "torchrun --nproc_per_node 2 -m netcompress.examples.codistill")
+                                  "torchrun --nproc_per_node 2 -m examples.codistill")
     assert not torch.distributed.is_initialized()  # the group of one it opened is gone
 
 
@@ -103,6 +103,6 @@ def test_examples_refuse_cuda_without_a_gpu_in_one_sentence(example):
     import importlib
 
     with pytest.raises(SystemExit) as refused:
-        importlib.import_module(f"netcompress.examples.{example}").main(["--device", "cuda"])
+        importlib.import_module(f"examples.{example}").main(["--device", "cuda"])
     assert str(refused.value) == "error: --device cuda: no CUDA GPU is visible here; use --device cpu"
     assert not torch.distributed.is_initialized()

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from examples import _common, codistill, distributed_compress, terngrad
 from safetensors.torch import save_file
-
-from netcompress.examples import _common, codistill, distributed_compress, terngrad
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +83,7 @@ def test_codistill_refuses_a_world_of_one_before_joining_a_group(untouched):
     with pytest.raises(SystemExit) as refused:
         codistill.main(["--epochs", "1", "--burn-in", "0"])
     assert str(refused.value) == ("error: --mode codistill needs at least two ranks: launch it with "
-                                  "torchrun --nproc_per_node 2 -m netcompress.examples.codistill")
+                                  "torchrun --nproc_per_node 2 -m examples.codistill")
 
 
 def test_codistillation_with_no_epoch_to_codistil_is_refused_and_the_default_leaves_one(untouched, capsys):
@@ -107,7 +106,7 @@ def test_the_examples_check_their_options_before_joining_a_group(untouched, caps
 
 def test_a_bad_out_exits_with_one_line_from_the_command_line(tmp_path):
     (tmp_path / "afile").write_text("mine\n")
-    done = subprocess.run([sys.executable, "-m", "netcompress.examples.distributed_compress", "--out", "afile/sub"],
+    done = subprocess.run([sys.executable, "-m", "examples.distributed_compress", "--out", "afile/sub"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 1 and done.stdout == ""

@@ -7,9 +7,9 @@ from torch import nn
 
 import netcompress as nc
 from conftest import SmallNet, correlated_inputs
-from netcompress._hessian import inverse_hessian_factor
 from netcompress.quantize import gptq, uniform
 from netcompress.quantize.methods import _affine_grid
+from netcompress.stats.hessian import inverse_hessian_factor
 
 
 def _stats(layer, x):
@@ -56,10 +56,10 @@ def test_the_factor_is_the_upper_cholesky_factor_of_the_inverse():
                          [(3, None, True, None), (4, 8, True, None), (3, 8, False, 3)])
 def test_gptq_equals_the_obq_update_written_directly(bits, group_size, symmetric, rows_per_sweep, monkeypatch):
     """``rows_per_sweep``: the rows swept in blocks of 3 (as a 32,000-row head is), same result."""
-    import netcompress._hessian
+    import netcompress.stats.hessian
 
     if rows_per_sweep:
-        monkeypatch.setattr(netcompress._hessian, "SWEEP_ELEMENTS", 24 * rows_per_sweep)
+        monkeypatch.setattr(netcompress.stats.hessian, "SWEEP_ELEMENTS", 24 * rows_per_sweep)
     torch.manual_seed(0)
     layer = nn.Linear(24, 10).double()
     x = correlated_inputs(200, 24)

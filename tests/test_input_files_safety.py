@@ -123,7 +123,7 @@ def test_a_forged_statistics_file_is_one_sentence(tmp_path, deadline):
     stats.save(tmp_path / "s.safetensors")
     again = nc.LayerStats.load(tmp_path / "s.safetensors")
     assert torch.equal(again["fc1"].gram, stats["fc1"].gram) and again["fc1"].count == stats["fc1"].count
-    tensors, metadata = load_file(tmp_path / "s.safetensors"), {"format": "netcompress.stats"}
+    tensors, metadata = load_file(tmp_path / "s.safetensors"), {"format": "netcompress.stats.collect"}
     for change, message in [
         (lambda t: t.update({"fit/fc1/gram": torch.zeros(3, 3, dtype=torch.float64)}),
          r"layer 'fc1' \(fit\) is corrupt: 'gram' must be finite float64 of shape \(3, 3\)|'input_sum' must be"),

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from experiments.data import uci_digits
 from PIL import Image
 
 from netcompress.cli.inputs import batches, read_data
-from netcompress.prototype.data import uci_digits
 
 
 def test_folder_of_real_digit_images(tmp_path):

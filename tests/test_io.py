@@ -126,7 +126,7 @@ def test_a_report_of_another_version_is_refused():
 
 
 def test_a_forged_low_rank_rank_is_refused_before_allocation():
-    from netcompress._description import build
+    from netcompress._core.description import build
 
     entry = {"type": "LowRankLinear", "in_features": 2**24, "out_features": 1, "rank": 2**24, "bias": True}
     with pytest.raises(ValueError, match="field 'rank' 16777216 exceeds min\\(out, in\\) = 1"):

@@ -91,14 +91,14 @@ def test_a_frozen_layer_keeps_its_decoded_weight_until_its_codebook_changes():
 
 
 def test_a_large_layer_without_a_kernel_is_decoded_a_block_of_rows_at_a_time(monkeypatch):
-    import netcompress._tensors
+    import netcompress._core.tensors
     import netcompress.quantize.modules
 
     q = _quantized(out=40, inp=96, bits=4, granularity="group", group_size=32)  # float32 groups: decoded
     x = torch.randn(3, 5, 96)
     with torch.no_grad():
         whole = q(x)
-        for module in (netcompress._tensors, netcompress.quantize.modules):
+        for module in (netcompress._core.tensors, netcompress.quantize.modules):
             monkeypatch.setattr(module, "ROW_BLOCK_ELEMENTS", 96 * 7)  # 7 rows per block: 6 blocks
         torch.testing.assert_close(q(x), whole)
         torch.testing.assert_close(q(x), _reference(q, x))

@@ -3,14 +3,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from experiments.data import mnist
+from experiments.deep_compression import run as deep_compression
+from experiments.models import LeNet300100
 
 import netcompress as nc
 from conftest import SmallNet
 from netcompress.cli.main import main
 from netcompress.distill.finetune import accuracy
-from netcompress.prototype.data import mnist
-from netcompress.prototype.experiments.deep_compression import run as deep_compression
-from netcompress.prototype.models import LeNet300100
 
 RECIPE = """
 steps:

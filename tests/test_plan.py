@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from netcompress.lowrank.plan import LayerCurve, allocate_budget, rank_for_energy, rank_for_keep, useful_rank_limit
+from netcompress.lowrank.budget import LayerCurve, allocate_budget, rank_for_energy, rank_for_keep, useful_rank_limit
 
 
 def _curve(errors, per_rank=10, fixed=0, before=1000):

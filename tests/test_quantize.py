@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from netcompress._description import build, describe
+from netcompress._core.description import build, describe
 from netcompress.quantize.methods import CLIP_FRACTIONS, binary, check_uniform, clip_weights, kmeans, ternary, uniform
 from netcompress.quantize.modules import QuantizedEmbedding
 
@@ -45,10 +45,10 @@ def _ref_group(w: np.ndarray, bits: int, symmetric: bool, cost: np.ndarray | Non
 @pytest.mark.parametrize("rows_per_block", [None, 5])
 def test_uniform_matches_the_numpy_reference(granularity, group_size, bits, symmetric, rows_per_block, monkeypatch):
     """``rows_per_block``: a large layer is quantized a block of rows at a time (12 rows: 5, 5, 2); same grid."""
-    import netcompress._tensors
+    import netcompress._core.tensors
 
     if rows_per_block:
-        monkeypatch.setattr(netcompress._tensors, "ROW_BLOCK_ELEMENTS", 20 * rows_per_block)
+        monkeypatch.setattr(netcompress._core.tensors, "ROW_BLOCK_ELEMENTS", 20 * rows_per_block)
     layer = _layer()
     q = uniform(layer, bits=bits, granularity=granularity, group_size=group_size, symmetric=symmetric)
     W = layer.weight.detach().double().numpy()
@@ -213,13 +213,13 @@ def test_quantizing_a_pruned_layer_keeps_it_pruned():
 
 
 def test_a_pruned_layer_quantized_a_few_rows_at_a_time_is_the_same(monkeypatch):
-    import netcompress._tensors
+    import netcompress._core.tensors
 
     pruned = nc.prune.magnitude(_layer(20, 30), sparsity=0.6)
     x = torch.randn(64, 30) * torch.linspace(0.1, 3, 30)
     stats = nc.collect(nn.Sequential(pruned), x, progress=False)["0"]
     whole = uniform(pruned, stats, bits=3, granularity="group", group_size=10, symmetric=False)
-    monkeypatch.setattr(netcompress._tensors, "ROW_BLOCK_ELEMENTS", 30 * 3)
+    monkeypatch.setattr(netcompress._core.tensors, "ROW_BLOCK_ELEMENTS", 30 * 3)
     blocked = uniform(pruned, stats, bits=3, granularity="group", group_size=10, symmetric=False)
     for a, b in zip(whole.state_dict().values(), blocked.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

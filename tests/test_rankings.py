@@ -184,7 +184,7 @@ def test_fitting_scores_lowers_the_error_and_correlates_on_the_fitted_images():
 def test_the_rankings_demo_runs_end_to_end_on_real_photographs(tmp_path, monkeypatch):
     import json
 
-    from netcompress.prototype.experiments import rankings as demo
+    from experiments import rankings as demo
 
     small = {name: image[::2, ::2] for name, image in list(demo.photographs().items())[:5]}
     monkeypatch.setattr(demo, "photographs", lambda: small)

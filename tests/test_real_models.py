@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import netcompress as nc
-from netcompress._layers import candidate_layers
+from netcompress._core.layers import candidate_layers
 
-rm = pytest.importorskip("netcompress.prototype.experiments.real_models")
+rm = pytest.importorskip("experiments.real_models")
 
 SETTINGS = {
     "svd": {"keep": 0.5}, "svd-bc": {"keep": 0.5}, "dalr": {"budget": 0.5}, "dalr-bc": {"keep": 0.5},

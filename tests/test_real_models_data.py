@@ -1,4 +1,4 @@
-"""The real models and real data of netcompress.prototype.experiments.real_models load, run and are split honestly."""
+"""The real models and real data of experiments.real_models load, run and are split honestly."""
 
 import hashlib
 import re
@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-rm = pytest.importorskip("netcompress.prototype.experiments.real_models")
+rm = pytest.importorskip("experiments.real_models")
 
 # ImageNet-1k classes of the centre crops (crop 0 of each photograph).
 EGYPTIAN_TO_TABBY_CAT = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat

@@ -113,7 +113,7 @@ def _to_half(layer: nn.Module, moments=None) -> nn.Module:
 
 
 def test_a_new_layer_class_saves_and_loads_once_it_is_describable(tmp_path):
-    from netcompress._description import _KNOWN, describable
+    from netcompress._core.description import _KNOWN, describable
 
     nc.register("half", family="layer", accepts=(nn.Linear,))(_to_half)
     try:
@@ -140,18 +140,6 @@ def test_a_per_layer_setting_that_misses_a_selected_layer_is_an_error():
     with pytest.raises(ValueError, match="one sparsity and one norm for all layers"):
         nc.compress(model, torch.randn(16, 8), method="magnitude", sparsity=0.5, norm={"0": 1, "2": 2, "4": 1},
                     scope="global", progress=False)
-
-
-def test_old_names_still_import_with_a_deprecation_warning():
-    import importlib
-
-    for module, name in [("netcompress.compress", "sweep"), ("netcompress.stats", "relative_output_error"),
-                         ("netcompress.registry", "PRUNABLE"), ("netcompress.prune", "check_magnitude"),
-                         ("netcompress.quantize", "check_uniform"), ("netcompress.container", "storage_table"),
-                         ("netcompress.modules", "PADDING_MODES")]:
-        with pytest.warns(DeprecationWarning, match="moved to"):
-            value = getattr(importlib.import_module(module), name)
-        assert value is not None
 
 
 class _FailsAtForward(nn.Linear):

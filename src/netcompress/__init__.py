@@ -15,31 +15,30 @@ The public surface (everything else is an implementation detail)::
 """
 
 # Importing a family's package registers its methods.
-from netcompress import _compat, lowrank, prune, quantize  # noqa: F401
-from netcompress._layers import Padded
+from netcompress import lowrank, prune, quantize  # noqa: F401
+from netcompress._core.layers import Padded
 from netcompress.compress import METHODS, Family, Request, compress
 from netcompress.distill.finetune import finetune
-from netcompress.export import ExportResult, export_onnx
-from netcompress.flops import count_flops
 from netcompress.lowrank.family import sweep
 from netcompress.lowrank.methods import Factorization, dalr, dalr_bc, svd, svd_bc
 from netcompress.lowrank.modules import LowRankConv2d, LowRankLinear
-from netcompress.moments import Moments, relative_output_error
 from netcompress.pipeline import read_recipe, run_pipeline
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear
 from netcompress.prune.n2n import N2NResult, n2n_search
-from netcompress.prune.reallocate import Reallocation, prune_reallocate
+from netcompress.prune.peel import Reallocation, prune_reallocate
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedLinear
 from netcompress.registry import Method, register, register_family, unregister
 from netcompress.report import LayerRow, Report
-from netcompress.stats import LayerStats, collect
+from netcompress.stats.collect import LayerStats, collect
+from netcompress.stats.flops import count_flops
+from netcompress.stats.moments import Moments, relative_output_error
 from netcompress.storage.container import load_compressed, save_compressed
 from netcompress.storage.io import load, read_report, save
+from netcompress.storage.onnx import ExportResult, export_onnx
 from netcompress.storage.tables import storage_table
 
 __version__ = "0.1.0"
 
-_compat.install()
 
 __all__ = [
     "METHODS",

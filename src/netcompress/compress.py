@@ -12,7 +12,7 @@
 3. *statistics*: one streaming pass (:func:`collect`), with a held-out part;
 4. *plan*: every replacement is computed while the model is untouched;
 5. *apply*: the replacements are swapped in and, with data, the model is run once; any
-   failure puts the model back exactly as it was (:mod:`netcompress._replacement`).
+   failure puts the model back exactly as it was (:mod:`netcompress.apply`).
 
 :class:`Family` itself runs methods that replace one layer at a time (``"layer"``: pruning
 masks, quantization); the low-rank family (:mod:`netcompress.lowrank.family`) and the
@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from netcompress._blocks import find_blocks
-from netcompress._compat import moved_names
-from netcompress._layers import (
+from netcompress._core.blocks import find_blocks
+from netcompress._core.layers import (
     DENSE,
     explicit_names,
     plain_layer,
@@ -40,7 +39,8 @@ from netcompress._layers import (
     replace_module,
     resolve_layers,
 )
-from netcompress._replacement import (
+from netcompress._core.transaction import all_or_nothing
+from netcompress.apply import (
     Plan,
     apply_plan,
     behind_padding,
@@ -55,11 +55,10 @@ from netcompress._replacement import (
     stored_params,
     swap_in,
 )
-from netcompress._transaction import all_or_nothing
 from netcompress.registry import FAMILIES, METHODS, Method, register_family
 from netcompress.registry import method as _method
 from netcompress.report import LayerRow, Report
-from netcompress.stats import LayerStats, collect, layers_called_once
+from netcompress.stats.collect import LayerStats, collect, layers_called_once
 
 __all__ = ["DEFAULT_HOLDOUT", "METHODS", "Family", "Request", "compress", "direct_reader", "leave_for_reader"]
 
@@ -275,7 +274,7 @@ def direct_reader(request: Request, stats: LayerStats | None, name: str) -> str 
     """Why another module computes with layer ``name``'s weight directly (``None`` if none is known to).
 
     From the statistics pass (:attr:`LayerStats.read_directly`) or, without data, from the
-    parent's source (:func:`~netcompress._layers.read_in_source`).
+    parent's source (:func:`~netcompress._core.layers.read_in_source`).
     """
     seen = stats.read_directly.get(name) if stats is not None else None
     return seen or request.read_directly.get(name)
@@ -384,5 +383,3 @@ def compress(
     with all_or_nothing(model, values=False):  # a method that writes into the model in place and fails is caught
         return family.compress(request)
 
-# Names this module held in netcompress 0.1 (answered with a DeprecationWarning for one release).
-__getattr__ = moved_names("netcompress.compress", {"sweep": "netcompress.lowrank.family"})

@@ -29,14 +29,14 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from netcompress._transaction import all_or_nothing
+from netcompress._core.files import read_bytes
+from netcompress._core.transaction import all_or_nothing
 from netcompress.compress import compress
 from netcompress.distill.finetune import finetune
 from netcompress.distill.losses import Logits
 from netcompress.registry import FAMILIES, METHODS, Method, accepted_types, check_value
 from netcompress.registry import method as _method
 from netcompress.report import Report
-from netcompress.storage.files import read_bytes
 
 __all__ = ["check_steps", "read_recipe", "run_pipeline"]
 

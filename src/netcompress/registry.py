@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch import nn
 
-from netcompress._compat import moved_names
-from netcompress._layers import DENSE
+from netcompress._core.layers import DENSE
 
 if TYPE_CHECKING:
     from netcompress.compress import Family
@@ -199,5 +198,3 @@ def check_value(key: str, value: object, kinds: tuple[type, ...] | None, per_lay
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise ValueError(f"{key} must be {_describe(kinds)}, got {value!r}")
 
-# Names this module held in netcompress 0.1 (answered with a DeprecationWarning for one release).
-__getattr__ = moved_names("netcompress.registry", {"PRUNABLE": "netcompress.prune.modules", "QUANTIZABLE": "netcompress.quantize.modules"})

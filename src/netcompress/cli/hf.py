@@ -163,7 +163,7 @@ def _check_pretrained_target(path: Path, args: argparse.Namespace, steps: list[d
 
 def _check_files_are_regular(folder: Path) -> None:
     """Refuse a FIFO, socket or device among the files transformers may open, which would block it or never end."""
-    from netcompress.storage.files import require_regular
+    from netcompress._core.files import require_regular
 
     for entry in sorted(folder.iterdir()):
         if entry.suffix in READ_SUFFIXES and not entry.is_dir():
@@ -205,7 +205,7 @@ def _json_text(value: object) -> str:
 
 def _weight_bytes(folder: Path) -> int:
     """The bytes of the weights files transformers would read in ``folder``: single files or an index's shards."""
-    from netcompress.storage.files import read_json, require_regular
+    from netcompress._core.files import read_json, require_regular
 
     total = 0
     for name in WEIGHT_INDEXES:
@@ -244,7 +244,7 @@ def check_config(folder: str | os.PathLike, class_name: str | None = None) -> di
     count extrapolated to the configured layers, and refused when the weights files hold less than
     one bit a parameter.
     """
-    from netcompress.storage.files import read_json
+    from netcompress._core.files import read_json
 
     folder = Path(folder)
     path = folder / "config.json"
@@ -303,7 +303,7 @@ def check_tokenizer_files(folder: str | os.PathLike) -> None:
 
 def read_text(path: str | os.PathLike) -> list[str]:
     """The non-blank lines of the UTF-8 text file ``path``, stripped: one calibration sample each."""
-    from netcompress.storage.files import read_bytes
+    from netcompress._core.files import read_bytes
 
     path = Path(path)
     if path.is_dir():
@@ -448,9 +448,9 @@ def staged_pretrained(model: nn.Module, source: HFSource, path: str | os.PathLik
     The directory is renamed onto ``path`` when the block succeeds (``path`` new or empty), else removed.
     ``original`` is the original model's state-dict shapes, which the folded model must have exactly.
     """
-    from netcompress._layers import replacement_types
-    from netcompress.export import dense_layers
-    from netcompress.storage.atomic import made_directories, umask_mode
+    from netcompress._core.atomic import made_directories, umask_mode
+    from netcompress._core.layers import replacement_types
+    from netcompress.storage.onnx import dense_layers
 
     path = Path(path)
     with made_directories(path.parent):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from netcompress.storage.files import open_regular, require_regular
+from netcompress._core.files import open_regular, require_regular
 
 __all__ = ["PRESETS", "batches", "build_model", "normalize", "read_data", "read_labels", "read_weights"]
 

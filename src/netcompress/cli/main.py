@@ -9,7 +9,6 @@
         --save-pretrained PLAIN_DIR
     netcompress report OUT
     netcompress export --model pkg.module:factory --load OUT --data D --onnx model.onnx
-    netcompress demo [domain-transfer | deep-compression | decompositions | n2n | ...] [--out DIR]
 
 ``compress`` checks everything it can before it reads the data (the outputs may be written,
 the method takes its settings and their types are right), writes nothing until compression
@@ -114,14 +113,6 @@ def _parser() -> argparse.ArgumentParser:
 
     add_rank_commands(commands, common)
 
-    demo = commands.add_parser("demo", parents=[common],
-                               help="reproduce the seeds' tables on real data shipped with Python packages")
-    demo.add_argument("name", nargs="?", default="domain-transfer",
-                      choices=["domain-transfer", "deep-compression", "students", "low-bit", "recovery", "rankings",
-                               "decompositions", "n2n"])
-    demo.add_argument("--out", help="where results.json and the plots go (default netcompress-<name>)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--no-plots", action="store_true")
     return parser
 
 
@@ -261,9 +252,9 @@ def _compress(args: argparse.Namespace) -> None:
     from contextlib import ExitStack
 
     import netcompress as nc
+    from netcompress._core.atomic import made_directories, staged_file
     from netcompress.cli import hf
     from netcompress.cli.inputs import batches, build_model, normalize, read_data, read_labels
-    from netcompress.storage.atomic import made_directories, staged_file
     from netcompress.storage.io import check_save_target
 
     # Everything that can be checked without the model and the data, before they are read.
@@ -347,7 +338,7 @@ def _report(args: argparse.Namespace) -> None:
 
 def _check_onnx_target(args: argparse.Namespace) -> Path:
     """The --onnx path, refused before anything is read if it is the --load directory or a foreign file."""
-    from netcompress.export import is_netcompress_onnx
+    from netcompress.storage.onnx import is_netcompress_onnx
 
     path = Path(args.onnx)
     if args.load and path.resolve() == Path(args.load).resolve():
@@ -363,7 +354,7 @@ def _check_onnx_target(args: argparse.Namespace) -> Path:
 def _export(args: argparse.Namespace) -> None:
     import netcompress as nc
     from netcompress.cli.inputs import batches, build_model, normalize, read_data
-    from netcompress.export import check_opset, require_onnx
+    from netcompress.storage.onnx import check_opset, require_onnx
 
     # Everything that can be checked without the model and the data, before they are read.
     require_onnx()
@@ -385,40 +376,6 @@ def _export(args: argparse.Namespace) -> None:
     # Traced on the first batch and checked on every batch: a last, smaller one exercises the dynamic batch axis.
     result = nc.export_onnx(model, first, path, check_data=rest, opset=args.opset, overwrite=args.force)
     print(result)
-
-
-def _demo(args: argparse.Namespace) -> None:
-    out = args.out or ("netcompress-demo" if args.name == "domain-transfer" else f"netcompress-{args.name}")
-    if args.name in ("students", "low-bit", "recovery"):
-        import json
-
-        from netcompress.prototype.experiments import distillation
-        from netcompress.storage.atomic import atomic_write_bytes
-
-        run = {"students": distillation.students, "low-bit": distillation.low_bit, "recovery": distillation.recovery}
-        result = run[args.name](seed=args.seed)
-        atomic_write_bytes(Path(out) / "results.json", json.dumps(result, indent=1).encode())
-        print(f"wrote {Path(out) / 'results.json'}")
-    elif args.name == "rankings":
-        from netcompress.prototype.experiments.rankings import run
-
-        run(out, seed=args.seed, plots=not args.no_plots)
-    elif args.name == "decompositions":
-        from netcompress.prototype.experiments.decompositions import run
-
-        run(out, seed=args.seed, plots=not args.no_plots)
-    elif args.name == "n2n":
-        from netcompress.prototype.experiments.n2n import run
-
-        run(out, seed=args.seed, plots=not args.no_plots)
-    elif args.name == "deep-compression":
-        from netcompress.prototype.experiments.deep_compression import run
-
-        run(out, seed=args.seed)
-    else:
-        from netcompress.prototype.experiments.domain_transfer import run
-
-        run(out, seed=args.seed, plots=not args.no_plots)
 
 
 def _sentence(error: BaseException) -> str:
@@ -458,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
-            {"compress": _compress, "report": _report, "export": _export, "demo": _demo, "rank": _rank_command}[args.command](args)
+            {"compress": _compress, "report": _report, "export": _export, "rank": _rank_command}[args.command](args)
     except KeyboardInterrupt:
         print("netcompress: interrupted; nothing was written", file=sys.stderr)
         return 130

@@ -83,14 +83,14 @@ def _check_target(out: Path, force: bool) -> None:
 
 
 def _temporary(entry: Path) -> bool:
-    from netcompress.storage.atomic import temporary_of
+    from netcompress._core.atomic import temporary_of
 
     return temporary_of(entry, (CONFIG, WEIGHTS, f".{WEIGHTS}.next"))
 
 
 def _vouching(out: Path) -> tuple[dict, dict] | None:
     """The weights digest the ranker description in ``out`` vouches for, as ``write_vouched`` reads it."""
-    from netcompress.storage.files import read_json
+    from netcompress._core.files import read_json
 
     try:
         config = read_json(out / CONFIG, "ranker description", 1 << 20)
@@ -110,8 +110,8 @@ def _train(args: argparse.Namespace) -> None:
     import torch
     from safetensors.torch import save_file
 
+    from netcompress._core.atomic import write_vouched
     from netcompress.rankings import RankedSet, Shallow, train_ranker
-    from netcompress.storage.atomic import write_vouched
 
     out = Path(args.out)
     _check_target(out, args.force)
@@ -206,10 +206,10 @@ def load_ranker(folder: Path, crops: int = 16):
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
+    from netcompress._core.atomic import vouched
+    from netcompress._core.files import read_bytes, read_json, require_regular
     from netcompress.rankings import Shallow
     from netcompress.rankings.networks import shallow_parameters, shallow_scoring_bytes
-    from netcompress.storage.atomic import vouched
-    from netcompress.storage.files import read_bytes, read_json, require_regular
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -274,8 +274,8 @@ def load_ranker(folder: Path, crops: int = 16):
 
 
 def _score(args: argparse.Namespace) -> None:
+    from netcompress._core.files import require_regular
     from netcompress.rankings import score_image
-    from netcompress.storage.files import require_regular
 
     _positive("--crops", args.crops, 4096)
     model, crop = load_ranker(Path(args.model), crops=args.crops)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netcompress._checkpoint import (
+from netcompress._core.checkpoint import (
     checkpoint_header,
     data_identity,
     length_of,
@@ -33,8 +33,8 @@ from netcompress._checkpoint import (
     verify_checkpoint,
     write_checkpoint,
 )
-from netcompress._layers import progress_disabled
-from netcompress._transaction import evaluating
+from netcompress._core.layers import progress_disabled
+from netcompress._core.transaction import evaluating
 from netcompress.distill.losses import Batch, FeatureTaps, Logits, codistillation_losses, ensemble_weights
 from netcompress.distill.regularize import NuclearNorm
 
@@ -207,7 +207,7 @@ def finetune(
             fingerprint (every setting above that changes the path, the loss terms' types and, for
             netcompress's own, their settings, the teachers' weights, and the data: a SHA-256 over
             all tensors of ``(inputs, labels)`` data or of a list of batches; a DataLoader's batch
-            size and dataset, see :func:`netcompress._checkpoint.data_identity`), the random
+            size and dataset, see :func:`netcompress._core.checkpoint.data_identity`), the random
             states (torch's, and a DataLoader's own shuffling generator), the architecture
             (state-dict keys, shapes, dtypes) and the optimizer's
             structure; a checkpoint that differs in any of them, or is malformed, raises one

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from netcompress._layers import progress_disabled
+from netcompress._core.layers import progress_disabled
 from netcompress.distill.finetune import batches
 from netcompress.distill.losses import codistillation_losses
 

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from netcompress._description import Entry, conv_fields, describable
+from netcompress._core.description import Entry, conv_fields, describable
 from netcompress.lowrank.methods import DEFAULT_LAM, _check_dalr, check_lam, shrunk_second_moment
-from netcompress.moments import Moments, output_energy
 from netcompress.registry import register
+from netcompress.stats.moments import Moments, output_energy
 
 __all__ = [
     "CPConv2d",

@@ -8,11 +8,10 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from netcompress._layers import plain_layer, progress_disabled, replace_module, resolve_layers
-from netcompress._replacement import Plan, behind_padding, layer_row, output_errors, stored_params
+from netcompress._core.layers import plain_layer, progress_disabled, replace_module, resolve_layers
+from netcompress.apply import Plan, behind_padding, layer_row, output_errors, stored_params
 from netcompress.compress import Family, Request, direct_reader, leave_for_reader
-from netcompress.lowrank.methods import Factorization
-from netcompress.lowrank.plan import (
+from netcompress.lowrank.budget import (
     LayerCurve,
     allocate_budget,
     check_fraction,
@@ -20,11 +19,12 @@ from netcompress.lowrank.plan import (
     rank_for_keep,
     useful_rank_limit,
 )
-from netcompress.moments import Moments
+from netcompress.lowrank.methods import Factorization
 from netcompress.registry import method as _method
 from netcompress.registry import register_family
 from netcompress.report import LayerRow
-from netcompress.stats import LayerStats
+from netcompress.stats.collect import LayerStats
+from netcompress.stats.moments import Moments
 
 __all__ = ["LowRankFamily", "sweep"]
 

@@ -24,8 +24,8 @@ from torch import nn
 
 from netcompress.lowrank._linalg import leading_output_directions, ridge_solve
 from netcompress.lowrank.modules import build_low_rank
-from netcompress.moments import Moments, output_energy
 from netcompress.registry import register
+from netcompress.stats.moments import Moments, output_energy
 
 __all__ = [
     "DEFAULT_LAM",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from netcompress._description import Entry, conv_fields, describable, linear_fields
+from netcompress._core.description import Entry, conv_fields, describable, linear_fields
 
 __all__ = [
     "LowRankConv2d",

@@ -9,18 +9,15 @@
   reallocated across layers by importance under a FLOPs target, then rebuilt by ``channel``.
 """
 
-from netcompress._compat import moved_names
 from netcompress.prune.family import StructuralFamily
+from netcompress.prune.magnitude import global_threshold, magnitude, magnitude_scores
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear, masked_like
 from netcompress.prune.n2n import N2NResult, n2n_reward, n2n_search, n2n_student
-from netcompress.prune.obs import sparsegpt
-from netcompress.prune.reallocate import Reallocation, prune_reallocate
+from netcompress.prune.peel import Reallocation, prune_reallocate
+from netcompress.prune.sparsegpt import sparsegpt
 from netcompress.prune.structured import activation, channel
-from netcompress.prune.unstructured import global_threshold, magnitude, magnitude_scores
 
 __all__ = ["MaskedConv2d", "MaskedLinear", "N2NResult", "Reallocation", "StructuralFamily", "activation", "channel",
            "global_threshold", "magnitude", "magnitude_scores", "masked_like", "n2n_reward", "n2n_search",
            "n2n_student", "prune_reallocate", "sparsegpt"]
 
-# Names this module held in netcompress 0.1 (answered with a DeprecationWarning for one release).
-__getattr__ = moved_names("netcompress.prune", {"check_magnitude": "netcompress.prune.unstructured"})

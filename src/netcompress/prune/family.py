@@ -7,15 +7,15 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from netcompress._layers import explicit_names, reparametrized, resolve_layers
-from netcompress._replacement import Plan, apply_plan, layer_row, stored_params
-from netcompress._tensors import model_device_dtype, model_input
+from netcompress._core.layers import explicit_names, reparametrized, resolve_layers
+from netcompress._core.tensors import model_device_dtype, model_input
+from netcompress.apply import Plan, apply_plan, layer_row, stored_params
 from netcompress.compress import Family, Request
 from netcompress.prune.modules import PRUNABLE
 from netcompress.prune.structured import needed_layers, plan_graph
 from netcompress.registry import register_family
 from netcompress.report import Report
-from netcompress.stats import collect
+from netcompress.stats.collect import collect
 
 __all__ = ["StructuralFamily", "removable_layers"]
 

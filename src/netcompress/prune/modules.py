@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netcompress._description import Entry, conv_fields, describable, linear_fields
+from netcompress._core.description import Entry, conv_fields, describable, linear_fields
 
 __all__ = [
     "MaskedConv2d",

@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netcompress._checkpoint import module_digest, read_checkpoint, tensor_digest, verify_run, write_checkpoint
-from netcompress._layers import DENSE, innermost, progress_disabled, replace_module
-from netcompress._transaction import evaluating
+from netcompress._core.checkpoint import module_digest, read_checkpoint, tensor_digest, verify_run, write_checkpoint
+from netcompress._core.layers import DENSE, innermost, progress_disabled, replace_module
+from netcompress._core.transaction import evaluating
 from netcompress.compress import compress
 from netcompress.distill.finetune import accuracy, finetune
 from netcompress.distill.losses import Logits

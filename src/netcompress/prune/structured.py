@@ -26,12 +26,12 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from netcompress._tensors import weight_matrix
-from netcompress.prune._dependency import ChannelGraph, Segment, trace_channels
+from netcompress._core.tensors import weight_matrix
+from netcompress.prune.dependency import ChannelGraph, Segment, trace_channels
+from netcompress.prune.magnitude import _check_sparsity
 from netcompress.prune.modules import PRUNABLE, MaskedConv2d, MaskedLinear
-from netcompress.prune.unstructured import _check_sparsity
 from netcompress.registry import register
-from netcompress.stats import LayerStats
+from netcompress.stats.collect import LayerStats
 
 __all__ = ["activation", "channel", "check_activation", "check_channel", "needed_layers", "plan_graph"]
 

@@ -6,15 +6,11 @@
 * :mod:`.lowbit`: low-bit networks with shared grids and two-stage distillation.
 """
 
-from netcompress._compat import moved_names
 from netcompress.quantize import lowbit
-from netcompress.quantize.error_feedback import gptq
+from netcompress.quantize.gptq import gptq
 from netcompress.quantize.methods import binary, clip_weights, kmeans, ternary, uniform
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, quantized_like
 
 __all__ = ["QuantizedConv2d", "lowbit", "QuantizedEmbedding", "QuantizedLinear", "binary", "clip_weights", "gptq", "kmeans",
            "quantized_like", "ternary", "uniform"]
 
-# Names this module held in netcompress 0.1 (answered with a DeprecationWarning for one release).
-__getattr__ = moved_names("netcompress.quantize", {name: "netcompress.quantize.methods" for name in
-                               ("check_uniform", "check_binary", "check_ternary", "check_kmeans", "KMEANS_ITERATIONS")})

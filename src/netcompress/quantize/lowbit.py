@@ -24,14 +24,14 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from netcompress._layers import replace_module
-from netcompress._tensors import input_columns, weight_matrix
+from netcompress._core.layers import replace_module
+from netcompress._core.tensors import input_columns, weight_matrix
 from netcompress.distill.finetune import finetune
 from netcompress.distill.losses import Logits
-from netcompress.moments import Moments
 from netcompress.quantize.methods import _affine_grid, _check_bits, _codebook_module, _weight_and_mask, clip_weights
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedLinear
-from netcompress.stats import LayerStats, collect
+from netcompress.stats.collect import LayerStats, collect
+from netcompress.stats.moments import Moments
 
 __all__ = ["fit_codebooks", "quantize_low_bit", "shared_grid"]
 

@@ -31,10 +31,10 @@ import math
 import torch
 from torch import nn
 
-from netcompress._tensors import input_columns, row_blocks, weight_rows
-from netcompress.moments import Moments
+from netcompress._core.tensors import input_columns, row_blocks, weight_rows
 from netcompress.quantize.modules import QUANTIZABLE, QuantizedEmbedding, quantized_like
 from netcompress.registry import register
+from netcompress.stats.moments import Moments
 
 __all__ = [
     "grid_codes",

@@ -8,8 +8,8 @@ import math
 import torch
 from torch import nn
 
-from netcompress._description import Entry, conv_fields, describable, linear_fields
-from netcompress._tensors import ROW_BLOCK_ELEMENTS, row_blocks, weight_rows
+from netcompress._core.description import Entry, conv_fields, describable, linear_fields
+from netcompress._core.tensors import ROW_BLOCK_ELEMENTS, row_blocks, weight_rows
 from netcompress.prune.modules import PRUNABLE
 from netcompress.quantize import kernels
 

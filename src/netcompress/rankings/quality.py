@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from netcompress._layers import progress_disabled
+from netcompress._core.layers import progress_disabled
 from netcompress.rankings.data import _colour, as_tensor, random_crop
 from netcompress.rankings.metrics import lcc, srocc
 from netcompress.rankings.train import score_image
@@ -83,7 +83,7 @@ def read_scores(path: str | Path) -> dict[str, float]:
     is not a plain decimal number (``nan``, ``inf``, a decimal comma, which could be a thousands
     separator) or whose magnitude exceeds float32's range (``MAX_SCORE``), where the fit computes.
     """
-    from netcompress.storage.files import read_bytes
+    from netcompress._core.files import read_bytes
 
     path = Path(path)
     text = _decode(read_bytes(path, "scores file", MAX_SCORES_BYTES), path)

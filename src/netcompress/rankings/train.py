@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from netcompress._checkpoint import checkpoint_header, read_checkpoint, verify_checkpoint, write_checkpoint
-from netcompress._layers import progress_disabled
+from netcompress._core.checkpoint import checkpoint_header, read_checkpoint, verify_checkpoint, write_checkpoint
+from netcompress._core.layers import progress_disabled
 from netcompress.rankings.data import RankedSet, _colour, as_tensor
 from netcompress.rankings.losses import fast_ranking_loss, ranked_pairs, siamese_ranking_loss
 

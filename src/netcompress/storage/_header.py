@@ -15,7 +15,7 @@ import zlib
 
 import torch
 
-from netcompress._description import build
+from netcompress._core.description import build
 
 __all__ = [
     "DTYPES",

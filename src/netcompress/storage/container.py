@@ -43,7 +43,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from netcompress._transaction import all_or_nothing
+from netcompress._core.atomic import atomic_write_bytes
+from netcompress._core.files import open_regular
+from netcompress._core.transaction import all_or_nothing
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear
 from netcompress.quantize.modules import QuantizedLayer
 from netcompress.storage._header import (
@@ -55,7 +57,6 @@ from netcompress.storage._header import (
     code_width,
     read_header,
 )
-from netcompress.storage.atomic import atomic_write_bytes
 from netcompress.storage.codec import (
     code_lengths,
     huffman_decode,
@@ -65,7 +66,6 @@ from netcompress.storage.codec import (
     relative_indices,
     unpack_fixed,
 )
-from netcompress.storage.files import open_regular
 from netcompress.storage.io import apply_manifest, manifest
 
 __all__ = ["MAGIC", "load_compressed", "save_compressed"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from netcompress._description import conv_fields, linear_fields
-from netcompress._layers import explicit_padding
+from netcompress._core.description import conv_fields, linear_fields
+from netcompress._core.layers import explicit_padding
 
 __all__ = ["check_fits"]
 

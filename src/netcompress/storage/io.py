@@ -4,9 +4,9 @@
 
 * ``model.safetensors``: the whole ``state_dict`` of the compressed model, sub-byte codes packed
   (two 4-bit codes per byte; see :mod:`netcompress.storage.packing`);
-* ``manifest.json``: the type and shape of every layer (see :mod:`netcompress._description`), so that
+* ``manifest.json``: the type and shape of every layer (see :mod:`netcompress._core.description`), so that
   replaced, factorized, pruned-to-size and quantized layers can be rebuilt; a fingerprint of the
-  *original* architecture (see :mod:`netcompress._architecture`); the SHA-256 of the weights;
+  *original* architecture (see :mod:`netcompress._core.architecture`); the SHA-256 of the weights;
 * ``report.json`` (when a report is given).
 
 These three names are netcompress's own files; ``save`` never deletes or overwrites any other
@@ -33,13 +33,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import netcompress._architecture as _architecture
-from netcompress._description import build, check_type, describe
-from netcompress._layers import copy_trainability, replace_module
-from netcompress._transaction import all_or_nothing
+import netcompress._core.architecture as _architecture
+from netcompress._core.atomic import atomic_write_bytes, sha256, staged_name, vouched, write_vouched
+from netcompress._core.description import build, check_type, describe
+from netcompress._core.files import read_json, require_regular
+from netcompress._core.layers import copy_trainability, replace_module
+from netcompress._core.transaction import all_or_nothing
 from netcompress.report import Report
-from netcompress.storage.atomic import atomic_write_bytes, sha256, staged_name, vouched, write_vouched
-from netcompress.storage.files import read_json, require_regular
 from netcompress.storage.fit import check_fits
 from netcompress.storage.packing import pack_codes, unpack_codes
 
@@ -61,7 +61,7 @@ def manifest(model: nn.Module) -> dict:
         entry = describe(module)
         if entry is None and isinstance(getattr(module, _architecture.ORIGINAL, None), dict):
             raise ValueError(f"layer {name!r} is a {type(module).__name__}, which netcompress put there but cannot "
-                             "describe; decorate its class with netcompress._description.describable")
+                             "describe; decorate its class with netcompress._core.description.describable")
         if entry is not None:
             layers[name] = entry
     return {"format": FORMAT, "version": VERSION, "layers": layers, "architecture": _architecture.fingerprint(model)}
@@ -189,7 +189,7 @@ def apply_manifest(model: nn.Module, record: object, source: str) -> None:
 
     Everything is checked and built first (the architecture fingerprint, every description),
     so on an error ``model`` is unchanged. Loading the weights is the caller's part; wrap both
-    in :func:`netcompress._transaction.all_or_nothing` to undo the swap if the weights fail.
+    in :func:`netcompress._core.transaction.all_or_nothing` to undo the swap if the weights fail.
     """
     for name, new in _plan(model, record, source).items():
         replace_module(model, name, new)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from netcompress._sizes import packed_bits
+from netcompress._core.sizes import packed_bits
 from netcompress.storage.codec import pack_fixed, unpack_fixed
 
 __all__ = ["pack_codes", "unpack_codes"]

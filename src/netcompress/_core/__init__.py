@@ -1,0 +1,1 @@
+"""Infrastructure every part of netcompress shares: layers, tensors, transactions, descriptions, files."""

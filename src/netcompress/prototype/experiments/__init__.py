@@ -1,1 +1,0 @@
-"""Reproduced tables of the seeds, one module each (they back ``netcompress demo``)."""
