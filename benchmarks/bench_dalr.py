@@ -15,7 +15,7 @@ from torch import nn
 
 import netcompress as nc
 from _common import best_time, print_table
-from netcompress.lowrank.methods import DEFAULT_LAM
+from netcompress.lowrank.ridge import DEFAULT_LAM
 
 
 def inputs(samples: int, features: int, seed: int = 0) -> torch.Tensor:
@@ -55,7 +55,7 @@ def main() -> None:
 
     t_gram, _ = best_time(lambda: X64.T @ X64, args.repeat)
     t_collect, stats = best_time(lambda: nc.collect(layer, batches, progress=False), args.repeat)
-    t_solve, f = best_time(lambda: nc.dalr(layer, stats[""], args.rank), args.repeat)
+    t_solve, f = best_time(lambda: nc.lowrank.dalr(layer, stats[""], args.rank), args.repeat)
     W = layer.weight.detach().double()
     t_plain, What_plain = best_time(lambda: plain_dalr(W, X64.T, args.rank, DEFAULT_LAM), args.repeat)
     A, B, _ = f.factors(args.rank)

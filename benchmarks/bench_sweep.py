@@ -36,7 +36,7 @@ def main() -> None:
     singles, t_single = {}, []
     for rank in RANKS:
         start = time.perf_counter()
-        f = nc.dalr(model[0], stats["0"], rank)
+        f = nc.lowrank.dalr(model[0], stats["0"], rank)
         f.module(rank)
         singles[rank] = f.relative_error(rank)
         t_single.append(time.perf_counter() - start)

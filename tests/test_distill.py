@@ -172,6 +172,6 @@ def test_recipes_can_distil_from_the_uncompressed_network():
     steps = [{"method": "kmeans", "bits": 2},
              {"finetune": {"epochs": 1, "lr": 1e-3, "distill": {"temperature": 2.0, "alpha": 0.5, "beta": 0.5}}}]
     nc.run_pipeline(model, steps, train=(x, y), progress=False)
-    assert isinstance(model.fc1, nc.QuantizedLinear)
+    assert isinstance(model.fc1, nc.quantize.QuantizedLinear)
     with pytest.raises(ValueError, match="distill takes a mapping"):
         nc.run_pipeline(SmallNet(), [{"finetune": {"epochs": 1, "lr": 1e-3, "distill": {"T": 2}}}], train=(x, y))

@@ -100,7 +100,14 @@ def test_methods_table_follows_the_registry():
 
     render = _render()
 
-    @nc.register("docs-test-method", family="layer", example={"fraction": 0.5})
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, kw_only=True)
+    class DocsTest(nc.Settings):
+        fraction: float
+        mode: str = "rows"
+
+    @nc.register("docs-test-method", DocsTest, family="layer", example={"fraction": 0.5})
     def docs_test_method(layer, moments=None, *, fraction: float, mode: str = "rows"):
         """Zero ``fraction`` of the rows (see :func:`compress`).
 

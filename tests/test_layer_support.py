@@ -276,16 +276,16 @@ def test_dalr_never_loses_to_svd_on_held_out_data_with_few_samples():
     for k in range(1, out + 1, 4):
         errors = {}
         for name in ("svd", "dalr"):
-            f = getattr(nc, name)(layer, stats, k)
+            f = getattr(nc.lowrank, name)(layer, stats, k)
             A, B, b = f.factors(k)
             errors[name] = nc.relative_output_error(layer.weight, layer.bias, (A @ B).float(), b, truth)
         assert errors["dalr"] <= errors["svd"] + 1e-9, (k, errors)
     # without shrinkage the same regression overfits the 40 samples at some rank
     overfit = []
     for k in range(1, out + 1, 4):
-        f = nc.dalr(layer, stats, k, shrinkage=0)
+        f = nc.lowrank.dalr(layer, stats, k, shrinkage=0)
         A, B, b = f.factors(k)
-        fs = nc.svd(layer, stats, k)
+        fs = nc.lowrank.svd(layer, stats, k)
         As, Bs, bs = fs.factors(k)
         overfit.append(nc.relative_output_error(layer.weight, layer.bias, (A @ B).float(), b, truth)
                        > nc.relative_output_error(layer.weight, layer.bias, (As @ Bs).float(), bs, truth))

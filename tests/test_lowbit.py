@@ -52,7 +52,7 @@ def test_both_stages_bring_outputs_closer_to_full_precision(bits):
 
     assert distance(staged) < distance(plain)
     for module in staged.modules():
-        if isinstance(module, nc.QuantizedLinear):
+        if isinstance(module, nc.quantize.QuantizedLinear):
             assert module.levels == 2 ** bits and len(torch.unique(module.weight.detach()[:8])) <= 2 ** bits
 
 

@@ -7,7 +7,7 @@ from torch import nn
 
 import netcompress as nc
 from conftest import correlated_inputs
-from netcompress.lowrank.methods import DEFAULT_LAM
+from netcompress.lowrank.ridge import DEFAULT_LAM
 
 
 def _layer(out_features: int, in_features: int, seed: int = 0) -> nn.Linear:
@@ -42,7 +42,7 @@ def _ref_dalr(W, X, k, lam_rel):
 @pytest.mark.parametrize("k", [1, 3, 7])
 def test_svd_matches_truncated_svd(shape, k):
     layer = _layer(*shape)
-    f = nc.svd(layer, _stats(layer, correlated_inputs(60, shape[1])), k)
+    f = nc.lowrank.svd(layer, _stats(layer, correlated_inputs(60, shape[1])), k)
     A, B, bias = f.factors(k)
     W = layer.weight.detach().numpy()
     np.testing.assert_allclose(A.numpy() @ B.numpy(), _ref_svd(W, k), atol=1e-10)
@@ -53,7 +53,7 @@ def test_svd_matches_truncated_svd(shape, k):
 def test_svd_bc_compensates_the_bias(k):
     layer = _layer(10, 16)
     x = correlated_inputs(80, 16)
-    f = nc.svd_bc(layer, _stats(layer, x), k)
+    f = nc.lowrank.svd_bc(layer, _stats(layer, x), k)
     W, b, X = layer.weight.detach().numpy(), layer.bias.detach().numpy(), x.numpy().T
     What = _ref_svd(W, k)
     expected_bias = b + (W - What) @ X.mean(1)  # seed 001: b̂ = b + (W − Ŵ) x̄
@@ -71,7 +71,7 @@ def test_svd_bc_compensates_the_bias(k):
 def test_dalr_matches_the_closed_form(shape, k, lam):
     layer = _layer(*shape)
     x = correlated_inputs(100, shape[1])
-    f = nc.dalr(layer, _stats(layer, x), k, lam=lam, shrinkage=0)
+    f = nc.lowrank.dalr(layer, _stats(layer, x), k, lam=lam, shrinkage=0)
     A, B, bias = f.factors(k)
     reference = _ref_dalr(layer.weight.detach().numpy(), x.numpy().T, k, lam)
     np.testing.assert_allclose(A.numpy() @ B.numpy(), reference, atol=1e-8)
@@ -81,7 +81,7 @@ def test_dalr_matches_the_closed_form(shape, k, lam):
 def test_dalr_without_ridge_on_rank_deficient_inputs():
     layer = _layer(10, 16)
     x = correlated_inputs(100, 5) @ torch.randn(5, 16, dtype=torch.float64)  # inputs in a 5-d subspace
-    f = nc.dalr(layer, _stats(layer, x), 5, lam=0.0, shrinkage=0)
+    f = nc.lowrank.dalr(layer, _stats(layer, x), 5, lam=0.0, shrinkage=0)
     A, B, bias = f.factors(5)
     X = x.numpy().T
     W = layer.weight.detach().numpy()
@@ -89,13 +89,13 @@ def test_dalr_without_ridge_on_rank_deficient_inputs():
     np.testing.assert_allclose(_outputs(A, B, bias, X), W @ X + layer.bias.detach().numpy()[:, None], atol=1e-8)
 
 
-@pytest.mark.parametrize("method", [nc.svd, nc.svd_bc, nc.dalr, nc.dalr_bc])
+@pytest.mark.parametrize("method", [nc.lowrank.svd, nc.lowrank.svd_bc, nc.lowrank.dalr, nc.lowrank.dalr_bc])
 @pytest.mark.parametrize("shape", [(9, 14), (14, 9)])
 def test_full_rank_reproduces_the_layer(method, shape):
     layer = _layer(*shape)
     x = correlated_inputs(60, shape[1])
     k = min(shape)
-    kwargs = {"lam": 0.0, "shrinkage": 0} if method in (nc.dalr, nc.dalr_bc) else {}
+    kwargs = {"lam": 0.0, "shrinkage": 0} if method in (nc.lowrank.dalr, nc.lowrank.dalr_bc) else {}
     module = method(layer, _stats(layer, x), k, **kwargs).module(k)
     xt = torch.randn(7, shape[1], dtype=torch.float64)
     torch.testing.assert_close(module(xt), layer(xt), atol=1e-9, rtol=1e-9)
@@ -113,8 +113,8 @@ def test_dalr_error_never_above_svd_on_the_calibration_data(lam, tolerance):
     def error(f, k):
         return np.linalg.norm(Y - _outputs(*f.factors(k), X))
 
-    fs = {name: getattr(nc, name)(layer, stats, 24) for name in ("svd", "svd_bc")}
-    fs.update({name: getattr(nc, name)(layer, stats, 24, lam=lam, shrinkage=0) for name in ("dalr", "dalr_bc")})
+    fs = {name: getattr(nc.lowrank, name)(layer, stats, 24) for name in ("svd", "svd_bc")}
+    fs.update({name: getattr(nc.lowrank, name)(layer, stats, 24, lam=lam, shrinkage=0) for name in ("dalr", "dalr_bc")})
     for k in range(1, 25):
         e = {name: error(f, k) for name, f in fs.items()}
         slack = tolerance * np.linalg.norm(Y)
@@ -127,7 +127,7 @@ def test_dalr_error_never_above_svd_on_the_calibration_data(lam, tolerance):
 def test_error_curve_equals_the_measured_output_error(name):
     layer = _layer(15, 11)
     x = correlated_inputs(90, 11)
-    f = getattr(nc, name)(layer, _stats(layer, x), 11, **({"shrinkage": 0} if name.startswith("dalr") else {}))
+    f = getattr(nc.lowrank, name)(layer, _stats(layer, x), 11, **({"shrinkage": 0} if name.startswith("dalr") else {}))
     X = x.numpy().T
     Y = layer.weight.detach().numpy() @ X + layer.bias.detach().numpy()[:, None]
     curve = f.output_error().numpy()
@@ -144,7 +144,7 @@ def test_heldout_error_curve_equals_the_error_measured_on_new_samples(name):
     # inputs directly (with bias compensation, the bias keeps the *fitted* mean).
     layer = _layer(15, 11)
     fit, new = correlated_inputs(40, 11, seed=1), correlated_inputs(70, 11, seed=2) + 0.3
-    f = getattr(nc, name)(layer, _stats(layer, fit), 11)
+    f = getattr(nc.lowrank, name)(layer, _stats(layer, fit), 11)
     X = new.numpy().T
     Y = layer.weight.detach().numpy() @ X + layer.bias.detach().numpy()[:, None]
     curve = f.relative_error_on(_stats(layer, new)).numpy()
@@ -160,23 +160,23 @@ def _bias_at_rank_zero(f):
     return b + f.weight @ f.moments.mean_input if f.compensate_bias else b
 
 
-@pytest.mark.parametrize("method", [nc.svd, nc.dalr])
+@pytest.mark.parametrize("method", [nc.lowrank.svd, nc.lowrank.dalr])
 def test_conv_factorization_equals_the_conv_at_full_rank(method):
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 6, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)).double()
     x = torch.randn(4, 3, 9, 9, dtype=torch.float64)
     stats = nc.collect(conv, x, progress=False)[""]
     full = min(6, 3 * 3 * 2)
-    kwargs = {"lam": 0.0, "shrinkage": 0} if method is nc.dalr else {}
+    kwargs = {"lam": 0.0, "shrinkage": 0} if method is nc.lowrank.dalr else {}
     module = method(conv, stats, full, **kwargs).module(full)
-    assert isinstance(module, nc.LowRankConv2d)
+    assert isinstance(module, nc.lowrank.LowRankConv2d)
     torch.testing.assert_close(module(x), conv(x), atol=1e-9, rtol=1e-9)
 
 
 def test_conv_low_rank_error_matches_the_statistics():
     conv = nn.Conv2d(4, 8, 3, padding=1).double()
     x = torch.randn(3, 4, 6, 6, dtype=torch.float64)
-    f = nc.dalr(conv, nc.collect(conv, x, progress=False)[""], 3, shrinkage=0)
+    f = nc.lowrank.dalr(conv, nc.collect(conv, x, progress=False)[""], 3, shrinkage=0)
     module = f.module(3)
     y, yhat = conv(x), module(x)
     measured = ((y - yhat).norm() / y.norm()).item()
@@ -187,7 +187,7 @@ def test_grouped_conv_is_refused():
     conv = nn.Conv2d(4, 4, 3, groups=2)
     stats = nc.collect(conv, torch.randn(1, 4, 5, 5), progress=False)[""]
     with pytest.raises(ValueError, match="groups=2"):
-        nc.dalr(conv, stats, 2)
+        nc.lowrank.dalr(conv, stats, 2)
 
 
 @pytest.mark.parametrize("rank", [0, -1, 13])
@@ -195,13 +195,13 @@ def test_rank_outside_one_to_min_is_refused(rank):
     layer = _layer(12, 20)
     stats = _stats(layer, correlated_inputs(30, 20))
     with pytest.raises(ValueError, match="rank"):
-        nc.dalr(layer, stats, rank)
+        nc.lowrank.dalr(layer, stats, rank)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_replacement_modules_script_and_export():
     layer = nn.Linear(10, 6)
-    f = nc.dalr(layer, _stats(layer, torch.randn(40, 10)), 3)
+    f = nc.lowrank.dalr(layer, _stats(layer, torch.randn(40, 10)), 3)
     module = f.module(3)
     x = torch.randn(2, 10)
     torch.testing.assert_close(torch.jit.script(module)(x), module(x))
@@ -218,9 +218,9 @@ def test_float32_search_with_float64_refinement_matches_the_exact_solution(shape
     layer = _layer(*shape)
     x = correlated_inputs(300, shape[1])
     stats = _stats(layer, x)
-    exact = nc.dalr(layer, stats, 6)
+    exact = nc.lowrank.dalr(layer, stats, 6)
     monkeypatch.setattr(lowrank, "FLOAT32_SEARCH_FROM", 8)
-    fast = nc.dalr(layer, stats, 6)
+    fast = nc.lowrank.dalr(layer, stats, 6)
     for k in (1, 3, 6):
         A, B, _ = exact.factors(k)
         A2, B2, _ = fast.factors(k)

@@ -8,7 +8,8 @@ from torch import nn
 
 from netcompress.distill.finetune import finetune
 from netcompress.prune import n2n as n2n_module
-from netcompress.prune.n2n import N2NResult, n2n_reward, n2n_search, n2n_student
+from netcompress.prune.n2n import N2NResult, n2n_search, n2n_student
+from netcompress.prune.n2n_policy import n2n_reward
 
 
 class MLP(nn.Module):

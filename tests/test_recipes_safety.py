@@ -52,7 +52,7 @@ def test_huge_and_deeply_nested_recipes_are_refused(tmp_path):
     ({"method": "dalr", "keep": 1.5}, r"keep must be a fraction in \(0, 1\]"),
     ({"method": "dalr", "rank": {"fc1": "big"}}, "rank of layer 'fc1' must be an integer"),
     ({"method": "dalr", "rank": 4, "lam": "small"}, "lam must be"),
-    ({"method": "kmeans", "bits": 4, "rank": 3}, "rank sizes low-rank methods"),
+    ({"method": "kmeans", "bits": 4, "rank": 3}, "method 'kmeans' does not take rank"),
     ({"method": "kmeans", "bits": 4, "layers": ["re:fc("]}, "pattern 're:fc\\(' is not a valid regular expression"),
     ({"method": "kmeans", "bits": 4, "exclude": 3}, "exclude must be a layer name"),
     ({"method": 3}, "method must be a name"),

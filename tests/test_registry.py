@@ -1,4 +1,7 @@
-"""A method added in one place (one function with @register) reaches compress, the CLI, recipes and the contract."""
+"""A method added in one place (a settings class and a function, with @register) reaches compress, the CLI,
+recipes and the contract."""
+
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -21,14 +24,29 @@ def _prune_weakest_rows(layer: nn.Module, moments=None, *, fraction: float) -> n
     norms = layer.weight.detach().flatten(1).norm(dim=1)
     weakest = norms.argsort()[: int(fraction * len(norms))]
     with torch.no_grad():
+        new.weight.copy_(layer.weight)
+        new.bias.copy_(layer.bias)
         new.mask[weakest] = False
         new.weight[weakest] = 0
     return new
 
 
+@dataclass(frozen=True, kw_only=True)
+class WeakestRows(nc.Settings):
+    """Toy settings: the fraction of output rows to zero."""
+
+    fraction: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoSettings(nc.Settings):
+    """A method that takes nothing."""
+
+
 @pytest.fixture
 def toy_method():
-    nc.register("weakest-rows", family="layer", accepts=PRUNABLE, example={"fraction": 0.5})(_prune_weakest_rows)
+    nc.register("weakest-rows", WeakestRows, family="layer", accepts=PRUNABLE, example={"fraction": 0.5})(
+        _prune_weakest_rows)
     yield "weakest-rows"
     nc.unregister("weakest-rows")
 
@@ -43,7 +61,7 @@ def test_a_registered_method_meets_the_contract(toy_method, tmp_path):
     assert report["fc1"].params_after == int(fc1.mask.sum()) + fc1.bias.numel()
 
 
-def test_its_settings_are_checked_from_its_signature(toy_method):
+def test_its_settings_are_checked_from_its_class(toy_method):
     model = SmallNet()
     with pytest.raises(ValueError, match="fraction must be a number, got 'half'"):
         nc.compress(model, _data(), method=toy_method, fraction="half", progress=False)
@@ -73,10 +91,23 @@ def test_it_runs_from_the_command_line(toy_method, tmp_path, monkeypatch):
     assert {r.method for r in nc.read_report(tmp_path / "out").rows if r.replaced} == {toy_method}
 
 
+def test_its_settings_object_is_the_same_request(toy_method):
+    """nc.compress(model, data, WeakestRows(fraction=...)) and the method= sugar build the same object."""
+    one, two = SmallNet(), SmallNet()
+    two.load_state_dict(one.state_dict())
+    x = _data()
+    first = nc.compress(one, x, WeakestRows(fraction=0.25), progress=False)
+    second = nc.compress(two, x, method=toy_method, fraction=0.25, progress=False)
+    assert first.to_dict() == second.to_dict()
+    assert first["fc1"].settings == {"method": toy_method, "fraction": 0.25}
+    with pytest.raises(ValueError, match="fraction must be a number, got 'half'"):
+        WeakestRows(fraction="half")
+
+
 def test_a_name_is_registered_once():
     with pytest.raises(ValueError, match="'dalr' is already registered"):
-        nc.register("dalr", family="lowrank")(_prune_weakest_rows)
-    assert nc.METHODS["dalr"].fn is nc.dalr
+        nc.register("dalr", WeakestRows, family="lowrank")(_prune_weakest_rows)
+    assert nc.METHODS["dalr"].fn is nc.lowrank.dalr
     with pytest.raises(ValueError, match="no method named 'nothing'"):
         nc.unregister("nothing")
 
@@ -115,7 +146,7 @@ def _to_half(layer: nn.Module, moments=None) -> nn.Module:
 def test_a_new_layer_class_saves_and_loads_once_it_is_describable(tmp_path):
     from netcompress._core.description import _KNOWN, describable
 
-    nc.register("half", family="layer", accepts=(nn.Linear,))(_to_half)
+    nc.register("half", NoSettings, family="layer", accepts=(nn.Linear,))(_to_half)
     try:
         model, x = SmallNet(), _data()
         report = nc.compress(model, x, method="half", progress=False)
@@ -158,7 +189,11 @@ def _halve_in_place_then_fail(layer, moments, *, sparsity: float = 0.5):
 
 def test_a_plugin_that_writes_into_the_model_and_fails_is_reported_not_hidden():
     """compress copies no weights to undo (it swaps modules); a write in place is caught by version counters."""
-    nc.register("broken-in-place", family="layer", accepts=(nn.Linear,), example={"sparsity": 0.5})(
+    @dataclass(frozen=True, kw_only=True)
+    class Halving(nc.Settings):
+        sparsity: float = 0.5
+
+    nc.register("broken-in-place", Halving, family="layer", accepts=(nn.Linear,), example={"sparsity": 0.5})(
         _halve_in_place_then_fail)
     try:
         model = SmallNet()

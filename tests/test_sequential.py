@@ -149,7 +149,7 @@ def test_sequential_low_rank_budget_is_spent_within_each_block_and_reports_again
 @pytest.mark.parametrize("method", ["svd", "svd-bc", "dalr", "dalr-bc"])
 def test_every_rank_error_against_the_original_network_equals_the_error_measured_directly(method):
     """The curves that size ranks in sequential mode, in sample and held out, against direct forward passes."""
-    from netcompress.compress import original_layers
+    from netcompress.family import original_layers
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 12), nn.Tanh(), nn.Linear(12, 10)).double()
@@ -213,7 +213,7 @@ class _Fanout(nn.Module):
 
 def test_errors_against_the_original_of_layers_sharing_an_input_and_of_a_wide_layer_equal_direct_ones():
     """Σ‖Wx‖² is kept per layer (each its own W, one shared Σ x x̃ᵀ); a wide layer's goes through WᵀW."""
-    from netcompress.compress import original_layers
+    from netcompress.family import original_layers
 
     torch.manual_seed(0)
     model = _Fanout().double()

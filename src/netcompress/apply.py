@@ -154,6 +154,15 @@ class Plan:
         self.replacements[name] = behind_padding(old, copy_trainability(new, old))
         self.rows[name] = row
 
+    def merge(self, other: Plan) -> None:
+        """Add another claim's plan; a layer two claims would both replace is refused."""
+        both = sorted(set(self.replacements) & set(other.replacements))
+        if both:
+            raise ValueError(f"layer {both[0]!r} would be replaced by two claims of the plan (a structural method "
+                             "resizes it as a reader of the channels it removes); exclude it from one of them")
+        self.replacements.update(other.replacements)
+        self.rows.update(other.rows)
+
 
 def check_samples(stats: LayerStats, selected: Iterable[str], rows: dict[str, LayerRow]) -> None:
     """Note (and warn once) where a layer saw fewer samples than it has input features."""

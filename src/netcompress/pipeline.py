@@ -13,9 +13,9 @@ as it was before the first step is the teacher. For example, Deep Compression::
 
 Recipes are read with a YAML safe loader that also refuses aliases (so a "billion laughs"
 file cannot expand), deep nesting and files over 1 MiB. Every step is checked before the
-first one runs: the method's name, the names of its settings (the registry's schema) and the
-type of every value (from the method's signature), so a typo fails at once instead of after
-an hour of fine-tuning.
+first one runs: each method step builds its settings object (the method's name, the names and
+types of its settings, their ranges), so a typo fails at once instead of after an hour of
+fine-tuning. A method step is the same settings object ``compress`` takes (``nc.KMeans(bits=5)``).
 """
 
 from __future__ import annotations
@@ -34,19 +34,16 @@ from netcompress._core.transaction import all_or_nothing
 from netcompress.compress import compress
 from netcompress.distill.finetune import finetune
 from netcompress.distill.losses import Logits
-from netcompress.registry import FAMILIES, METHODS, Method, accepted_types, check_value
-from netcompress.registry import method as _method
+from netcompress.registry import FAMILIES, METHODS, Settings, accepted_types, build_settings, check_value
 from netcompress.report import Report
 
-__all__ = ["check_steps", "read_recipe", "run_pipeline"]
+__all__ = ["check_steps", "read_recipe", "run_pipeline", "step_settings"]
 
 MAX_RECIPE_BYTES = 1 << 20
 MAX_RECIPE_DEPTH = 32
-_SIZING = {"rank", "keep", "energy", "budget"}
-# Keywords of compress beside the method's own settings (layers, exclude, lam, positions, holdout, …).
-_SELECTION = {k for k, p in inspect.signature(compress).parameters.items()
-              if p.kind is p.KEYWORD_ONLY and k not in _SIZING | {"stats", "method", "progress"}}
-_PROBE_INPUTS = 20_643_840  # 2^16·3^2·5·7 inputs: a probe layer that any usual group size divides
+# A method step's keys beside its settings: compress's options, with the types they take.
+_OPTIONS = {"layers": None, "exclude": None, "positions": (int,), "holdout": (int, float), "sequential": (bool,),
+            "blocks": (str,)}
 _NOT_RECIPE = {"student", "data", "teacher", "loss", "progress", "checkpoint"}  # finetune arguments a recipe cannot give
 _DISTILL_KEYS = {"temperature", "alpha", "beta"}
 
@@ -58,15 +55,7 @@ def _check_value(where: str, key: str, value: object, kinds: tuple[type, ...] | 
         raise ValueError(f"{where}: {error}") from None
 
 
-def _check_selection(where: str, step: dict) -> None:
-    for key in ("keep", "energy", "budget"):
-        if key in step:
-            value = step[key]
-            _check_value(where, key, value, (int, float), per_layer=False)
-            if not 0 < value <= 1:
-                raise ValueError(f"{where}: {key} must be a fraction in (0, 1], got {value!r}")
-    if "rank" in step:
-        _check_value(where, "rank", step["rank"], (int,))
+def _check_options(where: str, step: dict) -> None:
     for key in ("layers", "exclude"):
         value = step.get(key)
         names = [value] if isinstance(value, str) else value
@@ -78,68 +67,22 @@ def _check_selection(where: str, step: dict) -> None:
                     re.compile(name[3:])
                 except re.error as error:
                     raise ValueError(f"{where}: {key} pattern {name!r} is not a valid regular expression ({error})") from None
-    if step.get("positions") is not None:
-        _check_value(where, "positions", step["positions"], (int,), per_layer=False)
+    for key, kinds in _OPTIONS.items():
+        if kinds is not None and step.get(key) is not None:
+            _check_value(where, key, step[key], kinds, per_layer=False)
 
 
-def _check_method_step(where: str, step: dict) -> None:
-    settings = {k: v for k, v in step.items() if k not in _SIZING | _SELECTION | {"method"}}
+def step_settings(step: Mapping, where: str = "") -> tuple[Settings, dict[str, object]]:
+    """A method step as the settings object it builds and compress's options (layers, exclude, ...)."""
     if not isinstance(step["method"], str):
         raise ValueError(f"{where}: method must be a name such as dalr, got {step['method']!r}")
+    values = {k: v for k, v in step.items() if k not in _OPTIONS and k != "method"}
     try:
-        chosen = _method(step["method"], settings, where)
+        settings = build_settings(step["method"], values, where)
     except TypeError as error:
         raise ValueError(str(error)) from None
-    family = FAMILIES[chosen.family]
-    sizing = sorted(_SIZING & set(step))
-    if family.sizing and len(sizing) != 1:
-        raise ValueError(f"{where}: method {chosen.name!r} needs exactly one of {_one_of(family.sizing)} "
-                         f"(got {', '.join(sizing) or 'none'})")
-    if not family.sizing and sizing:
-        raise ValueError(f"{where}: {', '.join(sizing)} sizes low-rank methods; method {chosen.name!r} does not take it")
-    _check_selection(where, step)
-    keywords = inspect.signature(compress).parameters
-    for key in _SELECTION - {"layers", "exclude", "positions"}:
-        if step.get(key) is not None and keywords[key].annotation is not inspect.Parameter.empty:
-            _check_value(where, key, step[key], accepted_types(keywords[key].annotation), per_layer=False)
-    _run_checks(where, chosen, settings)
-
-
-def _one_of(words: tuple[str, ...]) -> str:
-    return f"{', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else words[0]
-
-
-def _probe(chosen: Method) -> nn.Module | None:
-    """A shape-less (meta) layer of a kind ``chosen`` takes, for its per-layer check; None if it takes neither kind.
-
-    A method for convolutions only (cp, jaderberg) is probed with a convolution, or its check
-    would refuse the probe itself ("a Linear is not a convolution").
-    """
-    if any(issubclass(nn.Linear, kind) for kind in chosen.accepts):
-        return nn.Linear(_PROBE_INPUTS, 1, device="meta")
-    if any(issubclass(nn.Conv2d, kind) for kind in chosen.accepts):
-        return nn.Conv2d(_PROBE_INPUTS, _PROBE_INPUTS, 3, device="meta")
-    return None
-
-
-def _run_checks(where: str, chosen: Method, settings: dict) -> None:
-    """The method's own settings checks (ranges, choices), the per-layer one on a shape-less probe layer."""
-    if any(isinstance(v, Mapping) for v in settings.values()):
-        return  # per-layer values are checked by compress, layer by layer, before its statistics pass
-    probe = _probe(chosen)
-    hooks = [(hook, args) for hook, args in ((chosen.validate, ()), (chosen.check, (probe,) if probe else None))
-             if hook is not None and args is not None]
-    for hook, args in hooks:
-        parameters = inspect.signature(hook).parameters
-        given = {k: v for k, v in settings.items() if k in parameters}
-        missing = [k for k, p in parameters.items() if p.kind is p.KEYWORD_ONLY and p.default is p.empty
-                   and k not in given]
-        if missing:
-            raise ValueError(f"{where}: method {chosen.name!r} needs {', '.join(missing)}")
-        try:
-            hook(*args, **given)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{where}: {error}") from None
+    _check_options(where, dict(step))
+    return settings, {k: v for k, v in step.items() if k in _OPTIONS}
 
 
 def _check_finetune_step(where: str, step: dict) -> None:
@@ -179,7 +122,7 @@ def check_steps(steps: object) -> list[dict]:
         if "finetune" in step:
             _check_finetune_step(f"step {i}", step)
         elif "method" in step:
-            _check_method_step(f"step {i}", step)
+            step_settings(step, f"step {i}")
         else:
             raise ValueError(f"step {i} has neither 'method' nor 'finetune'; known methods: {', '.join(METHODS)}")
         checked.append(step)
@@ -272,6 +215,6 @@ def run_pipeline(
                 extra = {} if teach is None else {"teacher": original, "loss": Logits(**teach)}
                 finetune(model, tuple(train), progress=progress, **options, **extra)
                 continue
-            settings = {k: v for k, v in step.items() if k != "method"}
-            reports.append(compress(model, data, method=step["method"], progress=progress, **settings))
+            settings, options = step_settings(step)
+            reports.append(compress(model, data, settings, progress=progress, **options))
     return reports

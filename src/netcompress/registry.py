@@ -1,14 +1,22 @@
 """The registry: compression methods, and the families that run them inside ``compress``.
 
-A method is one function, registered where it is written::
+A method is one frozen settings class and one function, registered where they are written::
 
-    @register("magnitude", family="layer", accepts=PRUNABLE, check=check_magnitude, example={"sparsity": 0.5})
+    @dataclass(frozen=True, kw_only=True)
+    class Magnitude(Settings):
+        sparsity: float
+        norm: int = 1
+
+    @register("magnitude", Magnitude, family="layer", accepts=PRUNABLE, check=check_magnitude,
+              example={"sparsity": 0.5})
     def magnitude(layer, moments=None, *, sparsity: float, norm: int = 1) -> nn.Module: ...
 
-and from then on ``compress(model, method="magnitude", sparsity=0.9)``, the command line's
-``--method``, recipes and the contract test (which runs every method with its ``example``
-settings) know it. Its settings are its keyword-only parameters (or ``settings=``), and their
-annotations are the schema every value is checked against, in one place (:meth:`Method.check_types`).
+and from then on ``compress(model, data, nc.Magnitude(sparsity=0.9))`` (or the sugar
+``method="magnitude", sparsity=0.9``), the command line's ``--method magnitude --sparsity 0.9``,
+recipes, replayed Reports and the contract test (which runs every method with its ``example``
+settings) know it. The class's fields are the settings and their annotations the schema: a
+settings object is checked when it is built, and is rebuilt from JSON only through the
+registry (:func:`settings_from_json`), so a file can name nothing but a registered method.
 
 A family says what ``compress`` does around a method's function (see :class:`netcompress.compress.Family`):
 
@@ -22,20 +30,22 @@ A family says what ``compress`` does around a method's function (see :class:`net
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from torch import nn
 
 from netcompress._core.layers import DENSE
 
 if TYPE_CHECKING:
-    from netcompress.compress import Family
+    from netcompress.family import Family
 
-__all__ = ["FAMILIES", "METHODS", "Method", "accepted_types", "check_value", "method", "register", "register_family", "unregister"]
+__all__ = ["FAMILIES", "METHODS", "Method", "MethodTable", "Settings", "accepted_types", "build_settings", "check_value", "method",
+           "each", "register", "register_family", "settings_from_json", "unregister"]
 
 
 F = TypeVar("F", bound=Callable)
@@ -60,7 +70,7 @@ class Method:
     name: str
     family: str
     fn: Callable
-    settings: tuple[str, ...] = ()
+    settings: tuple[str, ...] = ()  # the fields of settings_class the function takes (sizing fields are the family's)
     accepts: tuple[type[nn.Module], ...] = DENSE
     needs_stats: bool = False
     check: Callable | None = None
@@ -68,67 +78,178 @@ class Method:
     prepare: Callable | None = None
     example: Mapping[str, Any] = field(default_factory=dict)
     rank_cost: Callable | None = None
+    settings_class: type[Settings] | None = None
 
     def schema(self) -> dict[str, tuple[type, ...] | None]:
-        """Setting → the Python types it takes (``None``: not checked), from the annotations."""
-        annotations: dict[str, object] = {}
-        for hook in (self.check, self.validate, self.fn):  # the function's own annotation wins
-            if hook is not None:
-                for key, p in inspect.signature(hook).parameters.items():
-                    if p.annotation is not inspect.Parameter.empty:
-                        annotations[key] = p.annotation
-        return {key: accepted_types(annotations[key]) if key in annotations else None for key in self.settings}
+        """Setting → the Python types it takes (``None``: not checked), from the settings class's annotations."""
+        return {f.name: accepted_types(f.type) for f in dataclasses.fields(self.settings_class)}
 
-    def check_types(self, settings: Mapping[str, object], where: str = "") -> None:
-        """Refuse a setting this method does not take or a value of the wrong type; ``where`` prefixes errors."""
-        unknown = sorted(set(settings) - set(self.settings))
-        prefix = f"{where}: " if where else ""
-        if unknown:
-            accepted = ", ".join(self.settings) or "none"
-            raise TypeError(f"{prefix}method {self.name!r} does not take {', '.join(unknown)} (its settings: {accepted})")
-        schema = self.schema()
-        for key, value in settings.items():
-            try:
-                check_value(key, value, schema[key])
-            except ValueError as error:
-                raise ValueError(f"{prefix}{error}") from None
+    def defaults(self) -> dict[str, object]:
+        """Setting → its default (settings without one are required)."""
+        return {f.name: f.default for f in dataclasses.fields(self.settings_class) if f.default is not dataclasses.MISSING}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """The settings of one registered method: frozen, typed, checked when built, and JSON both ways.
+
+    Every method's class derives from this one (``nc.GPTQ(bits=4)``, ``nc.DALR(budget=0.5)``). A
+    field's annotation is its schema; a field may also map layer names to values (one value per
+    layer). Building an object checks every field's type and then the method's own ``validate``
+    hook, so a bad value is refused before any work, in one sentence naming the field.
+    """
+
+    method: ClassVar[str] = ""  # the registered name, set by @register
+    sizing: ClassVar[tuple[str, ...]] = ()  # fields that size the method (the family's), not passed to its function
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            check_value(f.name, value, accepted_types(f.type))
+            if isinstance(value, Mapping):  # a per-layer value; read-only, like the rest of the object
+                object.__setattr__(self, f.name, MappingProxyType(dict(value)))
+        self.check()
+        chosen = METHODS.get(self.method)
+        if chosen is not None and chosen.validate is not None:
+            chosen.validate(**self.values(chosen.settings))
+
+    def check(self) -> None:
+        """Checks of the fields together (a family's sizing); a subclass overrides it."""
+
+    def values(self, names: tuple[str, ...] | None = None) -> dict[str, object]:
+        """The fields as a dict (those in ``names``, if given), per-layer maps as plain dicts."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if names is None or f.name in names}
+
+    def given(self) -> dict[str, object]:
+        """The fields that differ from their defaults (what a row or a command line shows)."""
+        shown = {}
+        for f in dataclasses.fields(self):
+            value = _plain(getattr(self, f.name))
+            if f.default is dataclasses.MISSING or value != f.default:
+                shown[f.name] = value
+        return shown
+
+    def to_json(self) -> dict[str, object]:
+        """``{"method": name, **fields}``: JSON that :func:`settings_from_json` rebuilds."""
+        return {"method": self.method, **self.values()}
+
+    def __str__(self) -> str:
+        return f"{self.method}(" + ", ".join(f"{k}={v!r}" for k, v in self.given().items()) + ")"
+
+
+def each(value: object, check: Callable[[object], object]) -> None:
+    """``check`` a setting's value, or each of its values where it is given per layer (errors name the layer)."""
+    if not isinstance(value, Mapping):
+        check(value)
+        return
+    for layer, item in value.items():
+        try:
+            check(item)
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"layer {layer!r}: {error}") from None
+
+
+def _plain(value: object) -> object:
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def build_settings(name: str, values: Mapping[str, object], where: str = "") -> Settings:
+    """The settings object of registered method ``name`` from ``values`` (keywords, a recipe step, flags).
+
+    Refuses, in one sentence prefixed by ``where``, an unknown method, a setting the method does not
+    take, and a missing or badly typed value.
+    """
+    prefix = f"{where}: " if where else ""
+    chosen = method(name, where)
+    cls = chosen.settings_class
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        accepted = ", ".join(known) or "none"
+        raise TypeError(f"{prefix}method {name!r} does not take {', '.join(unknown)} (its settings: {accepted})")
+    missing = [k for k, f in known.items() if k not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise TypeError(f"{prefix}method {name!r} needs {', '.join(missing)} (e.g. {_example(chosen)})")
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"{prefix}{error}") from None
+
+
+def _example(chosen: Method) -> str:
+    return f"nc.{chosen.settings_class.__name__}(" + ", ".join(f"{k}={v!r}" for k, v in chosen.example.items()) + ")"
+
+
+def settings_from_json(record: object, where: str = "settings") -> Settings:
+    """Rebuild a settings object from :meth:`Settings.to_json`'s output, through the registry only."""
+    if not isinstance(record, Mapping) or not isinstance(record.get("method"), str):
+        raise ValueError(f"{where} must be an object with a 'method' name and its settings, got {record!r}")
+    values = {k: v for k, v in record.items() if k != "method"}
+    return build_settings(record["method"], values, where)
 
 
 METHODS: dict[str, Method] = {}
 FAMILIES: dict[str, Family] = {}
 
 
-def _keyword_settings(fn: Callable) -> tuple[str, ...]:
-    return tuple(k for k, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY)
+class MethodTable(Mapping):
+    """Every registered method by name (read-only: :func:`register` adds one, :func:`unregister` removes it).
+
+    ``netcompress.METHODS["gptq"].settings_class`` is :class:`~netcompress.GPTQ`; ``netcompress methods``
+    prints this table with each method's settings, types and defaults.
+    """
+
+    def __getitem__(self, name: str) -> Method:
+        return METHODS[name]
+
+    def __iter__(self):
+        return iter(METHODS)
+
+    def __len__(self) -> int:
+        return len(METHODS)
+
+    def __repr__(self) -> str:
+        return f"MethodTable({', '.join(METHODS)})"
 
 
 def register(
     name: str,
+    settings_class: type[Settings],
     *,
     family: str,
     accepts: tuple[type[nn.Module], ...] = DENSE,
     needs_stats: bool = False,
-    settings: tuple[str, ...] | None = None,
     check: Callable | None = None,
     validate: Callable | None = None,
     prepare: Callable | None = None,
     example: Mapping[str, Any] | None = None,
     rank_cost: Callable | None = None,
 ) -> Callable[[F], F]:
-    """Register the decorated function as method ``name`` of ``family`` (see the module docstring).
+    """Register the decorated function as method ``name`` of ``family``, with its ``settings_class``.
 
-    ``settings`` defaults to the function's keyword-only parameters; ``example`` are settings
-    (with a size for low-rank methods) that the contract test runs it with. A name already
-    registered is refused: :func:`unregister` it first.
+    The class (a frozen dataclass deriving from :class:`Settings`) holds the settings; the ones
+    the function takes are its fields minus the family's sizing fields (``rank``, ``keep``, ...).
+    ``example`` are settings (with a size for low-rank methods) the contract test runs it with.
+    A name already registered is refused: :func:`unregister` it first.
     """
 
     def decorate(fn: F) -> F:
-        if name in METHODS:
-            raise ValueError(f"a method named {name!r} is already registered; unregister it first or pick another name")
         if not isinstance(name, str) or not name:
             raise ValueError(f"a method needs a non-empty name, got {name!r}")
-        METHODS[name] = Method(name, family, fn, _keyword_settings(fn) if settings is None else tuple(settings),
-                               tuple(accepts), needs_stats, check, validate, prepare, dict(example or {}), rank_cost)
+        if name in METHODS:
+            raise ValueError(f"a method named {name!r} is already registered; unregister it first or pick another name")
+        if not (isinstance(settings_class, type) and issubclass(settings_class, Settings)
+                and dataclasses.is_dataclass(settings_class)):
+            raise TypeError(f"method {name!r} needs a settings class: a frozen dataclass deriving from "
+                            f"netcompress.Settings, got {settings_class!r}")
+        if settings_class.__dict__.get("method") not in ("", None, name):  # its own, not one inherited from a parent
+            raise ValueError(f"settings class {settings_class.__name__} already belongs to method "
+                             f"{settings_class.method!r}; give {name!r} its own class")
+        taken = tuple(f.name for f in dataclasses.fields(settings_class) if f.name not in settings_class.sizing)
+        settings_class.method = name
+        METHODS[name] = Method(name, family, fn, taken, tuple(accepts), needs_stats, check, validate, prepare,
+                               dict(example or {}), rank_cost, settings_class)
         return fn
 
     return decorate
@@ -138,7 +259,9 @@ def unregister(name: str) -> Method:
     """Remove method ``name`` (a plug-in's or a test's) and return it."""
     if name not in METHODS:
         raise ValueError(f"no method named {name!r} is registered")
-    return METHODS.pop(name)
+    removed = METHODS.pop(name)
+    removed.settings_class.method = ""
+    return removed
 
 
 def register_family(family: Family) -> Family:
@@ -149,15 +272,14 @@ def register_family(family: Family) -> Family:
     return family
 
 
-def method(name: str, settings: Mapping[str, object], where: str = "") -> Method:
-    """The registered method ``name``, after checking that it takes every given setting with the right type."""
-    if name not in METHODS:
+def method(name: str, where: str = "") -> Method:
+    """The registered method ``name`` (refused in one sentence if there is none, or its family is missing)."""
+    if not isinstance(name, str) or name not in METHODS:
         prefix = f"{where}: " if where else ""
         raise ValueError(f"{prefix}unknown method {name!r}; choose one of {', '.join(METHODS)}")
     chosen = METHODS[name]
     if chosen.family not in FAMILIES:
         raise ValueError(f"method {name!r} belongs to family {chosen.family!r}, which is not registered")
-    chosen.check_types(settings, where)
     return chosen
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 __all__ = ["LayerRow", "Report"]
 
@@ -15,6 +15,7 @@ STATUSES = ("compressed", "left dense", "not selected")
 
 FORMAT = "netcompress.report"
 VERSION = 1  # of the JSON written by Report.to_json
+OPTIONS = ("holdout", "positions", "sequential", "blocks")  # compress's keywords a replay passes again
 
 @dataclass
 class LayerRow:
@@ -38,6 +39,8 @@ class LayerRow:
     status: str = "compressed"
     heldout_error: float | None = None
     saved_bytes: int | None = None  # what netcompress.save writes for the layer's tensors (codes packed)
+    settings: dict | None = None  # the settings (Settings.to_json) of the claim that considered it: replayable
+    step: int | None = None  # in a recipe's Report, the step (1, 2, ...) that wrote the row
 
     @property
     def replaced(self) -> bool:
@@ -59,7 +62,9 @@ _KINDS = {"str": (lambda v: isinstance(v, str), "text"),
           "int | None": (lambda v: v is None or _whole(v), "a whole number or null"),
           "float | None": (lambda v: v is None or _number(v), "a finite number or null"),
           "list[int]": (lambda v: isinstance(v, list) and len(v) <= 8 and all(_whole(d) for d in v),
-                        "a list of at most 8 whole numbers")}
+                        "a list of at most 8 whole numbers"),
+          "dict | None": (lambda v: v is None or isinstance(v, dict) and isinstance(v.get("method"), str),
+                          "null or an object naming its 'method'")}
 
 
 def _check_row(index: int, row: object) -> None:
@@ -80,19 +85,37 @@ class Report:
     """The rows of one ``compress`` call; ``str(report)`` is a table, :meth:`to_json` its record."""
 
     rows: list[LayerRow] = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # compress's options that shape the result (holdout, sequential, ...)
+
+    @classmethod
+    def of_steps(cls, reports: Sequence[Report]) -> Report:
+        """One Report of a recipe's steps: every row labelled with its step (totals count each layer once)."""
+        rows = [replace(row, step=index) for index, report in enumerate(reports, 1) for row in report.rows]
+        return cls(rows, dict(reports[-1].options) if reports else {})
+
+    def _first(self) -> list[LayerRow]:
+        """Each layer's first row (in a recipe's Report, the layer as the first step found it)."""
+        seen: dict[str, LayerRow] = {}
+        for row in self.rows:
+            seen.setdefault(row.name, row)
+        return list(seen.values())
+
+    def final(self) -> list[LayerRow]:
+        """Each layer's last row: the layer as the model now holds it."""
+        return list({row.name: row for row in self.rows}.values())
 
     @property
     def params_before(self) -> int:
-        return sum(r.params_before for r in self.rows)
+        return sum(r.params_before for r in self._first())
 
     @property
     def params_after(self) -> int:
-        return sum(r.params_after for r in self.rows)
+        return sum(r.params_after for r in self.final())
 
     @property
     def saved_bytes(self) -> int | None:
         """The bytes ``save`` writes for the reported layers' tensors (``None`` where a row lacks them)."""
-        sizes = [r.saved_bytes for r in self.rows]
+        sizes = [r.saved_bytes for r in self.final()]
         return None if any(b is None for b in sizes) else sum(sizes)
 
     def __getitem__(self, name: str) -> LayerRow:
@@ -102,14 +125,17 @@ class Report:
         raise KeyError(f"no layer {name!r} in this report")
 
     def __str__(self) -> str:
-        header = ["layer", "type", "shape", "status", "setting", "params before", "params after", "kept %",
-                  "bits", "saved bytes", "rel. error", "held-out", "note"]
+        steps = any(r.step is not None for r in self.rows)
+        header = [*(["step"] if steps else []), "layer", "type", "shape", "status", "method", "setting",
+                  "params before", "params after", "kept %", "bits", "saved bytes", "rel. error", "held-out", "note"]
         lines = [header]
         for r in self.rows:
             kept = 100 * r.params_after / r.params_before if r.params_before else 100.0
             setting = r.setting or ("-" if r.rank is None else f"rank {r.rank}")
             lines.append([
-                r.name, r.kind, "×".join(map(str, r.shape)), r.status, setting,
+                *([str(r.step or "")] if steps else []),
+                r.name, r.kind, "×".join(map(str, r.shape)), r.status,
+                r.method if r.status != "not selected" else "", setting,
                 f"{r.params_before:,}", f"{r.params_after:,}", f"{kept:.2f}",
                 "-" if r.bits is None else f"{r.bits:g}",
                 "-" if r.saved_bytes is None else f"{r.saved_bytes:,}",
@@ -118,12 +144,30 @@ class Report:
             ])
         total = 100 * self.params_after / self.params_before if self.params_before else 100.0
         saved = self.saved_bytes
-        lines.append(["total", "", "", "", "", f"{self.params_before:,}", f"{self.params_after:,}", f"{total:.2f}",
-                      "", "-" if saved is None else f"{saved:,}", "", "", ""])
+        lines.append([*([""] if steps else []), "total", "", "", "", "", "", f"{self.params_before:,}",
+                      f"{self.params_after:,}", f"{total:.2f}", "", "-" if saved is None else f"{saved:,}", "", "", ""])
         return text_table(lines[0], lines[1:])
 
+    def recipe(self) -> dict[str, object]:
+        """Layer name → the settings object that compressed it (or considered it and left it dense by its own
+        sizing): with :attr:`options`, what :func:`netcompress.replay` gives ``compress`` to redo this Report."""
+        from netcompress.registry import settings_from_json
+
+        if any(row.step is not None for row in self.rows):
+            raise ValueError("this is a recipe's Report (rows of several steps); run the recipe again with "
+                             "netcompress.run_pipeline")
+        plan: dict[str, object] = {}
+        for row in self.rows:
+            if row.settings is not None:
+                plan[row.name] = settings_from_json(row.settings, f"the report's row {row.name!r}")
+        if not plan:
+            raise ValueError("this report holds no settings to replay (it was written before netcompress kept them, "
+                             "or nothing was compressed)")
+        return plan
+
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "layers": [asdict(r) for r in self.rows]}
+        return {"format": FORMAT, "version": VERSION, "options": dict(self.options),
+                "layers": [asdict(r) for r in self.rows]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -148,7 +192,11 @@ class Report:
         bad = [r.name for r in rows if r.status not in STATUSES]
         if bad:
             raise ValueError(f"the report's row {bad[0]!r} has an unknown status; write it again with Report.to_json")
-        return cls(rows)
+        options = data.get("options", {})
+        if not isinstance(options, dict) or set(options) - set(OPTIONS):
+            raise ValueError(f"the report's 'options' must be an object with some of {', '.join(OPTIONS)}; "
+                             "write it again with Report.to_json")
+        return cls(rows, options)
 
     @classmethod
     def from_json(cls, text: str) -> Report:

@@ -26,10 +26,9 @@ _SIZES = {"linear": ("in", "out"), "conv2d": ("in", "out"), "batchnorm": ("featu
 _PLAIN = {nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d}
 
 
-def _plain_types() -> set[type]:
-    from netcompress.prune.modules import PRUNABLE
-
-    return _PLAIN | set(PRUNABLE)
+def _resizable(module: nn.Module) -> bool:
+    """A layer structured pruning leaves smaller without a record: plain, or plain but for a mask."""
+    return type(module) in _PLAIN or getattr(type(module), "masked", False)
 
 
 def _kernel(module: nn.Module) -> list[int] | None:
@@ -40,15 +39,15 @@ def _kernel(module: nn.Module) -> list[int] | None:
     return None
 
 
-def _entry(module: nn.Module, plain: set[type]) -> dict | None:
+def _entry(module: nn.Module) -> dict | None:
     """What ``module`` was before compression, or None when it is not a layer netcompress compresses."""
     original = getattr(module, ORIGINAL, None)
     if isinstance(original, dict):
         return dict(original)
     inner = module.__dict__.get("_modules", {}).get("layer")
     if type(module).__name__ == "Padded" and inner is not None:  # an explicitly padded conv's replacement
-        return _entry(inner, plain)
-    exact = type(module) not in plain
+        return _entry(inner)
+    exact = not _resizable(module)
     own = type(module).__module__.startswith("netcompress.")  # our replacements know the sizes they replaced
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return {"kind": "batchnorm", "features": int(module.num_features), "exact": exact}
@@ -67,12 +66,12 @@ def _entry(module: nn.Module, plain: set[type]) -> dict | None:
 
 def fingerprint(model: nn.Module) -> dict[str, dict]:
     """Layer name → original kind and sizes, for every compressible layer (not their insides)."""
-    plain, found = _plain_types(), {}
+    found = {}
     for name, module in model.named_modules():
         parts = name.split(".")
         if "" in found or any(".".join(parts[:i]) in found for i in range(1, len(parts))):
             continue  # inside a layer already recorded (a low-rank pair, a padded wrapper)
-        entry = _entry(module, plain)
+        entry = _entry(module)
         if entry is not None:
             found[name] = entry
     return found
@@ -80,7 +79,7 @@ def fingerprint(model: nn.Module) -> dict[str, dict]:
 
 def remember_original(new: nn.Module, old: nn.Module) -> None:
     """Record on ``new`` the exact original entry of ``old``, the layer it replaces."""
-    entry = _entry(old, _plain_types())
+    entry = _entry(old)
     if entry is not None:
         setattr(new, ORIGINAL, {**entry, "exact": True})
 

@@ -29,16 +29,6 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a fraction in (0, 1]")
-    return value
-
-
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.replace(",", " ").split())
@@ -46,19 +36,9 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} must be numbers such as 0.485,0.456,0.406") from None
 
 
-def _rank(text: str) -> int | dict[str, int]:
-    """``16`` or ``fc6=16,fc7=32``."""
-    try:
-        if "=" not in text:
-            return int(text)
-        pairs = (item.split("=", 1) for item in text.split(","))
-        return {name.strip(): int(value) for name, value in pairs}
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"rank {text!r} must be an integer or name=int,name=int") from None
-
-
-def _parser() -> argparse.ArgumentParser:
-    from netcompress.compress import METHODS
+def _parser(method: str | None = None) -> argparse.ArgumentParser:
+    from netcompress.cli.methods import add_setting_flags
+    from netcompress.registry import METHODS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
@@ -70,19 +50,15 @@ def _parser() -> argparse.ArgumentParser:
     _model_arguments(run, required=False)
     run.add_argument("--data", help="target inputs: .pt, .npy, .npz or a folder of images")
     _hf_arguments(run)
-    run.add_argument("--method", default="dalr", choices=sorted(METHODS))
-    size = run.add_mutually_exclusive_group()
-    size.add_argument("--rank", type=_rank, help="a rank for every layer, or name=rank,name=rank")
-    size.add_argument("--keep", type=_fraction, help="fraction of each layer's parameters to keep")
-    size.add_argument("--energy", type=_fraction, help="fraction of each layer's target output energy to keep")
-    size.add_argument("--budget", type=_fraction, help="fraction of the selected layers' parameters, spread across them")
-    size.add_argument("--recipe", help="a YAML list of steps (methods and fine-tuning) instead of one --method")
+    run.add_argument("--method", default="dalr", choices=sorted(METHODS),
+                     help="the method (default dalr); `netcompress methods` lists them with their settings")
+    run.add_argument("--recipe", help="a YAML list of steps (methods and fine-tuning) instead of one --method")
+    add_setting_flags(run, method)
     run.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
-                     help="a method setting, e.g. sparsity=0.9 or bits=5 (repeatable; values read as YAML)")
+                     help="a setting of a plug-in method without its own flag (repeatable; values read as YAML)")
     run.add_argument("--labels", help="labels for fine-tuning steps: .npy/.pt (or 'y' in an .npz --data file)")
     run.add_argument("--layers", help="comma-separated layer names or re:patterns (default: every layer the method takes)")
     run.add_argument("--exclude", help="comma-separated layer names or re:patterns to leave as they are")
-    run.add_argument("--lam", type=float, help="DALR's ridge λ relative to trace(XXᵀ)/in")
     _data_arguments(run)
     run.add_argument("--positions", type=int, help="spatial positions sampled per image for Conv2d statistics")
     run.add_argument("-o", "--output", required=True, help="output directory (weights, manifest, report)")
@@ -90,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true",
                      help="write into a directory (or onto a file) netcompress did not write; only netcompress's "
                           "own files there are replaced")
+
+    commands.add_parser("methods", parents=[common], help="list every method with its settings, types and defaults")
 
     report = commands.add_parser("report", parents=[common],
                                  help="print the report of a compressed model or an .ncz file's storage")
@@ -225,10 +203,15 @@ def _check_separate_outputs(args: argparse.Namespace) -> None:
 
 def _steps(args: argparse.Namespace) -> list[dict]:
     """The compression as checked steps (a recipe, or one --method step): no data read yet."""
+    from netcompress.cli.methods import flag_values
     from netcompress.pipeline import check_steps, read_recipe
 
     layers, exclude = _names(args.layers), _names(args.exclude)
+    flags = flag_values(args)
     if args.recipe:
+        if flags or args.setting:
+            given = ", ".join([*(f"--{k.replace('_', '-')}" for k in flags), *(["--setting"] if args.setting else [])])
+            raise ValueError(f"--recipe holds each step's settings; drop {given} (or put them in the recipe)")
         steps = read_recipe(args.recipe)
         for step in steps:
             if "method" in step:
@@ -238,12 +221,10 @@ def _steps(args: argparse.Namespace) -> list[dict]:
                     step.setdefault("exclude", exclude)
         return check_steps(steps)
     step = {"method": args.method, **_settings(args.setting)}
-    options = dict(rank=args.rank, keep=args.keep, energy=args.energy, budget=args.budget, layers=layers,
-                   exclude=exclude, lam=args.lam, positions=args.positions)
-    for key, value in options.items():
+    for key, value in {**flags, "layers": layers, "exclude": exclude, "positions": args.positions}.items():
         if value is not None:
             if key in step:
-                raise ValueError(f"--setting {key}=… repeats --{key}; give it once")
+                raise ValueError(f"--setting {key}=… repeats --{key.replace('_', '-')}; give it once")
             step[key] = value
     return check_steps([step])
 
@@ -255,6 +236,7 @@ def _compress(args: argparse.Namespace) -> None:
     from netcompress._core.atomic import made_directories, staged_file
     from netcompress.cli import hf
     from netcompress.cli.inputs import batches, build_model, normalize, read_data, read_labels
+    from netcompress.pipeline import step_settings
     from netcompress.storage.io import check_save_target
 
     # Everything that can be checked without the model and the data, before they are read.
@@ -290,13 +272,10 @@ def _compress(args: argparse.Namespace) -> None:
     if args.recipe:
         reports = nc.run_pipeline(model, steps, data=calibration,
                                   train=(data.float(), labels) if labels is not None else None)
-        report = nc.Report([row for r in reports for row in r.rows])
-        # Each step's report has a row for every layer: the run goes from the first's "before" to the last's "after".
-        before, after = (reports[0].params_before, reports[-1].params_after) if reports else (0, 0)
+        report = nc.Report.of_steps(reports)  # each row labelled by its step; totals count each layer once
     else:
-        settings = {k: v for k, v in steps[0].items() if k != "method"}
-        report = nc.compress(model, calibration, method=args.method, **settings)
-        before, after = report.params_before, report.params_after
+        settings, options = step_settings(steps[0])
+        report = nc.compress(model, calibration, settings, **options)
 
     # All outputs together: --save-pretrained and the container go to temporary names first, renamed
     # into place only once -o is written.
@@ -309,7 +288,7 @@ def _compress(args: argparse.Namespace) -> None:
             size = nc.save_compressed(model, staged, overwrite=True)  # our own temporary file
         nc.save(model, output, report, overwrite=args.force)
     print(report)
-    print(f"\nwrote {output}: {before:,} → {after:,} parameters in the compressed layers")
+    print(f"\nwrote {output}: {_summary(report, output, args)}")
     if source is not None:
         print(source.load_hint(output))
     if ncz is not None:
@@ -317,6 +296,23 @@ def _compress(args: argparse.Namespace) -> None:
     if source is not None and args.save_pretrained is not None:
         print(f"wrote {args.save_pretrained}: plain layers (masks and codes folded), "
               f"loadable with transformers.{source.class_name}.from_pretrained alone")
+
+
+def _summary(report, output: Path, args: argparse.Namespace) -> str:
+    """Parameters and bytes, before and after: the weights as given, and the files as written."""
+    on_disk = sum(f.stat().st_size for f in output.iterdir() if f.is_file())
+    given = Path(args.weights) if getattr(args, "weights", None) else None
+    given_bytes = (given.stat().st_size if given.is_file() else sum(f.stat().st_size for f in given.iterdir()
+                                                                   if f.is_file())) if given is not None else None
+    text = f"{report.params_before:,} → {report.params_after:,} parameters in the reported layers; " \
+           f"{on_disk:,} bytes on disk"
+    return text + (f" (the --weights given hold {given_bytes:,})" if given_bytes is not None else "")
+
+
+def _methods(args: argparse.Namespace) -> None:
+    from netcompress.cli.methods import methods_table
+
+    print(methods_table())
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -407,15 +403,30 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"netcompress: warning: {message}", file=sys.stderr)
 
 
+def _help_for(argv: list[str]) -> str | None:
+    """``compress --method NAME --help``: the method whose settings the help shows (others' are hidden)."""
+    from netcompress.registry import METHODS
+
+    if "compress" not in argv or not {"-h", "--help"} & set(argv):
+        return None
+    for i, word in enumerate(argv):
+        name = argv[i + 1] if word == "--method" and i + 1 < len(argv) else word.partition("=")[2]
+        if (word == "--method" or word.startswith("--method=")) and name in METHODS:
+            return name
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status (0, or 2 on an error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    args = _parser().parse_args(argv)
+    method = _help_for(argv)
+    args = _parser(method).parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
-            {"compress": _compress, "report": _report, "export": _export, "rank": _rank_command}[args.command](args)
+            {"compress": _compress, "methods": _methods, "report": _report, "export": _export,
+             "rank": _rank_command}[args.command](args)
     except KeyboardInterrupt:
         print("netcompress: interrupted; nothing was written", file=sys.stderr)
         return 130

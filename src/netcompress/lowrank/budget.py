@@ -11,10 +11,13 @@ import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-__all__ = ["LayerCurve", "allocate_budget", "check_fraction", "rank_for_energy", "rank_for_keep", "useful_rank_limit"]
+from netcompress.registry import Settings
+
+__all__ = ["SIZING", "LayerCurve", "LowRankSettings", "allocate_budget", "check_fraction", "rank_for_energy", "rank_for_keep", "useful_rank_limit"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,40 @@ def check_fraction(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise ValueError(f"{name} must be a fraction in (0, 1], got {value!r}")
     return float(value)
+
+
+SIZING = ("rank", "keep", "energy", "budget")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LowRankSettings(Settings):
+    """What every low-rank method is sized by: exactly one of these four.
+
+    * ``rank``: the rank of each layer (an int, or layer name → int);
+    * ``keep``: the fraction of each layer's parameters kept;
+    * ``energy``: the fraction of each layer's target output energy kept (on held-out samples);
+    * ``budget``: the fraction of the selected layers' parameters kept, spread where it lowers the
+      target output error most per parameter (a layer is left dense where factoring saves too little).
+    """
+
+    sizing: ClassVar[tuple[str, ...]] = SIZING
+    rank: int | None = None
+    keep: float | None = None
+    energy: float | None = None
+    budget: float | None = None
+
+    def check(self) -> None:
+        given = [k for k in SIZING if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"{self.method or 'a low-rank method'} needs exactly one of rank, keep, energy or "
+                             f"budget (got {', '.join(given) or 'none'}), e.g. budget=0.5")
+        for key in ("keep", "energy", "budget"):
+            if getattr(self, key) is not None:
+                check_fraction(key, getattr(self, key))
+
+    def size(self) -> dict[str, object]:
+        """The one sizing field given, as ``{name: value}``."""
+        return {k: v for k, v in self.values(SIZING).items() if v is not None}
 
 
 def useful_rank_limit(out_features: int, in_features: int, per_rank: int | None = None,

@@ -19,6 +19,9 @@ Rank ``k`` keeps the first ``k·per_rank`` rows of ``P``. The least-squares last
 ``P Q Pᵀ + ρI``, ``A_k P_k = Z_kᵀ (L⁻¹P)_k`` where ``Z = L⁻¹ P Q Wᵀ``: the refitted
 approximations of every rank are prefixes of one sum of rank-one terms, like the data-free
 ones, so one factorization gives the output error of every rank in closed form.
+
+Here: :class:`ConvDecomposition` and what builds it; the layers are in :mod:`.conv_modules`, the
+first stages in :mod:`.conv_stages`, the methods in :mod:`.jaderberg` and :mod:`.cp`.
 """
 
 from __future__ import annotations
@@ -29,108 +32,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from netcompress._core.description import Entry, conv_fields, describable
-from netcompress.lowrank.methods import DEFAULT_LAM, _check_dalr, check_lam, shrunk_second_moment
-from netcompress.registry import register
+from netcompress.lowrank.conv_modules import CPConv2d, JaderbergConv2d
+from netcompress.lowrank.conv_stages import _cp_factors, _cp_first, _jaderberg_first, _jaderberg_stages, _whitening
+from netcompress.lowrank.ridge import DEFAULT_LAM, _check_dalr, check_lam, shrunk_second_moment
 from netcompress.stats.moments import Moments, output_energy
 
-__all__ = [
-    "CPConv2d",
-    "ConvDecomposition",
-    "JaderbergConv2d",
-    "cp",
-    "cp_dalr",
-    "jaderberg",
-    "jaderberg_dalr",
-]
-
-
-# --------------------------------------------------------------------------- the layers
-
-
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-
-def _geometry(layer: nn.Module, in_channels: int, out_channels: int, rank: int, *pairs) -> tuple[tuple[int, int], ...]:
-    """Record the original convolution's channels, rank, kernel, stride, padding and dilation on ``layer``; return the pairs."""
-    layer.in_channels, layer.out_channels, layer.rank = in_channels, out_channels, rank
-    layer.kernel_size, layer.stride, layer.padding, layer.dilation = pairs = tuple(map(_pair, pairs))
-    return pairs
-
-
-@describable
-class JaderbergConv2d(nn.Module):
-    """``kh×1`` convolution to ``rank`` channels (stride, padding, dilation along the height), then ``1×kw`` (along the width)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int, stride=(1, 1), padding=(0, 0),
-                 dilation=(1, 1), bias: bool = True):
-        super().__init__()
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(self, in_channels, out_channels, rank, kernel_size, stride,
-                                                           padding, dilation)
-        self.vertical = nn.Conv2d(in_channels, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), bias=False)
-        self.up = nn.Conv2d(rank, out_channels, (1, kw), (1, sw), (0, pw), (1, dw), bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.vertical(x))
-
-    def effective_weight(self, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The (out, in·kh·kw) float64 matrix this layer computes with (its ``rows``), and its bias."""
-        V = self.vertical.weight.detach().double()[..., 0]  # (rank, C, kh)
-        H = self.up.weight.detach().double()[rows][:, :, 0, :]  # (out, rank, kw)
-        return torch.einsum("nkj,kci->ncij", H, V).reshape(H.shape[0], -1), self.up.bias
-
-    def describe(self) -> dict:
-        return {**conv_fields(self), "rank": self.rank, "bias": self.up.bias is not None}
-
-    @classmethod
-    def from_description(cls, entry: Entry) -> JaderbergConv2d:
-        args = entry.conv_args()
-        kh, kw = args["kernel_size"]
-        rank = entry.integer("rank")
-        if rank > min(args["in_channels"] * kh, args["out_channels"] * kw):
-            raise entry.fail(f"field 'rank' {rank} exceeds min(C·kh, N·kw)")
-        return cls(**args, rank=rank, bias=entry.flag("bias"))
-
-
-@describable
-class CPConv2d(nn.Module):
-    """``1×1`` to ``rank`` channels, depthwise ``kh×1`` and ``1×kw`` (the original stride, padding, dilation), ``1×1`` to the outputs."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int, stride=(1, 1), padding=(0, 0),
-                 dilation=(1, 1), bias: bool = True):
-        super().__init__()
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _geometry(self, in_channels, out_channels, rank, kernel_size, stride,
-                                                           padding, dilation)
-        self.pointwise = nn.Conv2d(in_channels, rank, 1, bias=False)
-        self.vertical = nn.Conv2d(rank, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), groups=rank, bias=False)
-        self.horizontal = nn.Conv2d(rank, rank, (1, kw), (1, sw), (0, pw), (1, dw), groups=rank, bias=False)
-        self.up = nn.Conv2d(rank, out_channels, 1, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.horizontal(self.vertical(self.pointwise(x))))
-
-    def effective_weight(self, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The (out, in·kh·kw) float64 matrix this layer computes with (its ``rows``), and its bias."""
-        A = self.up.weight.detach().double()[rows][:, :, 0, 0]  # (out, rank)
-        P = self.pointwise.weight.detach().double()[:, :, 0, 0]  # (rank, C)
-        v = self.vertical.weight.detach().double()[:, 0, :, 0]  # (rank, kh)
-        h = self.horizontal.weight.detach().double()[:, 0, 0, :]  # (rank, kw)
-        return torch.einsum("nr,rc,ri,rj->ncij", A, P, v, h).reshape(A.shape[0], -1), self.up.bias
-
-    def describe(self) -> dict:
-        return {**conv_fields(self), "rank": self.rank, "bias": self.up.bias is not None}
-
-    @classmethod
-    def from_description(cls, entry: Entry) -> CPConv2d:
-        args = entry.conv_args()
-        rank = entry.integer("rank")
-        entry.refuse_larger(rank * (args["in_channels"] + args["out_channels"] + sum(args["kernel_size"])),
-                            "this CP decomposition")
-        return cls(**args, rank=rank, bias=entry.flag("bias"))
-
-
-# --------------------------------------------------------------------------- the decompositions
+__all__ = ["ConvDecomposition", "check_conv", "rank_cost"]
 
 
 def _params_per_rank(kind: str, layer: nn.Conv2d) -> int:
@@ -301,103 +208,6 @@ def _kernel(layer: nn.Conv2d) -> torch.Tensor:
     return weight
 
 
-def _jaderberg_stages(weight: torch.Tensor, rank: int, whitening: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Vertical filters ``(rank, C, kh)`` and horizontal ones ``(N, rank, kw)`` from the SVD of the reshaped kernel.
-
-    With ``whitening`` (a Cholesky factor ``L`` of the vertical filters' input second moment)
-    the SVD is of ``Lᵀ M``: the leading directions are those that carry the most output on the
-    target data, and the vertical filters are mapped back through ``L⁻ᵀ``.
-    """
-    n, c, kh, kw = weight.shape
-    M = weight.permute(1, 2, 0, 3).reshape(c * kh, n * kw)
-    U, S, Vh = torch.linalg.svd(M if whitening is None else whitening.T @ M, full_matrices=False)
-    root = S[:rank].sqrt()
-    left = U[:, :rank] * root
-    if whitening is not None:
-        left = torch.linalg.solve_triangular(whitening.T, left, upper=True)
-    vertical = left.T.reshape(rank, c, kh)
-    horizontal = (root[:, None] * Vh[:rank]).reshape(rank, n, kw).permute(1, 0, 2)
-    return vertical, horizontal
-
-
-def _jaderberg_first(vertical: torch.Tensor, kw: int) -> torch.Tensor:
-    """``P`` with rows ``(k, j)``: output column ``j`` of vertical filter ``k`` on the patch ``(c, i, j')``."""
-    rank, c, kh = vertical.shape
-    eye = torch.eye(kw, dtype=vertical.dtype, device=vertical.device)
-    return torch.einsum("kci,jl->kjcil", vertical, eye).reshape(rank * kw, c * kh * kw)
-
-
-def _cp_start(T: torch.Tensor, rank: int, seed: int) -> list[torch.Tensor]:
-    """Each mode's leading left singular vectors of its unfolding (HOSVD), seeded random columns past its size.
-
-    On a ``1×1`` kernel (a matrix) this start is already the best rank-``R`` fit, and elsewhere it
-    cuts the sweeps ALS needs from a random start several times.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    start = []
-    for mode, size in enumerate(T.shape):
-        unfolded = T.movedim(mode, 0).reshape(size, -1)
-        U = torch.linalg.svd(unfolded, full_matrices=False)[0][:, :rank]
-        extra = torch.randn(size, rank - U.shape[1], generator=generator, dtype=T.dtype).to(T.device)
-        start.append(torch.cat([U, extra], dim=1))
-    return start
-
-
-def _cp_factors(weight: torch.Tensor, rank: int, seed: int, iterations: int = 200, tol: float = 1e-9
-                ) -> tuple[torch.Tensor, ...]:
-    """``(A (N×R), pointwise (R×C), vertical (R×kh), horizontal (R×kw))`` of the kernel's rank-``R`` CP, strongest first.
-
-    Alternating least squares (Kolda and Bader, "Tensor decompositions and applications", SIAM
-    Review 2009): each factor in turn solves its normal equations ``F_m V = M_m``, ``V`` the
-    Hadamard product of the other factors' Gram matrices and ``M_m`` the tensor times their
-    Khatri–Rao product, from an HOSVD start (:func:`_cp_start`), until the relative fit changes
-    by less than ``tol``. Written in torch rather than taken from tensorly: on these small kernels
-    tensorly's ``parafac`` spends its time in per-iteration overhead (about 0.2 s an iteration on
-    a 50×20×5×5 kernel here), and the tests hold this against it.
-    """
-    T = weight.to(torch.float64)
-    factors = _cp_start(T, rank, seed)
-    products = ("abcd,br,cr,dr->ar", "abcd,ar,cr,dr->br", "abcd,ar,br,dr->cr", "abcd,ar,br,cr->dr")
-    norm2, previous = float(T.pow(2).sum()), math.inf
-    for _ in range(iterations):
-        for mode, product in enumerate(products):
-            others = [f for m, f in enumerate(factors) if m != mode]
-            V = math.prod(f.T @ f for f in others)
-            M = torch.einsum(product, T, *others)
-            V.diagonal().add_(1e-12 * float(V.diagonal().mean()) + torch.finfo(V.dtype).tiny)
-            factors[mode] = torch.linalg.solve(V, M.T).T
-        # ‖T − T̂‖² = ‖T‖² − 2⟨T, T̂⟩ + ‖T̂‖², from the last mode's product: no reconstruction
-        fit = norm2 - 2 * float((M * factors[-1]).sum()) + float(math.prod(f.T @ f for f in factors).sum())
-        error = max(fit, 0.0) ** 0.5 / max(norm2, torch.finfo(torch.float64).tiny) ** 0.5
-        if abs(previous - error) < tol:
-            break
-        previous = error
-    norms = [f.norm(dim=0).clamp_min(torch.finfo(torch.float64).tiny) for f in factors]
-    scale = math.prod(norms)
-    order = scale.argsort(descending=True)  # truncating keeps the components that carry the most
-    a_n = (factors[0] / norms[0] * scale)[:, order]
-    return a_n, *((f / n)[:, order].T.contiguous() for f, n in zip(factors[1:], norms[1:], strict=True))
-
-
-def _cp_first(pointwise: torch.Tensor, vertical: torch.Tensor, horizontal: torch.Tensor) -> torch.Tensor:
-    """``P`` with one row per component: ``a_C ⊗ a_h ⊗ a_w`` on the patch ``(c, i, j)``."""
-    return torch.einsum("rc,ri,rj->rcij", pointwise, vertical, horizontal).reshape(pointwise.shape[0], -1)
-
-
-def _whitening(moments: Moments, shrinkage: float | str, rows: int) -> torch.Tensor:
-    """Cholesky factor of the second moment of the patch's first ``rows`` indices, summed over the rest.
-
-    ``rows = C·kh``: ``Σ_j G[(c,i,j), (c',i',j)]``, what Jaderberg's vertical filters read; ``rows = C``:
-    ``Σ_{i,j} G[(c,i,j), (c',i,j)]``, what CP's first ``1×1`` convolution reads.
-    """
-    G = shrunk_second_moment(moments, shrinkage=shrinkage)
-    rest = G.shape[0] // rows
-    G = G.reshape(rows, rest, rows, rest).diagonal(dim1=1, dim2=3).sum(-1)
-    G.diagonal().add_(DEFAULT_LAM * float(G.diagonal().mean()) + torch.finfo(G.dtype).tiny)
-    return torch.linalg.cholesky(G)
-
-
 def _decompose(kind: str, layer: nn.Module, moments: Moments, rank: int, seed: int,
                shrinkage: float | str | None = None) -> ConvDecomposition:
     check_conv(layer)
@@ -454,34 +264,5 @@ def _fitted(kind: str, layer: nn.Module, moments: Moments, rank: int, seed: int,
     return min(candidates, key=lambda d: float(d.output_error()[d.max_rank]))
 
 
+# What every convolution decomposition registers with (see :mod:`.jaderberg`, :mod:`.cp`).
 _CONV = {"family": "lowrank", "accepts": (nn.Conv2d,), "check": check_conv, "example": {"rank": 2}}
-
-
-@register("jaderberg", **_CONV, settings=(), rank_cost=rank_cost("jaderberg"))
-def jaderberg(layer: nn.Module, moments: Moments, rank: int) -> ConvDecomposition:
-    """Jaderberg et al. (BMVC 2014) scheme 2, data-free: the truncated SVD of the kernel as ``(C·kh) × (N·kw)``."""
-    return _decompose("jaderberg", layer, moments, rank, seed=0)
-
-
-@register("jaderberg-dalr", **_CONV, needs_stats=True, validate=_check_dalr, rank_cost=rank_cost("jaderberg"))
-def jaderberg_dalr(layer: nn.Module, moments: Moments, rank: int, *, lam: float | None = None,
-                   shrinkage: float | str = "auto") -> ConvDecomposition:
-    """Jaderberg's two stages fitted to the target data: vertical filters from the SVD of the kernel whitened by
-    the second moment of what they read (or the plain one, where that fits better), horizontal ones by
-    least squares on the layer's outputs."""
-    return _fitted("jaderberg", layer, moments, rank, 0, lam, shrinkage)
-
-
-@register("cp", **_CONV, rank_cost=rank_cost("cp"))
-def cp(layer: nn.Module, moments: Moments, rank: int, *, seed: int = 0) -> ConvDecomposition:
-    """Lebedev et al. (ICLR 2015): the rank-``R`` CP decomposition of the kernel (ALS from a seeded start)."""
-    return _decompose("cp", layer, moments, rank, seed)
-
-
-@register("cp-dalr", **_CONV, needs_stats=True, rank_cost=rank_cost("cp"))
-def cp_dalr(layer: nn.Module, moments: Moments, rank: int, *, seed: int = 0, lam: float | None = None,
-            shrinkage: float | str = "auto") -> ConvDecomposition:
-    """CP fitted to the target data: the decomposition of the kernel seen through whitened input channels (the
-    second moment of what the first ``1×1`` reads; or the plain one, where that fits better), the last ``1×1``
-    factor by least squares on the outputs."""
-    return _fitted("cp", layer, moments, rank, seed, lam, shrinkage)

@@ -10,18 +10,16 @@ from torch import nn
 
 from netcompress._core.layers import plain_layer, progress_disabled, replace_module, resolve_layers
 from netcompress.apply import Plan, behind_padding, layer_row, output_errors, stored_params
-from netcompress.compress import Family, Request, direct_reader, leave_for_reader
+from netcompress.family import Family, Request, Selection, direct_reader, leave_for_reader
 from netcompress.lowrank.budget import (
     LayerCurve,
     allocate_budget,
-    check_fraction,
     rank_for_energy,
     rank_for_keep,
     useful_rank_limit,
 )
 from netcompress.lowrank.methods import Factorization
-from netcompress.registry import method as _method
-from netcompress.registry import register_family
+from netcompress.registry import METHODS, build_settings, register_family
 from netcompress.report import LayerRow
 from netcompress.stats.collect import LayerStats
 from netcompress.stats.moments import Moments
@@ -82,49 +80,35 @@ class LowRankFamily(Family):
     """Factorizations sized by ``rank``, ``keep``, ``energy`` or ``budget``; grouped convolutions stay dense."""
 
     name = "lowrank"
-    sizing = ("rank", "keep", "energy", "budget")
 
-    def drop(self, request: Request, selected: dict[str, nn.Module], skipped: dict[str, str],
-             explicit: set[str]) -> None:
-        for name, layer in list(selected.items()):
+    def drop(self, request: Request, selection: Selection) -> None:
+        for name, layer in list(selection.selected.items()):
             groups = getattr(layer, "groups", 1)
             if groups != 1:
                 reason = f"a grouped convolution (groups={groups}) is not one matrix; low rank leaves it dense"
-                if name in explicit:
+                if name in selection.explicit:
                     raise ValueError(f"layer {name!r}: {reason}")
-                skipped[name] = reason
-                del selected[name]
+                selection.leave_dense(name, reason)
 
-    def statistics(self, request: Request, selected: dict[str, nn.Module], skipped: dict[str, str],
-                   explicit: set[str], reference=None) -> LayerStats | None:
-        """The target statistics; without data, for a method that needs none (``svd``), white inputs'."""
-        stats = super().statistics(request, selected, skipped, explicit, reference)
-        if stats is not None:
-            return stats
-        return LayerStats({name: Moments.white(*_matrix_shape(plain_layer(layer))[::-1])
-                           for name, layer in selected.items()})
+    def validate(self, request: Request, selection: Selection) -> None:
+        super().validate(request, selection)  # each layer against the method's settings
+        size = request.settings.size()
+        for name, layer in selection.selected.items():
+            _initial_rank(name, plain_layer(layer), size.get("rank"), size.get("keep"), request.method.rank_cost)
 
-    def validate(self, request: Request, selected: dict[str, nn.Module], skipped: dict[str, str],
-                 explicit: set[str]) -> None:
-        sizing = request.sizing
-        if len(sizing) != 1:
-            raise ValueError(f"give exactly one of rank, keep, energy or budget (got {', '.join(sizing) or 'none'})")
-        for key in ("keep", "energy", "budget"):
-            if key in sizing:
-                check_fraction(key, sizing[key])
-        super().validate(request, selected, skipped, explicit)  # the method's settings, and each layer against them
-        for name, layer in selected.items():
-            _initial_rank(name, plain_layer(layer), sizing.get("rank"), sizing.get("keep"), request.method.rank_cost)
-
-    def plan(self, request: Request, selected: dict[str, nn.Module], stats: LayerStats | None,
-             prepared: tuple[dict, dict] | None = None) -> Plan:
+    def plan(self, request: Request, selection: Selection, stats: LayerStats | None,
+             arguments: dict[str, dict] | None = None) -> Plan:
         """Factor every selected layer, size the ranks, and plan the replacements (sequentially: one block's).
 
-        In sequential mode ``budget`` is spent within each block, on the curves of its layers.
+        Without data, a method that needs none (``svd``) sees white inputs. In sequential mode
+        ``budget`` is spent within each block, on the curves of its layers.
         """
         from tqdm.auto import tqdm
 
-        chosen, sizing = request.method, request.sizing
+        chosen, selected, size = request.method, selection.selected, request.settings.size()
+        if stats is None:
+            stats = LayerStats({name: Moments.white(*_matrix_shape(plain_layer(layer))[::-1])
+                                for name, layer in selected.items()})
         factorizations: dict[str, Factorization] = {}
         ranks: dict[str, int] = {}
         plan = Plan()
@@ -135,14 +119,14 @@ class LowRankFamily(Family):
             if reader is not None:  # a factored layer has no weight a parent could compute with
                 leave_for_reader(request, plan, name, layer, reader, "a factored replacement")
                 continue
-            ranks[name] = _initial_rank(name, plain, sizing.get("rank"), sizing.get("keep"), chosen.rank_cost)
+            ranks[name] = _initial_rank(name, plain, size.get("rank"), size.get("keep"), chosen.rank_cost)
             # a layer the data never reached, for a method that needs no data: white inputs, as without data
             moments = stats[name] if name in stats else Moments.white(*_matrix_shape(plain)[::-1])
             try:
-                factorizations[name] = chosen.fn(plain, moments, ranks[name], **request.settings)
+                factorizations[name] = chosen.fn(plain, moments, ranks[name], **request.arguments)
             except ValueError as error:
                 raise ValueError(f"layer {name!r}: {error}") from None
-        energy, budget = sizing.get("energy"), sizing.get("budget")
+        energy, budget = size.get("energy"), size.get("budget")
         if energy is not None or budget is not None:
             heldout = stats.heldout.layers if stats.heldout is not None else {}
             curves = {name: _curve(f, heldout.get(name)) for name, f in factorizations.items()}
@@ -156,10 +140,10 @@ class LowRankFamily(Family):
             if k > f.max_rank or after >= before:
                 why = (f"rank {k} would need {after:,} parameters, not fewer than {before:,}" if k <= f.max_rank
                        else "the budget is better spent here dense than factored")
-                plan.rows[name] = layer_row(name, layer, chosen.name, status="left dense", note=why,
-                                            relative_error=0.0, heldout_error=0.0 if stats.heldout is not None else None)
+                plan.rows[name] = request.row(name, layer, status="left dense", note=why, relative_error=0.0,
+                                              heldout_error=0.0 if stats.heldout is not None else None)
                 continue
-            plan.add(name, layer, *_factored(name, layer, f, k, stats, chosen.name))
+            plan.add(name, layer, *_factored(name, layer, f, k, stats, chosen.name, request.settings.to_json()))
         return plan
 
 
@@ -172,12 +156,12 @@ def _matrix_shape(layer: nn.Module) -> tuple[int, int]:
 
 
 def _factored(name: str, layer: nn.Module, f: Factorization, rank: int, stats: LayerStats,
-              method: str) -> tuple[nn.Module, LayerRow]:
-    """The rank-``rank`` replacement of ``layer`` and its report row."""
+              method: str, settings: dict | None = None) -> tuple[nn.Module, LayerRow]:
+    """The rank-``rank`` replacement of ``layer`` and its report row (``settings``: the claim's, to replay)."""
     new = f.module(rank)
     error, held = output_errors(layer, new, stats, name)
     return new, layer_row(name, layer, method, rank=rank, params_after=stored_params(new), relative_error=error,
-                          heldout_error=held, setting=f"rank {rank}")
+                          heldout_error=held, setting=f"rank {rank}", settings=settings)
 
 
 def sweep(
@@ -197,10 +181,12 @@ def sweep(
     """
     if lam is not None:
         settings["lam"] = lam
-    chosen = _method(method, settings)
+    ranks = list(ranks)
+    given = build_settings(method, {**settings, "rank": max(ranks) if ranks else 1})
+    chosen = METHODS[method]
+    settings = given.values(chosen.settings)
     if chosen.family != LowRankFamily.name:
         raise ValueError(f"sweep runs low-rank methods; {method!r} is a {chosen.family} method")
-    ranks = list(ranks)
     if not ranks:
         raise ValueError("ranks is empty; give at least one rank to sweep")
     target = resolve_layers(model, [layer], chosen.accepts)[0][layer]

@@ -9,13 +9,12 @@ from torch import nn
 
 from netcompress._core.layers import explicit_names, reparametrized, resolve_layers
 from netcompress._core.tensors import model_device_dtype, model_input
-from netcompress.apply import Plan, apply_plan, layer_row, stored_params
-from netcompress.compress import Family, Request
+from netcompress.apply import Plan, layer_row, stored_params
+from netcompress.family import Family, Request, Selection
 from netcompress.prune.modules import PRUNABLE
 from netcompress.prune.structured import needed_layers, plan_graph
 from netcompress.registry import register_family
-from netcompress.report import Report
-from netcompress.stats.collect import collect
+from netcompress.stats.collect import LayerStats
 
 __all__ = ["StructuralFamily", "removable_layers"]
 
@@ -27,36 +26,50 @@ class StructuralFamily(Family):
     name = "structural"
     sequential = False
     needs_data = True
+    heldout = False  # the units' statistics are fitted on every sample
 
-    def compress(self, request: Request) -> Report:
+    def select(self, request: Request) -> Selection:
         chosen, model, data = request.method, request.model, request.data
         if data is None:
             raise ValueError(f"method {chosen.name!r} traces the model on target data; pass data")
-        if chosen.validate is not None:
-            chosen.validate(**request.settings)
-        batches = [data] if isinstance(data, torch.Tensor) else list(data)
-        example = _example_input(batches, model)
+        example = _example_input(data if isinstance(data, torch.Tensor) else next(iter(data), None), model)
         selected, skipped = removable_layers(model, example, request.layers, request.exclude, chosen.accepts)
+        selection = Selection(selected, skipped, explicit_names(request.layers))
         if not selected:
             why = next((f" ({n!r}: {r})" for n, r in skipped.items() if r not in ("not selected", "excluded")), "")
             raise ValueError(f"no layer of the model can have its units removed by {chosen.name!r}{why}")
         graph, groups = plan_graph(model, list(selected), example)
-        needed = needed_layers(graph, groups)
-        stats = request.stats
-        if stats is None or any(n not in stats for n in needed):
-            stats = collect(model, batches, needed, positions=request.positions, progress=request.progress)
-        replacements = chosen.fn(model, graph, groups, stats, **request.settings)
+        selection.context.update(graph=graph, groups=groups)
+        return selection
+
+    def validate(self, request: Request, selection: Selection) -> None:
+        """The settings were checked when they were built; the graph when the layers were selected."""
+
+    def observe(self, request: Request, selection: Selection) -> tuple[list[str], list[str]]:
+        return needed_layers(selection.context["graph"], selection.context["groups"]), []
+
+    def settle(self, request: Request, selection: Selection, stats: LayerStats | None) -> None:
+        """Every layer the plan reads was traced on the data, so the pass reached it."""
+
+    def plan(self, request: Request, selection: Selection, stats: LayerStats | None,
+             arguments: dict[str, dict] | None = None) -> Plan:
+        model, graph, groups = request.model, selection.context["graph"], selection.context["groups"]
+        replacements = request.method.fn(model, graph, groups, stats, **request.arguments)
         plan = Plan()
         members = {m for g in groups for m in g}
         for name, new in sorted(replacements.items()):
             old = model.get_submodule(name)
-            note = f"kept {new.weight.shape[0]} of {old.weight.shape[0]} units" if name in members else ""
-            plan.add(name, old, new, layer_row(name, old, chosen.name, params_after=stored_params(new), note=note,
-                                               setting=_row_setting(name, request.settings)))
-        for name in selected:
+            if name in members:  # a layer whose units were removed: its row replays the claim
+                row = request.row(name, old, params_after=stored_params(new), setting=_row_setting(name, request),
+                                  note=f"kept {new.weight.shape[0]} of {old.weight.shape[0]} units")
+            else:  # a reader of removed units, resized with them
+                row = layer_row(name, old, request.method.name, params_after=stored_params(new),
+                                note="resized: it reads units the claim removed")
+            plan.add(name, old, new, row)
+        for name in selection.selected:
             if name not in plan.rows:
-                skipped[name] = "nothing to remove at this sparsity"
-        return apply_plan(model, plan, skipped, chosen.name, batches[0])
+                selection.skipped[name] = "nothing to remove at this sparsity"
+        return plan
 
 
 register_family(StructuralFamily())
@@ -116,10 +129,10 @@ def _reparametrized_neighbour(name: str, graph, modules: dict[str, nn.Module]) -
     return None
 
 
-def _row_setting(name: str, settings: dict[str, object]) -> str:
+def _row_setting(name: str, request: Request) -> str:
     """The settings as one row shows them: a per-layer dict by the layer's own value (left out where it has none)."""
     shown = []
-    for key, value in settings.items():
+    for key, value in request.settings.given().items():
         if isinstance(value, Mapping):
             if name not in value:
                 continue
@@ -128,7 +141,7 @@ def _row_setting(name: str, settings: dict[str, object]) -> str:
     return ", ".join(shown)
 
 
-def _example_input(batches: list, model: nn.Module):
-    if not batches:
+def _example_input(batch, model: nn.Module):
+    if batch is None:
         raise ValueError("data yielded no batches; structured pruning needs target data")
-    return model_input(batches[0], *model_device_dtype(model))
+    return model_input(batch, *model_device_dtype(model))

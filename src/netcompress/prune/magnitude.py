@@ -14,12 +14,13 @@ Structured pruning (whole units and channels, layers physically smaller) is in
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from netcompress.prune.modules import PRUNABLE, masked_like
-from netcompress.registry import register
+from netcompress.registry import Settings, each, register
 from netcompress.stats.moments import Moments
 
 __all__ = [
@@ -80,7 +81,24 @@ def _global_scope(layers: dict[str, nn.Module], arguments: dict[str, dict]) -> N
             args["threshold"] = threshold
 
 
-@register("magnitude", family="layer", accepts=PRUNABLE, settings=("sparsity", "norm", "scope"),
+@dataclass(frozen=True, kw_only=True)
+class Magnitude(Settings):
+    """Magnitude pruning (Han, Pool, Tran and Dally, NeurIPS 2015): zero the ``sparsity`` smallest weights.
+
+    ``norm``: 1 or 2, how a weight's size is measured; ``scope``: one threshold per ``"layer"``, or one
+    for all selected layers (``"global"``).
+    """
+
+    sparsity: float
+    norm: int = 1
+    scope: str = "layer"
+
+    def check(self) -> None:
+        each(self.sparsity, _check_sparsity)
+        each(self.norm, lambda n: check_magnitude(None, sparsity=0.0, norm=n))
+
+
+@register("magnitude", Magnitude, family="layer", accepts=PRUNABLE,
           check=check_magnitude, validate=_check_scope, prepare=_global_scope, example={"sparsity": 0.5})
 def magnitude(layer: nn.Module, moments: Moments | None = None, *, sparsity: float, norm: int = 1,
               threshold: float | None = None) -> nn.Module:

@@ -19,6 +19,8 @@ __all__ = [
 class MaskedLinear(nn.Linear):
     """``nn.Linear`` whose pruned weights (``mask == False``) stay zero."""
 
+    masked = True  # a plain layer but for its mask: observed, and shrunk by structured pruning, as one
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__(in_features, out_features, bias)
         self.register_buffer("mask", torch.ones(out_features, in_features, dtype=torch.bool))
@@ -37,6 +39,8 @@ class MaskedLinear(nn.Linear):
 @describable
 class MaskedConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose pruned weights (``mask == False``) stay zero."""
+
+    masked = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -12,13 +12,15 @@ outputs on the target data stay close.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from netcompress._core.layers import DENSE
 from netcompress.prune.magnitude import _check_sparsity
 from netcompress.prune.modules import masked_like
-from netcompress.registry import register
+from netcompress.registry import Settings, each, register
 from netcompress.stats.hessian import DEFAULT_DAMP, check_hessian_layer, sweep_columns
 from netcompress.stats.moments import Moments
 
@@ -35,7 +37,19 @@ def check_sparsegpt(layer: nn.Module, *, sparsity: float | None = None, damp: fl
     check_hessian_layer(layer, "sparsegpt", damp)
 
 
-@register("sparsegpt", family="layer", accepts=DENSE, needs_stats=True, check=check_sparsegpt,
+@dataclass(frozen=True, kw_only=True)
+class SparseGPT(Settings):
+    """SparseGPT (Frantar and Alistarh, ICML 2023): remove ``sparsity`` of the weights, compensating each removal."""
+
+    sparsity: float
+    damp: float = DEFAULT_DAMP
+
+    def check(self) -> None:  # what needs no layer; check_sparsegpt fits the rest to each layer
+        each(self.sparsity, _check_sparsity)
+        each(self.damp, lambda d: check_hessian_layer(nn.Linear(1, 1), "sparsegpt", d))
+
+
+@register("sparsegpt", SparseGPT, family="layer", accepts=DENSE, needs_stats=True, check=check_sparsegpt,
           example={"sparsity": 0.5})
 def sparsegpt(layer: nn.Module, moments: Moments, *, sparsity: float, damp: float = DEFAULT_DAMP) -> nn.Module:
     """Remove ``sparsity`` of ``layer``'s weights, compensating each removal on the columns after it.

@@ -22,6 +22,7 @@ every layer and BatchNorm that reads them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ from netcompress._core.tensors import weight_matrix
 from netcompress.prune.dependency import ChannelGraph, Segment, trace_channels
 from netcompress.prune.magnitude import _check_sparsity
 from netcompress.prune.modules import PRUNABLE, MaskedConv2d, MaskedLinear
-from netcompress.registry import register
+from netcompress.registry import Settings, register
 from netcompress.stats.collect import LayerStats
 
 __all__ = ["activation", "channel", "check_activation", "check_channel", "needed_layers", "plan_graph"]
@@ -265,7 +266,24 @@ def check_channel(*, sparsity: float | Mapping[str, float], criterion: str = "en
         raise ValueError(f"refit must be true or false, got {refit!r}")
 
 
-@register("activation", family="structural", accepts=PRUNABLE, needs_stats=True,
+@dataclass(frozen=True, kw_only=True)
+class Activation(Settings):
+    """Remove the ``sparsity`` share of units with the weakest target response (``criterion``: mean, max, rate)."""
+
+    sparsity: float
+    criterion: str = "max"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Channel(Settings):
+    """Remove the ``sparsity`` share of channels (``criterion``: energy, l1) and re-fit the next layer (``refit``)."""
+
+    sparsity: float
+    criterion: str = "energy"
+    refit: bool = True
+
+
+@register("activation", Activation, family="structural", accepts=PRUNABLE, needs_stats=True,
           validate=check_activation, example={"sparsity": 0.5})
 def activation(model, graph, groups, stats, *, sparsity: float | Mapping[str, float],
                criterion: str = "max") -> dict[str, nn.Module]:
@@ -274,7 +292,7 @@ def activation(model, graph, groups, stats, *, sparsity: float | Mapping[str, fl
     return _prune(model, graph, groups, stats, sparsity, criterion, refit=False)
 
 
-@register("channel", family="structural", accepts=PRUNABLE, needs_stats=True, validate=check_channel,
+@register("channel", Channel, family="structural", accepts=PRUNABLE, needs_stats=True, validate=check_channel,
           example={"sparsity": 0.5})
 def channel(model, graph, groups, stats, *, sparsity: float | Mapping[str, float], criterion: str = "energy",
             refit: bool = True) -> dict[str, nn.Module]:

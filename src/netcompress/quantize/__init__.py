@@ -7,10 +7,20 @@
 """
 
 from netcompress.quantize import lowbit
-from netcompress.quantize.gptq import gptq
-from netcompress.quantize.methods import binary, clip_weights, kmeans, ternary, uniform
+from netcompress.quantize.gptq import GPTQ, gptq
+from netcompress.quantize.methods import (
+           Binary,
+           KMeans,
+           Ternary,
+           Uniform,
+           binary,
+           clip_weights,
+           kmeans,
+           ternary,
+           uniform,
+)
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, quantized_like
 
-__all__ = ["QuantizedConv2d", "lowbit", "QuantizedEmbedding", "QuantizedLinear", "binary", "clip_weights", "gptq", "kmeans",
+__all__ = ["GPTQ", "Binary", "KMeans", "Ternary", "Uniform", "QuantizedConv2d", "lowbit", "QuantizedEmbedding", "QuantizedLinear", "binary", "clip_weights", "gptq", "kmeans",
            "quantized_like", "ternary", "uniform"]
 

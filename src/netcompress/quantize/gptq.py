@@ -12,13 +12,15 @@ See :mod:`netcompress.stats.hessian` for the factor.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from netcompress._core.layers import DENSE
 from netcompress.quantize.methods import _affine_grid, _check_bits, _finish, grid_codes
 from netcompress.quantize.modules import quantized_like
-from netcompress.registry import register
+from netcompress.registry import Settings, each, register
 from netcompress.stats.hessian import DEFAULT_DAMP, check_hessian_layer, sweep_columns
 from netcompress.stats.moments import Moments
 
@@ -46,7 +48,27 @@ def check_gptq(layer: nn.Module, *, bits: int | None = None, group_size: int | N
 
 
 
-@register("gptq", family="layer", accepts=DENSE, needs_stats=True, check=check_gptq,
+@dataclass(frozen=True, kw_only=True)
+class GPTQ(Settings):
+    """GPTQ (Frantar, Ashkboos, Hoefler and Alistarh, ICLR 2023): ``bits``-bit codes with error feedback.
+
+    ``group_size``: one scale per that many inputs (default one per output channel); ``damp``: the
+    Hessian's damping, relative to its mean diagonal.
+    """
+
+    bits: int
+    group_size: int | None = None
+    symmetric: bool = True
+    damp: float = DEFAULT_DAMP
+
+    def check(self) -> None:  # what needs no layer; check_gptq fits the rest to each layer
+        each(self.bits, _check_bits)
+        if self.bits == 1 and self.symmetric:
+            raise ValueError("a symmetric 1-bit grid holds only zero; use bits ≥ 2 or method 'binary'")
+        each(self.damp, lambda d: check_hessian_layer(nn.Linear(1, 1), "gptq", d))
+
+
+@register("gptq", GPTQ, family="layer", accepts=DENSE, needs_stats=True, check=check_gptq,
           example={"bits": 4})
 def gptq(layer: nn.Module, moments: Moments, *, bits: int, group_size: int | None = None, symmetric: bool = True,
          damp: float = DEFAULT_DAMP) -> nn.Module:

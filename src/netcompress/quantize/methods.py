@@ -27,13 +27,14 @@ anything, so ``compress`` can refuse a bad setting before it changes any layer.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from netcompress._core.tensors import input_columns, row_blocks, weight_rows
 from netcompress.quantize.modules import QUANTIZABLE, QuantizedEmbedding, quantized_like
-from netcompress.registry import register
+from netcompress.registry import Settings, each, register
 from netcompress.stats.moments import Moments
 
 __all__ = [
@@ -163,6 +164,10 @@ def check_kmeans(layer: nn.Module, bits: int | None = None, init: str = "linear"
     _check_layer(layer)
 
 
+def _refuse_init(init: object) -> None:
+    raise ValueError(f"init must be 'linear', 'random' or 'density', got {init!r}")
+
+
 def check_binary(layer: nn.Module, stochastic: bool = False, seed: int = 0) -> None:
     """Raise ``ValueError`` if :func:`binary` cannot quantize ``layer`` with these settings."""
     if not isinstance(stochastic, bool):
@@ -252,7 +257,23 @@ def _affine_grid(values: torch.Tensor, cost: torch.Tensor, bits: int, symmetric:
     return best_scale, best_zero, grid_codes(w, best_scale[:, None], best_zero[:, None], bits)
 
 
-@register("uniform", family="layer", accepts=QUANTIZABLE, check=check_uniform, example={"bits": 4})
+@dataclass(frozen=True, kw_only=True)
+class Uniform(Settings):
+    """Uniform ``bits``-bit integer codes, one scale per tensor, output channel or ``group_size`` inputs."""
+
+    bits: int
+    granularity: str = "channel"
+    group_size: int | None = None
+    symmetric: bool = True
+
+    def check(self) -> None:  # what needs no layer; check_uniform fits the rest to each layer
+        each(self.bits, _check_bits)
+        if self.symmetric is True and self.bits == 1:
+            raise ValueError("a symmetric 1-bit grid holds only zero and one sign; use method='binary' or "
+                             "symmetric=False")
+
+
+@register("uniform", Uniform, family="layer", accepts=QUANTIZABLE, check=check_uniform, example={"bits": 4})
 def uniform(layer: nn.Module, moments: Moments | None = None, *, bits: int, granularity: str = "channel",
             group_size: int | None = None, symmetric: bool = True) -> nn.Module:
     """Uniform ``bits``-bit quantization to integer codes with one scale per group.
@@ -312,7 +333,15 @@ def _codebook_module(layer: nn.Module, codebook: torch.Tensor, codes: torch.Tens
     return _finish(module, layer, codes, mask, codebook=codebook)
 
 
-@register("binary", family="layer", accepts=QUANTIZABLE, check=check_binary)
+@dataclass(frozen=True, kw_only=True)
+class Binary(Settings):
+    """1-bit weights ``±α`` per output channel (``stochastic``: BinaryConnect's stochastic sign, ``seed``-ed)."""
+
+    stochastic: bool = False
+    seed: int = 0
+
+
+@register("binary", Binary, family="layer", accepts=QUANTIZABLE, check=check_binary)
 def binary(layer: nn.Module, moments: Moments | None = None, *, stochastic: bool = False, seed: int = 0) -> nn.Module:
     """1-bit weights ``±α`` per output channel, ``α`` the channel's mean ``|w|``.
 
@@ -335,7 +364,12 @@ def binary(layer: nn.Module, moments: Moments | None = None, *, stochastic: bool
     return _codebook_module(layer, torch.stack([-alpha, alpha], 1), positive.to(torch.uint8), 1, mask)
 
 
-@register("ternary", family="layer", accepts=QUANTIZABLE, check=check_ternary)
+@dataclass(frozen=True, kw_only=True)
+class Ternary(Settings):
+    """Weights in ``{−α, 0, +α}`` per output channel (Li, Zhang and Liu, "Ternary weight networks", 2016)."""
+
+
+@register("ternary", Ternary, family="layer", accepts=QUANTIZABLE, check=check_ternary)
 def ternary(layer: nn.Module, moments: Moments | None = None) -> nn.Module:
     """Weights in ``{−α, 0, +α}`` per output channel: threshold ``Δ = 0.7·mean|w|``, ``α`` the mean ``|w|`` above it.
 
@@ -362,7 +396,20 @@ def _initial_centroids(values: torch.Tensor, levels: int, init: str, seed: int) 
     return torch.quantile(values, torch.linspace(0, 1, levels + 2, dtype=values.dtype)[1:-1])
 
 
-@register("kmeans", family="layer", accepts=QUANTIZABLE, check=check_kmeans, example={"bits": 3})
+@dataclass(frozen=True, kw_only=True)
+class KMeans(Settings):
+    """Deep Compression's weight sharing: ``2^bits`` shared values per layer from 1-D k-means (``init``, ``seed``)."""
+
+    bits: int
+    init: str = "linear"
+    seed: int = 0
+
+    def check(self) -> None:
+        each(self.bits, _check_bits)
+        each(self.init, lambda init: init in ("linear", "random", "density") or _refuse_init(init))
+
+
+@register("kmeans", KMeans, family="layer", accepts=QUANTIZABLE, check=check_kmeans, example={"bits": 3})
 def kmeans(layer: nn.Module, moments: Moments | None = None, *, bits: int, init: str = "linear",
            seed: int = 0) -> nn.Module:
     """Deep Compression's weight sharing: ``2^bits`` shared values per layer from 1-D k-means.

@@ -24,7 +24,15 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from netcompress._core import tensors as _tensors
-from netcompress._core.layers import explicit_names, explicit_padding, progress_disabled, resolve_layers, weight_sources
+from netcompress._core.description import replacement_types
+from netcompress._core.layers import (
+    DENSE,
+    explicit_names,
+    explicit_padding,
+    progress_disabled,
+    resolve_layers,
+    weight_sources,
+)
 from netcompress._core.tensors import (
     _output_matrix,
     _take,
@@ -599,6 +607,11 @@ def layers_called_once(model: nn.Module, batch, names: Iterable[str]) -> bool:
 
 
 @torch.no_grad()
+def observable_types() -> tuple[type[nn.Module], ...]:
+    """The layers whose inputs the pass records: Linear and Conv2d, and those plain but for a mask (pruned)."""
+    return (*DENSE, *(t for t in replacement_types() if getattr(t, "masked", False)))
+
+
 def collect(
     model: nn.Module,
     data: Iterable | torch.Tensor,
@@ -653,15 +666,13 @@ def collect(
     """
     from tqdm.auto import tqdm
 
-    from netcompress.prune.modules import PRUNABLE
-
     required = explicit_names(layers) if required is None else required
 
     if positions is not None and (isinstance(positions, bool) or not isinstance(positions, int) or positions <= 0):
         raise ValueError(f"positions must be a positive number of spatial samples per image, got {positions!r}")
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
         raise ValueError(f"holdout must be a fraction in [0, 1) of the samples to keep apart, got {holdout!r}")
-    selected, skipped = resolve_layers(model, layers, PRUNABLE)
+    selected, skipped = resolve_layers(model, layers, observable_types())
     generator = torch.Generator().manual_seed(seed)
     shared = _SharedInputs(positions)
     recorders = {name: _Recorder(name, layer, positions, generator, shared, reference is not None)

@@ -300,7 +300,7 @@ def _trace(model: nn.Module, example: torch.Tensor, expected: list[torch.Tensor]
 
 def _mark(onnx, file: Path) -> int:
     """Record in ``file``'s metadata that netcompress wrote it; returns its default-domain opset."""
-    from netcompress import __version__
+    from netcompress._core.version import __version__
 
     record = onnx.load_model(str(file))
     entry = record.metadata_props.add()
