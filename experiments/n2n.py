@@ -26,6 +26,7 @@ from experiments.reallocation import uniform_within
 from netcompress._core.atomic import atomic_write_bytes
 from netcompress.distill.finetune import accuracy, finetune
 from netcompress.distill.losses import Logits
+from netcompress.prune.n2n_policy import n2n_reward
 from netcompress.report import text_table
 
 __all__ = ["DeepMLP", "plot_rewards", "run"]
@@ -64,7 +65,7 @@ def _row(name: str, model: nn.Module, split, val, teacher_params: int, teacher_v
     val_accuracy = accuracy(model, *val)
     return {"model": name, "layers": _widths(model), "parameters": params, "macs": nc.count_flops(model, example),
             "val_accuracy": val_accuracy, "test_accuracy": accuracy(model, split.test_x, split.test_y),
-            "reward": nc.prune.n2n_reward(params, teacher_params, val_accuracy, teacher_val)}
+            "reward": n2n_reward(params, teacher_params, val_accuracy, teacher_val)}
 
 
 def run(out: str | Path = "netcompress-n2n", *, seed: int = 0, episodes: int | tuple[int, int] = (15, 40),

@@ -95,3 +95,32 @@ def test_bad_files_and_model_specs(trained, capsys):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "netcompress.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "compress" in result.stdout
+
+
+def test_every_settings_field_is_a_flag_and_builds_the_settings_object(trained, capsys):
+    model, tmp_path = trained
+    out = tmp_path / "out"
+    assert main(_factory_args(tmp_path, "--method", "gptq", "--bits", "4", "--group-size", "16",
+                              "--symmetric", "false", "-o", str(out))) == 0
+    printed = capsys.readouterr().out
+    assert "bytes on disk" in printed and "(the --weights given hold" in printed
+    rows = [r for r in nc.read_report(out).rows if r.replaced]
+    assert rows and all(r.settings == nc.GPTQ(bits=4, group_size=16, symmetric=False).to_json() for r in rows)
+    # a flag of another method is refused in one sentence, before any work
+    assert main(_factory_args(tmp_path, "--method", "gptq", "--bits", "4", "--sparsity", "0.5",
+                              "-o", str(tmp_path / "other"))) == 2
+    assert "method 'gptq' does not take sparsity" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+def test_methods_lists_every_setting_and_method_help_shows_one(capsys):
+    assert main(["methods"]) == 0
+    listing = capsys.readouterr().out
+    for name, chosen in nc.METHODS.items():
+        assert f"{name} ({chosen.settings_class.__name__}" in listing
+    assert "--group-size" in listing and "int | None (default None)" in listing
+    with pytest.raises(SystemExit):
+        main(["compress", "--method", "gptq", "--help"])
+    shown = capsys.readouterr().out
+    assert "settings of gptq" in shown and "--damp" in shown
+    assert "--sparsity" not in shown  # another method's setting is hidden from this method's help

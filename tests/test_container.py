@@ -11,7 +11,7 @@ from torch import nn
 
 import netcompress as nc
 from conftest import SmallNet
-from netcompress.quantize.methods import uniform
+from netcompress.quantize.uniform import uniform
 from netcompress.storage.container import MAGIC, VERSION
 from netcompress.storage.tables import format_storage_table
 

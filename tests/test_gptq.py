@@ -8,7 +8,7 @@ from torch import nn
 import netcompress as nc
 from conftest import SmallNet, correlated_inputs
 from netcompress.quantize import gptq, uniform
-from netcompress.quantize.methods import _affine_grid
+from netcompress.quantize.uniform import _affine_grid
 from netcompress.stats.hessian import inverse_hessian_factor
 
 

@@ -105,7 +105,7 @@ def test_structured_pruning_leaves_a_reparametrised_layer_dense_and_says_how_to_
     assert model[2].out_features == 16  # only its inputs follow layer 0: its own units feed the re-parametrised '4'
     assert report["4"].status == "left dense"
     assert f"it is re-parametrised by {utility}; call torch.nn.utils." in report["4"].note
-    from netcompress._core.layers import reparametrized
+    from netcompress._core.sources import reparametrized
 
     assert reparametrized(model[4]) == {"weight": utility}  # left exactly as it was
 
@@ -133,7 +133,7 @@ def test_requires_grad_survives_compress_for_every_method(method):
 
 
 def test_copy_trainability_takes_the_weight_flag_for_factors_and_the_bias_flag_for_the_bias():
-    from netcompress._core.layers import copy_trainability
+    from netcompress._core.sources import copy_trainability
 
     old = nn.Linear(6, 5)
     old.weight.requires_grad_(False)

@@ -9,8 +9,10 @@ from torch import nn
 
 import netcompress as nc
 from netcompress._core.description import build, describe
-from netcompress.quantize.methods import CLIP_FRACTIONS, binary, check_uniform, clip_weights, kmeans, ternary, uniform
 from netcompress.quantize.modules import QuantizedEmbedding
+from netcompress.quantize.binary import binary, ternary
+from netcompress.quantize.kmeans import kmeans
+from netcompress.quantize.uniform import CLIP_FRACTIONS, check_uniform, clip_weights, uniform
 
 
 def _layer(out=12, inp=20, seed=0):
@@ -180,7 +182,7 @@ def _ref_kmeans(values: np.ndarray, k: int, iterations: int) -> np.ndarray:
 
 
 def test_kmeans_matches_lloyd_and_shares_weights():
-    from netcompress.quantize.methods import KMEANS_ITERATIONS
+    from netcompress.quantize.kmeans import KMEANS_ITERATIONS
 
     layer = _layer(30, 40)
     q = kmeans(layer, bits=3, init="linear")

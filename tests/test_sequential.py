@@ -149,7 +149,7 @@ def test_sequential_low_rank_budget_is_spent_within_each_block_and_reports_again
 @pytest.mark.parametrize("method", ["svd", "svd-bc", "dalr", "dalr-bc"])
 def test_every_rank_error_against_the_original_network_equals_the_error_measured_directly(method):
     """The curves that size ranks in sequential mode, in sample and held out, against direct forward passes."""
-    from netcompress.family import original_layers
+    from netcompress.sequential import original_layers
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 12), nn.Tanh(), nn.Linear(12, 10)).double()

@@ -115,7 +115,7 @@ def test_wrong_input_shape_gets_one_clear_sentence():
 
 
 def test_wide_inputs_accumulate_the_symmetric_gram_by_blocks():
-    from netcompress.stats.collect import SYMMETRIC_BLOCKS_FROM
+    from netcompress.stats.recorder import SYMMETRIC_BLOCKS_FROM
 
     layer = nn.Linear(SYMMETRIC_BLOCKS_FROM + 37, 3)
     x = torch.randn(64, SYMMETRIC_BLOCKS_FROM + 37)

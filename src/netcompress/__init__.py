@@ -20,7 +20,7 @@ is sugar for ``nc.GPTQ(bits=4)``.
 
 # Importing a family's package registers its methods.
 from netcompress import lowrank, prune, quantize  # noqa: F401
-from netcompress._core.version import __version__
+from netcompress._core.version import __version__  # noqa: F401  (nc.__version__)
 from netcompress.compress import compress, replay
 from netcompress.distill.finetune import finetune
 from netcompress.lowrank import CP, CPDALR, DALR, DALRBC, SVD, SVDBC, Jaderberg, JaderbergDALR
@@ -47,7 +47,7 @@ __all__ = [
     "CP", "CPDALR", "DALR", "DALRBC", "GPTQ", "SVD", "SVDBC", "Activation", "Binary", "Channel", "Jaderberg",
     "JaderbergDALR", "KMeans", "Magnitude", "Settings", "SparseGPT", "Ternary", "Uniform",
     # compress, measure, keep
-    "LayerRow", "LayerStats", "METHODS", "Method", "Moments", "Report", "__version__", "collect", "compress",
+    "LayerRow", "LayerStats", "METHODS", "Method", "Moments", "Report", "collect", "compress",
     "count_flops", "export_onnx", "finetune", "load", "load_compressed", "n2n_search", "prune_reallocate",
     "read_recipe", "read_report", "register", "register_family", "relative_output_error", "replay", "run_pipeline",
     "save", "save_compressed", "storage_table", "sweep", "unregister",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,13 +17,13 @@ from torch import nn
 from netcompress._core.architecture import remember_original
 from netcompress._core.layers import (
     Padded,
-    copy_trainability,
     explicit_padding,
     plain_layer,
     reparametrized_note,
     replace_module,
 )
 from netcompress._core.sizes import saved_bytes
+from netcompress._core.sources import copy_trainability
 from netcompress._core.tensors import (
     WeightRows,
     _take,
@@ -34,8 +35,10 @@ from netcompress._core.tensors import (
 )
 from netcompress._core.transaction import all_or_nothing, evaluating
 from netcompress.report import LayerRow, Report
-from netcompress.stats.collect import LayerStats
 from netcompress.stats.moments import Moments, relative_output_error
+
+if TYPE_CHECKING:
+    from netcompress.stats.collect import LayerStats
 
 __all__ = ["Plan", "apply_plan", "behind_padding", "check_runs", "check_samples", "first_batch", "full_report", "swap_in", "layer_row", "layer_settings",
            "output_errors", "readable_as_weight", "stored_params"]
@@ -148,7 +151,7 @@ class Plan:
     def add(self, name: str, old: nn.Module, new: nn.Module, row: LayerRow) -> None:
         """Plan to replace layer ``name`` by ``new`` (behind ``old``'s explicit padding, if any).
 
-        ``new``'s parameters take ``old``'s ``requires_grad`` (:func:`~netcompress._core.layers.copy_trainability`):
+        ``new``'s parameters take ``old``'s ``requires_grad`` (:func:`~netcompress._core.sources.copy_trainability`):
         a frozen layer comes out frozen.
         """
         self.replacements[name] = behind_padding(old, copy_trainability(new, old))

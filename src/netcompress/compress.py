@@ -21,7 +21,8 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from netcompress._core.layers import _match, candidate_layers, read_in_source
+from netcompress._core.layers import _match, candidate_layers
+from netcompress._core.sources import read_in_source
 from netcompress._core.transaction import all_or_nothing
 from netcompress.apply import Plan, apply_plan, check_samples, full_report, layer_row
 from netcompress.family import DEFAULT_HOLDOUT, Request, Selection

@@ -19,9 +19,9 @@ quantization); the low-rank family (:mod:`netcompress.lowrank.family`) and the s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -31,7 +31,6 @@ from netcompress._core.layers import (
     explicit_names,
     plain_layer,
     progress_disabled,
-    replace_module,
     resolve_layers,
 )
 from netcompress.apply import (
@@ -45,9 +44,11 @@ from netcompress.apply import (
 )
 from netcompress.registry import FAMILIES, Method, Settings, register_family
 from netcompress.report import LayerRow
-from netcompress.stats.collect import LayerStats
 
-__all__ = ["DEFAULT_HOLDOUT", "Family", "Request", "Selection", "direct_reader", "leave_for_reader", "original_layers"]
+if TYPE_CHECKING:
+    from netcompress.stats.collect import LayerStats
+
+__all__ = ["DEFAULT_HOLDOUT", "Family", "Request", "Selection", "direct_reader", "leave_for_reader"]
 
 # Held-out share of the data that compress keeps apart for honest errors when it collects statistics itself.
 DEFAULT_HOLDOUT = 0.2
@@ -241,17 +242,3 @@ def leave_for_reader(request: Request, plan: Plan, name: str, layer: nn.Module, 
     if name in explicit_names(request.layers):
         raise ValueError(f"layer {name!r} cannot be compressed by {request.method.name!r}: {note}")
     plan.rows[name] = layer_row(name, layer, request.method.name, status="left dense", note=note)
-
-
-@contextmanager
-def original_layers(model: nn.Module, originals: Mapping[str, nn.Module]) -> Iterator[None]:
-    """The model as the original network for the time of the context: the compressed layers swapped back."""
-    modules = dict(model.named_modules())
-    compressed = {name: modules[name] for name in originals}
-    for name, layer in originals.items():
-        replace_module(model, name, layer)
-    try:
-        yield
-    finally:
-        for name, layer in compressed.items():
-            replace_module(model, name, layer)

@@ -12,19 +12,25 @@ same passes: a block's layers are compressed by whichever method claimed each of
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from netcompress._core.blocks import find_blocks
+from netcompress._core.layers import replace_module
 from netcompress._core.transaction import all_or_nothing
 from netcompress.apply import Plan, check_runs, check_samples, first_batch, swap_in
-from netcompress.family import Request, Selection, original_layers
 from netcompress.report import LayerRow
-from netcompress.stats.collect import LayerStats, layers_called_once
+from netcompress.stats.collect import layers_called_once
 
-__all__ = ["compress_sequentially"]
+if TYPE_CHECKING:  # the claims come from compress; sequential mode only runs their families' steps
+    from netcompress.family import Request, Selection
+    from netcompress.stats.collect import LayerStats
+
+__all__ = ["compress_sequentially", "original_layers"]
 
 
 def compress_sequentially(claims: list[tuple[Request, Selection]],
@@ -74,3 +80,17 @@ def compress_sequentially(claims: list[tuple[Request, Selection]],
             del stats, plan  # one block's statistics at a time: freed before the next block's pass
         check_runs(model, first_batch(data))
     return rows, [s for _, s in claims]
+
+
+@contextmanager
+def original_layers(model: nn.Module, originals: Mapping[str, nn.Module]) -> Iterator[None]:
+    """The model as the original network for the time of the context: the compressed layers swapped back."""
+    modules = dict(model.named_modules())
+    compressed = {name: modules[name] for name in originals}
+    for name, layer in originals.items():
+        replace_module(model, name, layer)
+    try:
+        yield
+    finally:
+        for name, layer in compressed.items():
+            replace_module(model, name, layer)

@@ -15,10 +15,11 @@ This module is the one place that decides what a layer *is* for every method, fo
   every method sees them through :func:`plain_layer`, a plain layer holding the *effective*
   weight and bias (what the layer computes with, in eval mode), so they are compressed like the
   equivalent plain layer; the replacement is a plain netcompress layer, the re-parametrisation
-  is gone, and the Report's row says so (:func:`reparametrized`).
+  is gone, and the Report's row says so (:func:`~netcompress._core.sources.reparametrized`).
 
 Everything else with a weight matrix is a *candidate* that the Report lists as left dense,
-with the reason.
+with the reason. Where a layer's weight comes from (re-parametrisations, tied weights, a
+parent reading it directly) is read in :mod:`netcompress._core.sources`.
 """
 
 from __future__ import annotations
@@ -31,25 +32,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from netcompress._core.description import Entry, describable, replacement_types
+from netcompress._core.sources import _hook_tensor, _shared_weights, reparametrized, trainable, weight_sources
 
 __all__ = [
     "DENSE",
     "Padded",
     "candidate_layers",
-    "copy_trainability",
     "effective_tensor",
     "explicit_names",
     "explicit_padding",
     "plain_layer",
     "progress_disabled",
-    "read_in_source",
-    "reparametrized",
     "reparametrized_note",
     "replace_module",
     "resolve_layers",
-    "trainable",
     "unsupported_reason",
-    "weight_sources",
 ]
 
 
@@ -116,43 +113,6 @@ def _standard_forward(module: nn.Module) -> bool:
 # ---- re-parametrised layers: torch.nn.utils.prune, weight_norm, spectral_norm, parametrize -------------------------
 
 
-def _hook_tensor(hook: object) -> tuple[str, str] | None:
-    """(tensor name, the torch utility) of a forward pre-hook that recomputes a tensor before each call."""
-    from torch.nn.utils import prune
-    from torch.nn.utils.spectral_norm import SpectralNorm
-    from torch.nn.utils.weight_norm import WeightNorm
-
-    if isinstance(hook, prune.BasePruningMethod):
-        return hook._tensor_name, "torch.nn.utils.prune"
-    if isinstance(hook, WeightNorm):
-        return hook.name, "torch.nn.utils.weight_norm"
-    if isinstance(hook, SpectralNorm):
-        return hook.name, "torch.nn.utils.spectral_norm"
-    return None
-
-
-def reparametrized(module: nn.Module) -> dict[str, str]:
-    """Tensor name → the torch utility re-parametrising it (``{"weight": "torch.nn.utils.prune"}``); ``{}`` if none.
-
-    Such a layer holds no plain ``weight`` parameter: its weight is computed from others
-    (``weight_orig`` × ``weight_mask``, ``g·v/‖v‖``, a parametrization's ``original``) before
-    each call.
-    """
-    from torch.nn.utils import parametrize
-
-    found: dict[str, str] = {}
-    if parametrize.is_parametrized(module):
-        for tensor, chain in module.parametrizations.items():
-            weight_norm = any(type(p).__name__ == "_WeightNorm" for p in chain)
-            found[tensor] = ("torch.nn.utils.parametrizations.weight_norm" if weight_norm
-                             else "torch.nn.utils.parametrize")
-    for hook in module._forward_pre_hooks.values():
-        known = _hook_tensor(hook)
-        if known is not None:
-            found.setdefault(*known)
-    return found
-
-
 @torch.no_grad()
 def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     """The ``weight`` or ``bias`` the layer computes with (detached), re-parametrisation applied, as in eval mode.
@@ -179,41 +139,6 @@ def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
         return hook.compute_weight(module).detach()
     tensor = getattr(module, name, None)
     return tensor.detach() if isinstance(tensor, torch.Tensor) else None
-
-
-def weight_sources(module: nn.Module, name: str = "weight") -> list[nn.Parameter]:
-    """The parameters the layer's ``weight`` (or ``bias``) is computed from: itself, or ``weight_orig``,
-    ``weight_g``/``weight_v``, a parametrization's ``original`` and its own parameters."""
-    return [p for key, p in module.named_parameters()
-            if key == name or key.startswith(f"{name}_") or key.startswith(f"parametrizations.{name}.")]
-
-
-def trainable(module: nn.Module, name: str = "weight") -> bool | None:
-    """Whether the layer's ``weight`` (or ``bias``) is trained: any of its :func:`weight_sources` requires grad.
-
-    ``None`` when the layer has no such parameter (a replacement without a ``weight``: then any
-    of its parameters but the bias decides for the weight).
-    """
-    sources = weight_sources(module, name)
-    if not sources and name == "weight":
-        sources = [p for key, p in module.named_parameters() if key.rpartition(".")[2] != "bias"]
-    return any(p.requires_grad for p in sources) if sources else None
-
-
-def copy_trainability(new: nn.Module, old: nn.Module) -> nn.Module:
-    """Give ``new``'s parameters the ``requires_grad`` of what they replace in ``old``; returns ``new``.
-
-    A parameter named ``bias`` takes the flag of ``old``'s bias; every other one (factors, codebooks,
-    scales: all derived from the weight) the flag of ``old``'s weight. A layer the user froze
-    stays frozen, a trainable one stays trainable (an integer tensor cannot require grad and is left).
-    """
-    weight, bias = trainable(old, "weight"), trainable(old, "bias")
-    for key, parameter in new.named_parameters():
-        flag = bias if key.rpartition(".")[2] == "bias" and bias is not None else weight
-        if flag is None or (flag and not (parameter.is_floating_point() or parameter.is_complex())):
-            continue
-        parameter.requires_grad_(flag)
-    return new
 
 
 def _has_weight_matrix(module: nn.Module) -> bool:
@@ -285,18 +210,6 @@ def candidate_layers(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-def _shared_weights(model: nn.Module) -> dict[int, list[str]]:
-    """id of each parameter a layer's weight comes from (itself, or ``weight_orig``…) → the layers it comes into."""
-    owners: dict[int, list[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        weight = module._parameters.get("weight")
-        sources = [weight] if isinstance(weight, torch.Tensor) else (
-            weight_sources(module) if "weight" in reparametrized(module) else [])
-        for source in sources:
-            owners.setdefault(id(source), []).append(name)
-    return owners
-
-
 def unsupported_reason(model: nn.Module, name: str, module: nn.Module, accepts: tuple[type[nn.Module], ...],
                        owners: dict[int, list[str]] | None = None) -> str | None:
     """Why a method that takes ``accepts`` cannot compress this layer (None when it can)."""
@@ -326,34 +239,6 @@ def unsupported_reason(model: nn.Module, name: str, module: nn.Module, accepts: 
     if sharing:
         return f"its weight is shared with {sharing[0]!r} (tied weights)"
     return None
-
-
-def read_in_source(model: nn.Module, names: Iterable[str]) -> dict[str, str]:
-    """Layers whose parent's class reads their weight directly in its source (``self.qkv.weight``), with the reason.
-
-    What ``compress`` knows without data (with data, :func:`~netcompress.collect` sees the reads
-    themselves): torchvision's Swin passes ``self.qkv.weight`` to ``F.linear`` and never calls
-    ``qkv``, so a replacement without an equivalent ``weight`` would be computed with by no one.
-    A parent whose source cannot be read is taken to call its children.
-    """
-    import inspect
-
-    sources: dict[type, str] = {}
-    found: dict[str, str] = {}
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        if not child:
-            continue
-        kind = type(model.get_submodule(parent_name) if parent_name else model)
-        if kind not in sources:
-            try:
-                sources[kind] = inspect.getsource(kind)
-            except (OSError, TypeError):
-                sources[kind] = ""
-        if re.search(rf"\.{re.escape(child)}\s*\.\s*weight\b", sources[kind]):
-            found[name] = (f"its parent {parent_name or 'the model'!r} reads its weight directly "
-                           f"(self.{child}.weight in {kind.__name__})")
-    return found
 
 
 def plain_layer(module: nn.Module) -> nn.Module:

@@ -339,7 +339,9 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def build_model(spec: str, weights: str | Path | None = None) -> nn.Module:
-    """Call the factory ``package.module:function`` (or ``file.py:function``) and load ``weights`` into the model."""
+    """Call the factory ``package.module:function`` (or ``file.py:function``) and load ``weights`` into the model.
+    (:func:`netcompress.cli.zoo.build` also takes ``torchvision:``, ``timm:`` and ``transformers:`` models.)
+    """
     module_name, _, attribute = spec.rpartition(":")
     if not module_name or not attribute or not attribute.isidentifier():
         raise ValueError(f"model {spec!r} must look like package.module:factory or path/to/file.py:factory")

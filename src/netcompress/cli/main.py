@@ -97,10 +97,12 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
 def _model_arguments(command: argparse.ArgumentParser, required: bool = True) -> None:
     """--model and --weights, as compress and export read them."""
     command.add_argument("--model", required=required,
-                         help="factory building the original architecture: package.module:function (importable from "
-                              "the current directory) or path/to/file.py:function")
+                         help="the original architecture: package.module:function (importable from the current "
+                              "directory), path/to/file.py:function, torchvision:NAME, timm:NAME or "
+                              "transformers:CLASS (nothing is downloaded)")
     command.add_argument("--weights",
-                         help="the trained weights: .safetensors, or a torch.save'd state dict (.pt/.pth)")
+                         help="the trained weights: .safetensors, or a torch.save'd state dict (.pt/.pth); for "
+                              "transformers:CLASS, a local model directory (config.json, model.safetensors)")
 
 
 def _hf_arguments(command: argparse.ArgumentParser) -> None:
@@ -164,43 +166,6 @@ def _normalisation(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[f
     return (args.mean, args.std) if args.mean else None
 
 
-def _check_ncz_target(path: Path, output: Path, force: bool) -> None:
-    from netcompress.storage.container import MAGIC
-
-    if path.resolve() == output.resolve():
-        raise ValueError(f"--ncz {path} is the -o directory; give the container a file name of its own")
-    if path.is_dir():
-        raise ValueError(f"--ncz {path} is a directory; give a file name such as model.ncz")
-    if path.exists() and not force:
-        with open(path, "rb") as handle:
-            ours = handle.read(len(MAGIC)) == MAGIC
-        if not ours:
-            raise ValueError(f"{path} exists and is not a netcompress container; choose another --ncz path, "
-                             "or pass --force to replace it")
-
-
-def _check_separate_outputs(args: argparse.Namespace) -> None:
-    """Refuse outputs that are the same path or nested in one another, before any work.
-
-    Each output is staged beside its final path and renamed into place whole, so a directory that
-    holds another output would be refused as foreign (or left half-written) after the compression ran.
-    The one nesting allowed is ``--ncz`` inside ``-o``: ``nc.save`` leaves files it did not write alone.
-    """
-    outputs = [("-o", args.output), ("--save-pretrained", getattr(args, "save_pretrained", None)),
-               ("--ncz", args.ncz)]
-    given = [(flag, Path(path), Path(path).resolve()) for flag, path in outputs if path is not None]
-    for flag, path, resolved in given:
-        for other, other_path, other_resolved in given:
-            if other == flag or (flag, other) == ("--ncz", "-o"):
-                continue  # --ncz inside -o is allowed, the same path refused by _check_ncz_target
-            if resolved == other_resolved and "--ncz" not in (flag, other) and flag < other:
-                raise ValueError(f"{flag} {path} and {other} {other_path} are the same path; give each output "
-                                 "a path of its own")
-            if other_resolved in resolved.parents:
-                raise ValueError(f"{flag} {path} is inside the {other} {'file' if other == '--ncz' else 'directory'} "
-                                 f"{other_path}; outputs do not nest, so give {flag} and {other} separate paths")
-
-
 def _steps(args: argparse.Namespace) -> list[dict]:
     """The compression as checked steps (a recipe, or one --method step): no data read yet."""
     from netcompress.cli.methods import flag_values
@@ -235,16 +200,18 @@ def _compress(args: argparse.Namespace) -> None:
     import netcompress as nc
     from netcompress._core.atomic import made_directories, staged_file
     from netcompress.cli import hf
-    from netcompress.cli.inputs import batches, build_model, normalize, read_data, read_labels
+    from netcompress.cli.inputs import batches, normalize, read_data, read_labels
+    from netcompress.cli.outputs import check_ncz_target, check_separate_outputs, summary
+    from netcompress.cli.zoo import build
     from netcompress.pipeline import step_settings
     from netcompress.storage.io import check_save_target
 
     # Everything that can be checked without the model and the data, before they are read.
     output, ncz = Path(args.output), Path(args.ncz) if args.ncz else None
-    _check_separate_outputs(args)
+    check_separate_outputs(args)
     check_save_target(output, args.force)
     if ncz is not None:
-        _check_ncz_target(ncz, output, args.force)
+        check_ncz_target(ncz, output, args.force)
     steps = _steps(args)
     lines = hf.check_arguments(args, steps)  # --text's samples with --hf, else None
     if lines is None and (args.model is None or args.data is None):
@@ -262,7 +229,7 @@ def _compress(args: argparse.Namespace) -> None:
         calibration = source.batches(lines, args.batch_size, args.max_length, model)
         original = hf.shapes(model)
     else:
-        model = build_model(args.model, args.weights)
+        model = build(args.model, args.weights)
         data = read_data(args.data, tuple(args.image_size) if args.image_size else None)
         if normalisation is not None:
             data = normalize(data, *normalisation)
@@ -288,7 +255,7 @@ def _compress(args: argparse.Namespace) -> None:
             size = nc.save_compressed(model, staged, overwrite=True)  # our own temporary file
         nc.save(model, output, report, overwrite=args.force)
     print(report)
-    print(f"\nwrote {output}: {_summary(report, output, args)}")
+    print(f"\nwrote {output}: {summary(report, output, args)}")
     if source is not None:
         print(source.load_hint(output))
     if ncz is not None:
@@ -296,17 +263,6 @@ def _compress(args: argparse.Namespace) -> None:
     if source is not None and args.save_pretrained is not None:
         print(f"wrote {args.save_pretrained}: plain layers (masks and codes folded), "
               f"loadable with transformers.{source.class_name}.from_pretrained alone")
-
-
-def _summary(report, output: Path, args: argparse.Namespace) -> str:
-    """Parameters and bytes, before and after: the weights as given, and the files as written."""
-    on_disk = sum(f.stat().st_size for f in output.iterdir() if f.is_file())
-    given = Path(args.weights) if getattr(args, "weights", None) else None
-    given_bytes = (given.stat().st_size if given.is_file() else sum(f.stat().st_size for f in given.iterdir()
-                                                                   if f.is_file())) if given is not None else None
-    text = f"{report.params_before:,} → {report.params_after:,} parameters in the reported layers; " \
-           f"{on_disk:,} bytes on disk"
-    return text + (f" (the --weights given hold {given_bytes:,})" if given_bytes is not None else "")
 
 
 def _methods(args: argparse.Namespace) -> None:
@@ -349,7 +305,8 @@ def _check_onnx_target(args: argparse.Namespace) -> Path:
 
 def _export(args: argparse.Namespace) -> None:
     import netcompress as nc
-    from netcompress.cli.inputs import batches, build_model, normalize, read_data
+    from netcompress.cli.inputs import batches, normalize, read_data
+    from netcompress.cli.zoo import build
     from netcompress.storage.onnx import check_opset, require_onnx
 
     # Everything that can be checked without the model and the data, before they are read.
@@ -362,7 +319,7 @@ def _export(args: argparse.Namespace) -> None:
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
 
-    model = build_model(args.model, args.weights)
+    model = build(args.model, args.weights)
     if args.load:
         nc.load(model, args.load)
     data = read_data(args.data, tuple(args.image_size) if args.image_size else None)

@@ -14,7 +14,7 @@ Three forms, each built without downloading anything and without unpickling anyt
 * ``--model transformers:CLASS --weights DIR`` — ``CLASS`` is a model class of ``transformers``
   (``AutoModel``, ``AutoModelForSequenceClassification``, ``BertModel``, …) and ``DIR`` a local
   directory as ``save_pretrained`` writes it: ``config.json`` (bounded by
-  :func:`netcompress.cli.hf.check_config` before transformers reads it) and ``model.safetensors``
+  :func:`netcompress.cli.hf_checks.check_config` before transformers reads it) and ``model.safetensors``
   (or a sharded ``model.safetensors.index.json``), read with ``from_pretrained(DIR,
   local_files_only=True, use_safetensors=True, trust_remote_code=False)`` in float32. A directory
   holding only pickled weights (``pytorch_model.bin``) is refused, and so is a class that would
@@ -35,7 +35,7 @@ from types import ModuleType
 
 from torch import nn
 
-__all__ = ["ZOO_PREFIXES", "build_zoo_model", "is_zoo_spec"]
+__all__ = ["build", "ZOO_PREFIXES", "build_zoo_model", "is_zoo_spec"]
 
 ZOO_PREFIXES = ("torchvision", "timm", "transformers")
 # The pip command that installs each zoo's package.
@@ -190,7 +190,7 @@ def _load_pretrained(transformers: ModuleType, cls: type, name: str, spec: str, 
     from packaging.version import Version
 
     from netcompress._core.files import require_regular
-    from netcompress.cli.hf import READ_SUFFIXES, check_config
+    from netcompress.cli.hf_checks import READ_SUFFIXES, check_config
 
     for entry in sorted(folder.iterdir()):  # a named pipe or device would block transformers or never end
         if entry.suffix in READ_SUFFIXES and not entry.is_dir():
@@ -238,3 +238,10 @@ def build_zoo_model(spec: str, weights: str | Path | None) -> nn.Module:
         raise ValueError(f"--model {spec} names no model; give one after the colon, e.g. {prefix}:"
                          + ("AutoModel" if prefix == "transformers" else "resnet18"))
     return BUILDERS[prefix](name.strip(), spec, weights)
+
+
+def build(spec: str, weights: str | Path | None) -> nn.Module:
+    """What ``--model SPEC --weights W`` builds: a zoo architecture (:func:`build_zoo_model`) or a user factory."""
+    from netcompress.cli.inputs import build_model
+
+    return build_zoo_model(spec, weights) if is_zoo_spec(spec) else build_model(spec, weights)

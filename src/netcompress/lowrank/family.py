@@ -18,7 +18,7 @@ from netcompress.lowrank.budget import (
     rank_for_keep,
     useful_rank_limit,
 )
-from netcompress.lowrank.methods import Factorization
+from netcompress.lowrank.factorization import Factorization
 from netcompress.registry import METHODS, build_settings, register_family
 from netcompress.report import LayerRow
 from netcompress.stats.collect import LayerStats

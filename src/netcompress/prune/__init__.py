@@ -12,13 +12,10 @@
 from netcompress.prune.family import StructuralFamily
 from netcompress.prune.magnitude import Magnitude, global_threshold, magnitude, magnitude_scores
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear, masked_like
-from netcompress.prune.n2n import N2NResult, n2n_search, n2n_student
-from netcompress.prune.n2n_policy import n2n_reward
-from netcompress.prune.peel import Reallocation, prune_reallocate
 from netcompress.prune.sparsegpt import SparseGPT, sparsegpt
 from netcompress.prune.structured import Activation, Channel, activation, channel
 
-__all__ = ["Activation", "Channel", "Magnitude", "SparseGPT", "MaskedConv2d", "MaskedLinear", "N2NResult", "Reallocation", "StructuralFamily", "activation", "channel",
-           "global_threshold", "magnitude", "magnitude_scores", "masked_like", "n2n_reward", "n2n_search",
-           "n2n_student", "prune_reallocate", "sparsegpt"]
+__all__ = ["Activation", "Channel", "Magnitude", "SparseGPT", "MaskedConv2d", "MaskedLinear", "StructuralFamily", "activation", "channel",
+           "global_threshold", "magnitude", "magnitude_scores", "masked_like",
+           "sparsegpt"]
 

@@ -19,10 +19,11 @@ network then recovers the accuracy. Here:
    the samples it was fitted to a layer with few kept channels can look lossless. The loss is the
    cross-entropy on the labels (``importance="loss"``) or, without labels, the relative error of
    the network's outputs against the original's, ``Σ||f(x) − f₀(x)||² / Σ||f₀(x)||²`` (``"output"``);
-3. *reallocation*: layer ``g`` keeps the share ``backbone_g + t · importance_g / max importance``
-   of its channels (at most all of them): extra channels go to layers in proportion to their
-   importance, and ``t`` is bisected so that the network's multiply-accumulates meet the target;
-   the rounding remainder is spent one channel at a time where a layer is furthest below its share
+3. *reallocation* (:mod:`.peel_allocation`): layer ``g`` keeps the share
+   ``backbone_g + t · importance_g / max importance`` of its channels (at most all of them): extra
+   channels go to layers in proportion to their importance, and ``t`` is bisected so that the
+   network's multiply-accumulates meet the target; the rounding remainder is spent one channel at
+   a time where a layer is furthest below its share
    (where a coarse channel steps over the target, it is paid for by the finest channels of the
    least important layers, so that the result lands within ``TOLERANCE``);
 4. *rebuild*: the ``channel`` method prunes the *original* network to those per-layer counts
@@ -33,7 +34,6 @@ network then recovers the accuracy. Here:
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -49,16 +49,15 @@ from netcompress.compress import compress
 from netcompress.distill.finetune import finetune
 from netcompress.distill.losses import Logits
 from netcompress.prune.family import removable_layers
+from netcompress.prune.peel_allocation import TOLERANCE, _largest_share_within, _reallocate, _uniform
 from netcompress.prune.structured import check_channel, needed_layers, plan_graph, sparsity_keeping
 from netcompress.report import Report, text_table
 from netcompress.stats.collect import collect, heldout_mask
-from netcompress.stats.flops import ChannelCosts, channel_costs, count_flops
+from netcompress.stats.flops import channel_costs, count_flops
 
-__all__ = ["TOLERANCE", "Reallocation", "prune_reallocate"]
+__all__ = ["Reallocation", "prune_reallocate"]
 
-TOLERANCE = 0.02  # the reallocated network's FLOPs lie within 2 % (relative) of the target
 _PROBE = 4  # samples that trace a candidate network
-_BISECTION_STEPS = 60  # halvings of the reallocation scale t: far below one channel of any layer
 
 
 @dataclass
@@ -163,81 +162,6 @@ def _split(batches, holdout: float) -> tuple[list, list]:
         raise ValueError(f"holdout={holdout} leaves {'no' if not held else 'only held-out'} samples among {start}; "
                          "pass more data, or holdout=0 to measure importance on the fitted samples")
     return fit, held
-
-
-def _uniform(sizes, share: float) -> list[int]:
-    return [max(1, min(n, round(share * n))) for n in sizes]
-
-
-def _largest_share_within(costs: ChannelCosts, target: float) -> float:
-    """The largest uniform share whose network costs at most ``target`` MACs (bisection)."""
-    lo, hi = 0.0, 1.0
-    for _ in range(_BISECTION_STEPS):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if costs(_uniform(costs.sizes, mid)) <= target else (lo, mid)
-    return lo
-
-
-def _reallocate(costs: ChannelCosts, backbone: list[int], importance: list[float], target: float) -> list[int]:
-    """Channel counts whose cost meets ``target``: extra share in proportion to importance, then the remainder."""
-    sizes = costs.sizes
-    top = max(importance)
-    weights = [v / top for v in importance] if top > 0 else [1.0] * len(sizes)  # nothing helps: grow evenly
-    base = [b / n for b, n in zip(backbone, sizes, strict=True)]
-
-    def shares(t: float) -> list[float]:
-        return [min(1.0, s + t * w) for s, w in zip(base, weights, strict=True)]
-
-    def counts(t: float) -> list[int]:
-        return [max(b, min(n, math.floor(s * n + 1e-9))) for b, n, s in zip(backbone, sizes, shares(t), strict=True)]
-
-    lo = 0.0
-    hi = max((1 - s) / w for s, w in zip(base, weights, strict=True) if w > 0)
-    if costs(counts(hi)) <= target:
-        lo = hi
-    else:
-        for _ in range(_BISECTION_STEPS):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if costs(counts(mid)) <= target else (lo, mid)
-    chosen = _fill(costs, counts(lo), shares(hi), weights, target)
-    if costs(chosen) < target * (1 - TOLERANCE):
-        chosen = _land(costs, chosen, backbone, weights, target)
-    return chosen
-
-
-def _grown(counts: list[int], g: int, step: int = 1) -> list[int]:
-    return [c + step * (i == g) for i, c in enumerate(counts)]
-
-
-def _fill(costs: ChannelCosts, chosen: list[int], ideal: list[float], weights: list[float], target: float) -> list[int]:
-    """Spend what rounding left, one channel at a time, where a layer is furthest below its share."""
-    while True:
-        options = [(ideal[g] - c / n, weights[g], g) for g, (c, n) in enumerate(zip(chosen, costs.sizes, strict=True))
-                   if c < n and costs(_grown(chosen, g)) <= target]
-        if not options:
-            return chosen
-        chosen = _grown(chosen, max(options)[2])
-
-
-def _land(costs: ChannelCosts, chosen: list[int], backbone: list[int], weights: list[float], target: float) -> list[int]:
-    """Within tolerance of a target that coarse channels step over: one more channel of some layer, then
-    (if that overshoots) the finest channels of the others given back until the cost fits again."""
-    best = None
-    for g, size in enumerate(costs.sizes):
-        if chosen[g] == size:
-            continue
-        trial = _grown(chosen, g)
-        while costs(trial) > target:
-            cuts = [(costs(_grown(trial, h, -1)), -weights[h], h) for h in range(len(trial))
-                    if h != g and trial[h] > backbone[h]]
-            if not cuts:
-                break
-            trial = _grown(trial, max(cuts)[2], -1)  # the cut that costs the least, from the least important layer
-        if abs(costs(trial) - target) <= TOLERANCE * target:
-            # of the networks that land, the one keeping the most importance-weighted share of channels
-            score = sum(w * c / n for w, c, n in zip(weights, trial, costs.sizes, strict=True))
-            best = max(best or (score, trial), (score, trial))
-    return best[1] if best is not None else chosen
 
 
 def _pruned_copy(original: nn.Module, probe, stats, groups, selected, counts, criterion, refit) -> nn.Module:

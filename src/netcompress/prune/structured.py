@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -32,7 +33,9 @@ from netcompress.prune.dependency import ChannelGraph, Segment, trace_channels
 from netcompress.prune.magnitude import _check_sparsity
 from netcompress.prune.modules import PRUNABLE, MaskedConv2d, MaskedLinear
 from netcompress.registry import Settings, register
-from netcompress.stats.collect import LayerStats
+
+if TYPE_CHECKING:
+    from netcompress.stats.collect import LayerStats
 
 __all__ = ["activation", "channel", "check_activation", "check_channel", "needed_layers", "plan_graph"]
 

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from netcompress._core.layers import DENSE
-from netcompress.quantize.methods import _affine_grid, _check_bits, _finish, grid_codes
 from netcompress.quantize.modules import quantized_like
+from netcompress.quantize.uniform import _affine_grid, _check_bits, _finish, grid_codes
 from netcompress.registry import Settings, each, register
 from netcompress.stats.hessian import DEFAULT_DAMP, check_hessian_layer, sweep_columns
 from netcompress.stats.moments import Moments

@@ -28,8 +28,8 @@ from netcompress._core.layers import replace_module
 from netcompress._core.tensors import input_columns, weight_matrix
 from netcompress.distill.finetune import finetune
 from netcompress.distill.losses import Logits
-from netcompress.quantize.methods import _affine_grid, _check_bits, _codebook_module, _weight_and_mask, clip_weights
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedLinear
+from netcompress.quantize.uniform import _affine_grid, _check_bits, _codebook_module, _weight_and_mask, clip_weights
 from netcompress.stats.collect import LayerStats, collect
 from netcompress.stats.moments import Moments
 

@@ -37,7 +37,8 @@ import netcompress._core.architecture as _architecture
 from netcompress._core.atomic import atomic_write_bytes, sha256, staged_name, vouched, write_vouched
 from netcompress._core.description import build, check_type, describe
 from netcompress._core.files import read_json, require_regular
-from netcompress._core.layers import copy_trainability, replace_module
+from netcompress._core.layers import replace_module
+from netcompress._core.sources import copy_trainability
 from netcompress._core.transaction import all_or_nothing
 from netcompress.report import Report
 from netcompress.storage.fit import check_fits

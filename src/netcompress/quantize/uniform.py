@@ -1,4 +1,4 @@
-"""Weight quantization: uniform (per tensor, per channel, per group of inputs), binary, ternary, k-means.
+"""Uniform weight quantization (per tensor, per channel, per group of inputs), and what every quantizer shares.
 
 Two stored forms, each where it pays:
 
@@ -8,7 +8,7 @@ Two stored forms, each where it pays:
   (``granularity="channel"``) or ``group_size`` consecutive inputs of one output row
   (``granularity="group"``, the GPTQ/AWQ layout). 8-bit per-channel storage therefore
   costs 8 bits per weight plus one scale per row, not a 256-entry codebook per row.
-* **A small codebook** (``kmeans``, ``binary``, ``ternary``): ``weight = codebook[row group, code]``.
+* **A small codebook** (``kmeans``, ``binary``, ``ternary``, in their own files): ``weight = codebook[row group, code]``.
   Fine-tuning trains the code words while the codes stay fixed; the gradient of a code word
   is the sum of the gradients of the weights that share it (Han, Mao and Dally, "Deep
   Compression", ICLR 2016, Figure 3).
@@ -37,26 +37,12 @@ from netcompress.quantize.modules import QUANTIZABLE, QuantizedEmbedding, quanti
 from netcompress.registry import Settings, each, register
 from netcompress.stats.moments import Moments
 
-__all__ = [
-    "grid_codes",
-    "CLIP_FRACTIONS",
-    "KMEANS_ITERATIONS",
-    "binary",
-    "check_binary",
-    "check_kmeans",
-    "check_ternary",
-    "check_uniform",
-    "clip_weights",
-    "kmeans",
-    "ternary",
-    "uniform",
-]
+__all__ = ["CLIP_FRACTIONS", "Uniform", "check_uniform", "clip_weights", "grid_codes", "uniform"]
 
 # Clipping ranges tried by the uniform quantizer, as fractions of each group's range: an
 # MSE-optimal clip (Banner, Nahshan and Soudry, "Post training 4-bit quantization of
 # convolutional networks for rapid-deployment", NeurIPS 2019) searched on a grid.
 CLIP_FRACTIONS = tuple(1.0 - 0.025 * i for i in range(25))
-KMEANS_ITERATIONS = 30
 
 
 
@@ -152,34 +138,6 @@ def check_uniform(layer: nn.Module, bits: int | None = None, granularity: str = 
         raise ValueError("a symmetric 1-bit grid holds only zero and one sign; use method='binary' or symmetric=False")
     _check_layer(layer)
     _columns_per_group(layer, granularity, group_size)
-
-
-def check_kmeans(layer: nn.Module, bits: int | None = None, init: str = "linear", seed: int = 0) -> None:
-    """Raise ``ValueError``/``TypeError`` if :func:`kmeans` cannot quantize ``layer`` with these settings."""
-    if bits is None:
-        raise TypeError("method 'kmeans' needs bits, so that 2^bits shared values are kept")
-    _check_bits(bits)
-    if init not in ("linear", "random", "density"):
-        raise ValueError(f"init must be 'linear', 'random' or 'density', got {init!r}")
-    _check_layer(layer)
-
-
-def _refuse_init(init: object) -> None:
-    raise ValueError(f"init must be 'linear', 'random' or 'density', got {init!r}")
-
-
-def check_binary(layer: nn.Module, stochastic: bool = False, seed: int = 0) -> None:
-    """Raise ``ValueError`` if :func:`binary` cannot quantize ``layer`` with these settings."""
-    if not isinstance(stochastic, bool):
-        raise ValueError(f"stochastic must be True or False, got {stochastic!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    _check_layer(layer)
-
-
-def check_ternary(layer: nn.Module) -> None:
-    """Raise ``ValueError`` if :func:`ternary` cannot quantize ``layer``."""
-    _check_layer(layer)
 
 
 # ---- the uniform grid ---------------------------------------------------------------------------------------------
@@ -331,109 +289,3 @@ def _codebook_module(layer: nn.Module, codebook: torch.Tensor, codes: torch.Tens
     module = quantized_like(layer, scheme="codebook", bits=max(1, math.ceil(math.log2(levels))), levels=levels,
                             codebook_rows=rows, masked=mask is not None)
     return _finish(module, layer, codes, mask, codebook=codebook)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Binary(Settings):
-    """1-bit weights ``±α`` per output channel (``stochastic``: BinaryConnect's stochastic sign, ``seed``-ed)."""
-
-    stochastic: bool = False
-    seed: int = 0
-
-
-@register("binary", Binary, family="layer", accepts=QUANTIZABLE, check=check_binary)
-def binary(layer: nn.Module, moments: Moments | None = None, *, stochastic: bool = False, seed: int = 0) -> nn.Module:
-    """1-bit weights ``±α`` per output channel, ``α`` the channel's mean ``|w|``.
-
-    Deterministic sign binarisation with a mean-magnitude scale (Rastegari et al., "XNOR-Net",
-    ECCV 2016). ``stochastic=True`` draws ``+α`` with probability ``clip((x + 1)/2, 0, 1)``,
-    ``x = w / max|w|`` of the channel, the hard-sigmoid rule of Courbariaux, Bengio and David,
-    "BinaryConnect", NeurIPS 2015, seeded by ``seed``.
-    """
-    check_binary(layer, stochastic, seed)
-    matrix, mask = _weight_and_mask(layer)
-    live = mask if mask is not None else torch.ones_like(matrix, dtype=torch.bool)
-    magnitude = torch.where(live, matrix.abs(), 0.0)
-    alpha = magnitude.sum(1) / live.sum(1).clamp_min(1)
-    if stochastic:
-        x = matrix / magnitude.amax(1, keepdim=True).clamp_min(1e-12)
-        generator = torch.Generator(device=matrix.device).manual_seed(seed)
-        positive = torch.rand(matrix.shape, generator=generator, dtype=matrix.dtype, device=matrix.device) < ((x + 1) / 2).clamp(0, 1)
-    else:
-        positive = matrix >= 0
-    return _codebook_module(layer, torch.stack([-alpha, alpha], 1), positive.to(torch.uint8), 1, mask)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Ternary(Settings):
-    """Weights in ``{−α, 0, +α}`` per output channel (Li, Zhang and Liu, "Ternary weight networks", 2016)."""
-
-
-@register("ternary", Ternary, family="layer", accepts=QUANTIZABLE, check=check_ternary)
-def ternary(layer: nn.Module, moments: Moments | None = None) -> nn.Module:
-    """Weights in ``{−α, 0, +α}`` per output channel: threshold ``Δ = 0.7·mean|w|``, ``α`` the mean ``|w|`` above it.
-
-    Li, Zhang and Liu, "Ternary Weight Networks", 2016 (their approximate optimal threshold).
-    """
-    _check_layer(layer)
-    matrix, mask = _weight_and_mask(layer)
-    live = mask if mask is not None else torch.ones_like(matrix, dtype=torch.bool)
-    magnitude = torch.where(live, matrix.abs(), 0.0)
-    delta = 0.7 * magnitude.sum(1, keepdim=True) / live.sum(1, keepdim=True).clamp_min(1)
-    kept = (magnitude > delta) & live
-    alpha = (magnitude * kept).sum(1) / kept.sum(1).clamp_min(1)
-    codes = torch.where(kept, torch.where(matrix > 0, 2, 0), 1)
-    codebook = torch.stack([-alpha, torch.zeros_like(alpha), alpha], 1)
-    return _codebook_module(layer, codebook, codes.to(torch.uint8), 1, mask)
-
-
-def _initial_centroids(values: torch.Tensor, levels: int, init: str, seed: int) -> torch.Tensor:
-    if init == "linear":
-        return torch.linspace(float(values.min()), float(values.max()), levels, dtype=values.dtype)
-    if init == "random":
-        generator = torch.Generator().manual_seed(seed)
-        return values[torch.randint(len(values), (levels,), generator=generator)].sort().values
-    return torch.quantile(values, torch.linspace(0, 1, levels + 2, dtype=values.dtype)[1:-1])
-
-
-@dataclass(frozen=True, kw_only=True)
-class KMeans(Settings):
-    """Deep Compression's weight sharing: ``2^bits`` shared values per layer from 1-D k-means (``init``, ``seed``)."""
-
-    bits: int
-    init: str = "linear"
-    seed: int = 0
-
-    def check(self) -> None:
-        each(self.bits, _check_bits)
-        each(self.init, lambda init: init in ("linear", "random", "density") or _refuse_init(init))
-
-
-@register("kmeans", KMeans, family="layer", accepts=QUANTIZABLE, check=check_kmeans, example={"bits": 3})
-def kmeans(layer: nn.Module, moments: Moments | None = None, *, bits: int, init: str = "linear",
-           seed: int = 0) -> nn.Module:
-    """Deep Compression's weight sharing: ``2^bits`` shared values per layer from 1-D k-means.
-
-    Only unpruned weights are clustered. ``init`` is ``"linear"`` (evenly between min and max,
-    which Han, Mao and Dally, ICLR 2016, Figure 8 find best), ``"random"`` (sampled weights,
-    seeded) or ``"density"`` (evenly in the weights' CDF). One codebook for the whole layer.
-    """
-    check_kmeans(layer, bits, init, seed)
-    matrix, mask = _weight_and_mask(layer)
-    values = matrix[mask] if mask is not None else matrix.reshape(-1)
-    if values.numel() == 0:
-        raise ValueError("every weight of this layer is pruned; nothing to cluster")
-    levels = min(2 ** bits, values.numel())
-    centroids = _initial_centroids(values.cpu(), levels, init, seed).to(values.device)
-    for _ in range(KMEANS_ITERATIONS):
-        centroids = centroids.sort().values
-        assignment = torch.bucketize(values, (centroids[1:] + centroids[:-1]) / 2)
-        counts = torch.bincount(assignment, minlength=levels).to(values.dtype)
-        sums = torch.zeros(levels, dtype=values.dtype, device=values.device).index_add_(0, assignment, values)
-        # An empty cluster keeps its centroid.
-        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-    centroids = centroids.sort().values
-    codes = torch.bucketize(matrix, (centroids[1:] + centroids[:-1]) / 2)
-    if mask is not None:
-        codes = torch.where(mask, codes, 0)
-    return _codebook_module(layer, centroids[None, :], codes.to(torch.uint8), matrix.shape[0], mask)
