@@ -213,7 +213,7 @@ class _Fanout(nn.Module):
 
 def test_errors_against_the_original_of_layers_sharing_an_input_and_of_a_wide_layer_equal_direct_ones():
     """Σ‖Wx‖² is kept per layer (each its own W, one shared Σ x x̃ᵀ); a wide layer's goes through WᵀW."""
-    from netcompress.family import original_layers
+    from netcompress.sequential import original_layers
 
     torch.manual_seed(0)
     model = _Fanout().double()
