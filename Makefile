@@ -24,14 +24,14 @@ test: install
 
 bench: install
 	$(PIP) install -q -e ".[bench,real]"
-	cd benchmarks && for script in bench_dalr bench_sweep bench_inference bench_storage bench_channel_pruning \
+	cd benchmarks && export PYTHONPATH=.. && for script in bench_dalr bench_sweep bench_inference bench_storage bench_channel_pruning \
 		bench_quantization bench_real_models bench_latency; do echo "== $$script"; ../$(PY) $$script.py || exit 1; done
 
 # torchao, optimum-quanto and Torch-Pruning beside netcompress; the constraint keeps the pinned torch.
 bench-peers: install
 	echo "$(TORCH)" > $(VENV)/torch-constraint.txt
 	$(PIP) install -q -c $(VENV)/torch-constraint.txt -e ".[bench,real,peers]"
-	cd benchmarks && ../$(PY) bench_peers.py
+	cd benchmarks && PYTHONPATH=.. ../$(PY) bench_peers.py
 
 # The documentation site: mkdocs, Material and mkdocstrings beside the pinned torch; the generated parts
 # (docs/results/, the methods table) must be current; any warning fails the build.

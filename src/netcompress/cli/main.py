@@ -2,11 +2,11 @@
 
     netcompress compress --model pkg.module:factory --weights W.safetensors --data D \\
         --method dalr --budget 0.1 -o OUT
-    netcompress compress --model models.py:build --weights W.pth --data photos/ --preset imagenet \\
-        --image-size 224 224 --method kmeans --setting bits=5 --exclude classifier -o OUT --ncz OUT.ncz
+    netcompress compress --model torchvision:resnet18 --weights W.pth --data photos/ --preset imagenet \\
+        --image-size 224 224 --method kmeans --bits 5 --exclude fc -o OUT --ncz OUT.ncz
     netcompress compress ... --recipe deep-compression.yaml --labels Y.npy -o OUT --ncz OUT.ncz
-    netcompress compress --hf MODEL_DIR --text lines.txt --method uniform --setting bits=8 -o OUT \\
-        --save-pretrained PLAIN_DIR
+    netcompress compress --hf MODEL_DIR --text lines.txt --method uniform --bits 8 -o OUT --save-pretrained DIR
+    netcompress methods
     netcompress report OUT
     netcompress export --model pkg.module:factory --load OUT --data D --onnx model.onnx
 
@@ -61,6 +61,8 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--exclude", help="comma-separated layer names or re:patterns to leave as they are")
     _data_arguments(run)
     run.add_argument("--positions", type=int, help="spatial positions sampled per image for Conv2d statistics")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bars for the passes over data and the layers (default: on a terminal only)")
     run.add_argument("-o", "--output", required=True, help="output directory (weights, manifest, report)")
     run.add_argument("--ncz", help="also write the entropy-coded .ncz container to this file")
     run.add_argument("--force", action="store_true",
@@ -237,12 +239,12 @@ def _compress(args: argparse.Namespace) -> None:
         if args.recipe and any("finetune" in s for s in steps):
             labels = read_labels(args.labels, args.data, len(data))
     if args.recipe:
-        reports = nc.run_pipeline(model, steps, data=calibration,
+        reports = nc.run_pipeline(model, steps, data=calibration, progress=args.progress,
                                   train=(data.float(), labels) if labels is not None else None)
         report = nc.Report.of_steps(reports)  # each row labelled by its step; totals count each layer once
     else:
         settings, options = step_settings(steps[0])
-        report = nc.compress(model, calibration, settings, **options)
+        report = nc.compress(model, calibration, settings, progress=args.progress, **options)
 
     # All outputs together: --save-pretrained and the container go to temporary names first, renamed
     # into place only once -o is written.
