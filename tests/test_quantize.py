@@ -9,9 +9,9 @@ from torch import nn
 
 import netcompress as nc
 from netcompress._core.description import build, describe
-from netcompress.quantize.modules import QuantizedEmbedding
 from netcompress.quantize.binary import binary, ternary
 from netcompress.quantize.kmeans import kmeans
+from netcompress.quantize.modules import QuantizedEmbedding
 from netcompress.quantize.uniform import CLIP_FRACTIONS, check_uniform, clip_weights, uniform
 
 

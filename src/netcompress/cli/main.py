@@ -10,10 +10,9 @@
     netcompress report OUT
     netcompress export --model pkg.module:factory --load OUT --data D --onnx model.onnx
 
-``compress`` checks everything it can before it reads the data (the outputs may be written,
-the method takes its settings and their types are right), writes nothing until compression
-succeeded, and then writes ``-o`` and ``--ncz`` together: if either cannot be written, neither
-is. ``export`` writes the ONNX file only once onnxruntime reproduced PyTorch on every batch of
+``compress`` checks all it can (outputs, method, settings) before it reads the data, writes
+nothing until compression succeeded, then writes ``-o`` and ``--ncz`` together or neither.
+``export`` writes the ONNX file only once onnxruntime reproduced PyTorch on every batch of
 ``--data``. Every failure is one sentence on stderr and exit status 2 (``--debug`` adds the traceback).
 """
 
