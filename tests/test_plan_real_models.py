@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import netcompress as nc
+from test_real_models import _round_trips
 
 rm = pytest.importorskip("experiments.real_models")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # few samples: in-sample errors are optimistic
@@ -33,15 +34,6 @@ def _alone(model_factory, data, plan, **options):
         report = nc.compress(model_factory(), data, settings, progress=False, **selection, **options)
         rows.update(_compressed_rows(report))
     return rows
-
-
-def _round_trips(model, fresh, run, tmp_path):
-    expected = run(model)
-    nc.save(model, tmp_path / "saved")
-    torch.testing.assert_close(run(nc.load(fresh(), tmp_path / "saved")), expected, rtol=0, atol=0)
-    nc.save_compressed(model, tmp_path / "model.ncz")
-    torch.testing.assert_close(run(nc.load_compressed(fresh(), tmp_path / "model.ncz")), expected,
-                               rtol=1e-5, atol=1e-5)
 
 
 def test_minilm_gptq_attention_dalr_mlp_uniform_elsewhere(minilm, sentences_calibration, sentences_heldout,

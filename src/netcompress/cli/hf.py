@@ -47,6 +47,7 @@ from netcompress.cli.hf_checks import (
     _first_line,
     check_config,
     check_tokenizer_files,
+    refuse_random_weights,
     require_transformers,
 )
 
@@ -200,13 +201,8 @@ class HFSource:
                     **{dtype: torch.float32})
             except Exception as error:
                 raise ValueError(f"{self.class_name} cannot load --hf {self.folder} ({_first_line(error)})") from None
-        missing = sorted(info.get("missing_keys") or ())
-        mismatched = list(info.get("mismatched_keys") or ())
-        if missing or mismatched:
-            first = missing[0] if missing else mismatched[0][0] if isinstance(mismatched[0], tuple) else mismatched[0]
-            raise ValueError(f"--hf {self.folder} lacks weights {self.class_name} needs ({len(missing) + len(mismatched)} "
-                             f"tensor(s), first {first!r}), which it would initialise at random; give the --hf-class "
-                             "the checkpoint was saved as")
+        refuse_random_weights(info, f"--hf {self.folder}", self.class_name,
+                              "give the --hf-class the checkpoint was saved as")
         return model.eval()
 
     def check_text(self, lines: list[str], max_length: int | None = None, text: str | os.PathLike = "--text") -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["READ_SUFFIXES", "check_config", "check_tokenizer_files", "require_transformers"]
+__all__ = ["READ_SUFFIXES", "check_config", "check_tokenizer_files", "require_transformers", "refuse_random_weights"]
 
 
 # config.json: its size fields by name (nested configs included), and their caps. Counts of repeated
@@ -196,3 +196,13 @@ def check_tokenizer_files(folder: str | os.PathLike) -> None:
         raise ValueError(f"--hf {folder} holds no tokenizer files (tokenizer.json, or the vocabulary its tokenizer "
                          "reads: vocab.txt, vocab.json and merges.txt, a SentencePiece *.model, or "
                          "tokenizer_config.json); save the model's tokenizer there with tokenizer.save_pretrained")
+
+
+def refuse_random_weights(info: dict, source: str, class_name: str, fix: str) -> None:
+    """Refuse a load where transformers would initialise some weights at random (missing or mismatched keys)."""
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = list(info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        first = missing[0] if missing else mismatched[0][0] if isinstance(mismatched[0], tuple) else mismatched[0]
+        raise ValueError(f"{source} lacks weights {class_name} needs ({len(missing) + len(mismatched)} tensor(s), "
+                         f"first {first!r}), which it would initialise at random; {fix}")

@@ -190,7 +190,7 @@ def _load_pretrained(transformers: ModuleType, cls: type, name: str, spec: str, 
     from packaging.version import Version
 
     from netcompress._core.files import require_regular
-    from netcompress.cli.hf_checks import READ_SUFFIXES, check_config
+    from netcompress.cli.hf_checks import READ_SUFFIXES, check_config, refuse_random_weights
 
     for entry in sorted(folder.iterdir()):  # a named pipe or device would block transformers or never end
         if entry.suffix in READ_SUFFIXES and not entry.is_dir():
@@ -211,13 +211,8 @@ def _load_pretrained(transformers: ModuleType, cls: type, name: str, spec: str, 
     finally:
         if bars_were_on:
             log.enable_progress_bar()
-    missing = sorted(info.get("missing_keys") or ())
-    mismatched = list(info.get("mismatched_keys") or ())
-    if missing or mismatched:
-        first = missing[0] if missing else mismatched[0][0] if isinstance(mismatched[0], tuple) else mismatched[0]
-        raise ValueError(f"--weights {folder} lacks weights {name} needs ({len(missing) + len(mismatched)} tensor(s), "
-                         f"first {first!r}), which it would initialise at random; give --model the transformers class "
-                         "the checkpoint was saved as")
+    refuse_random_weights(info, f"--weights {folder}", name,
+                          "give --model the transformers class the checkpoint was saved as")
     return model.eval()
 
 
