@@ -189,3 +189,20 @@ def test_timm_model_holds_the_given_weights(tmp_path):
     _refused("timm:test_resnt", tmp_path / "small.safetensors", "timm has no model 'test_resnt'",
              "did you mean test_resnet")
     _refused("timm:hf-hub:timm/resnet18.a1_in1k", tmp_path / "small.safetensors", "downloads nothing")
+
+
+def test_the_command_line_builds_zoo_models_and_says_why_it_cannot(tmp_path, capsys):
+    """``--model torchvision:NAME`` reaches the zoo: here (no torchvision) one sentence and exit status 2."""
+    import numpy as np
+
+    from netcompress.cli.main import main
+
+    if _imports("torchvision"):
+        pytest.skip("torchvision imports here")
+    np.save(tmp_path / "x.npy", np.zeros((4, 3, 32, 32), dtype=np.float32))
+    save_file({"w": torch.zeros(1)}, tmp_path / "w.safetensors")
+    code = main(["compress", "--model", "torchvision:resnet18", "--weights", str(tmp_path / "w.safetensors"),
+                 "--data", str(tmp_path / "x.npy"), "--method", "uniform", "--bits", "8", "-o", str(tmp_path / "out")])
+    assert code == 2
+    assert "needs torchvision, which is not importable here" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -173,7 +173,8 @@ def _run(claims: Claims, rest: dict[str, str]) -> Report:
         r.family.settle(r, selection, stats)
         plan.merge(r.family.plan(r, selection, stats))
     if stats is not None:
-        check_samples(stats, [n for _, s in claims for n in s.selected], plan.rows)
+        # a structural family fits its units on every sample and keeps no held-out part to read instead
+        check_samples(stats, [n for r, s in claims if r.family.heldout for n in s.selected], plan.rows)
     _dense_rows(plan, claims, rest, modules)
     report = apply_plan(model, plan, {}, "", request.data)
     report.options = _options(request)
