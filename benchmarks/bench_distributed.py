@@ -32,6 +32,7 @@ from pathlib import Path
 import torch.multiprocessing as mp
 
 from _common import print_table
+from distributed_tables import CODISTILL_HEADER, TERNGRAD_HEADER, _mean, codistill_rows, paired, terngrad_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -67,16 +68,6 @@ def launch(example: str, world: int, argv: list[str]) -> dict:
         return json.loads(Path(out).read_text())
 
 
-def _mean(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
-
-
-def _per_seed(values: list[float]) -> str:
-    return " / ".join(f"{100 * v:.2f}" for v in values)
-
-
 def measure(seeds: list[int], common: list[str]) -> dict:
     """Every configuration once per seed: ``{"terngrad": {name: [result, …]}, "codistill": {…}}``."""
     raw: dict = {"terngrad": {}, "codistill": {}}
@@ -90,41 +81,6 @@ def measure(seeds: list[int], common: list[str]) -> dict:
         raw["codistill"][name] = runs
         print(f"  {name}: {_mean([a for r in runs for a in r['test_accuracy']])} %", flush=True)
     return raw
-
-
-def terngrad_rows(raw: dict) -> list[list[str]]:
-    rows = []
-    for name, runs in raw["terngrad"].items():
-        accuracies = [r["test_accuracy"] for r in runs]
-        sent, float32 = runs[0]["bytes_sent"], runs[0]["float32_bytes"]
-        rows.append([name, _mean(accuracies), _per_seed(accuracies), f"{sent:,}", f"{float32 / sent:.1f}×",
-                     f"{max(r['max_weight_difference'] for r in runs):.3g}",
-                     f"{statistics.mean(r['seconds'] for r in runs):.1f}"])
-    return rows
-
-
-def codistill_rows(raw: dict) -> list[list[str]]:
-    rows = []
-    for name, runs in raw["codistill"].items():
-        each = [a for r in runs for a in r["test_accuracy"]]
-        worst = [min(r["test_accuracy"]) for r in runs]
-        ensemble = [r["ensemble_accuracy"] for r in runs] if runs[0]["world"] > 1 else []
-        rows.append([name, _mean(each), _per_seed(worst) if ensemble else "", _mean(ensemble) if ensemble else "",
-                     f"{runs[0]['bytes_sent']:,}" if runs[0]["mode"] == "codistill" else "0",
-                     f"{statistics.mean(r['seconds'] for r in runs):.1f}"])
-    return rows
-
-
-def paired(raw: dict) -> str:
-    """Codistilled against independent, rank by rank: the same initial weights and the same shard."""
-    independent = raw["codistill"]["2 independent models, half each"]
-    codistilled = raw["codistill"]["2 codistilled models, half each"]
-    pairs = [(c, i) for a, b in zip(codistilled, independent, strict=True)
-             for c, i in zip(a["test_accuracy"], b["test_accuracy"], strict=True)]
-    gains = [100 * (c - i) for c, i in pairs]
-    return (f"Paired by rank and seed (the same initial weights, the same shard): the codistilled model is at least "
-            f"as accurate as the independent one in {sum(g >= 0 for g in gains)} of {len(gains)} pairs; "
-            f"mean gain {statistics.mean(gains):+.2f} points (from {min(gains):+.2f} to {max(gains):+.2f}).")
 
 
 def plot(raw: dict, path: Path) -> None:
@@ -157,10 +113,7 @@ def plot(raw: dict, path: Path) -> None:
 
 def render(raw: dict, command: str, seconds: float) -> str:
     """The Markdown of results/distributed.md; also prints the tables."""
-    header_t = ["gradients", "test accuracy %", "per seed", "bytes sent per rank", "fewer than float32",
-                "max weight diff. between ranks", "s per run"]
-    header_c = ["training", "each model's test accuracy %", "worse model, per seed", "averaged predictions %",
-                "bytes sent per rank", "s per run"]
+    header_t, header_c = TERNGRAD_HEADER, CODISTILL_HEADER
     ternary, codistilled = terngrad_rows(raw), codistill_rows(raw)
     print()
     print_table(header_t, ternary)

@@ -34,7 +34,6 @@ import importlib.util
 import inspect
 import json
 import re
-import statistics
 import sys
 from pathlib import Path
 
@@ -131,53 +130,26 @@ def scale_runs(data: dict) -> str:
 # --------------------------------------------------------------------------- distributed.json
 
 
-def _mean(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
-
-
-def _per_seed(values: list[float]) -> str:
-    return " / ".join(f"{100 * v:.2f}" for v in values)
+def _benchmark_module(name: str):
+    """A torch-free module of benchmarks/ (the tables a benchmark prints), loaded from its file."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def distributed_tables(data: dict) -> str:
     """The two tables of ``bench_distributed.py``'s ``render``, from the same measurements."""
+    tables = _benchmark_module("distributed_tables")
     raw = data["raw"]
-    header_t = ["gradients", "test accuracy %", "per seed", "bytes sent per rank", "fewer than float32",
-                "max weight diff. between ranks", "s per run"]
-    ternary = []
-    for name, runs in raw["terngrad"].items():
-        accuracies = [r["test_accuracy"] for r in runs]
-        sent, float32 = runs[0]["bytes_sent"], runs[0]["float32_bytes"]
-        ternary.append([name, _mean(accuracies), _per_seed(accuracies), f"{sent:,}", f"{float32 / sent:.1f}×",
-                        f"{max(r['max_weight_difference'] for r in runs):.3g}",
-                        f"{statistics.mean(r['seconds'] for r in runs):.1f}"])
-    header_c = ["training", "each model's test accuracy %", "worse model, per seed", "averaged predictions %",
-                "bytes sent per rank", "s per run"]
-    codistilled = []
-    for name, runs in raw["codistill"].items():
-        each = [a for r in runs for a in r["test_accuracy"]]
-        worst = [min(r["test_accuracy"]) for r in runs]
-        ensemble = [r["ensemble_accuracy"] for r in runs] if runs[0]["world"] > 1 else []
-        codistilled.append([name, _mean(each), _per_seed(worst) if ensemble else "",
-                            _mean(ensemble) if ensemble else "",
-                            f"{runs[0]['bytes_sent']:,}" if runs[0]["mode"] == "codistill" else "0",
-                            f"{statistics.mean(r['seconds'] for r in runs):.1f}"])
     lines = _header("distributed.json", "bench_distributed.py")
     lines += [f"`{data['command']}` ({data['seconds']:.0f} s). Accuracy: mean ± standard deviation over the seeds.",
               ""]
-    lines += _section("terngrad", _table(header_t, ternary))
-    lines += _section("codistill", _table(header_c, codistilled))
-    independent = raw["codistill"].get("2 independent models, half each")
-    together = raw["codistill"].get("2 codistilled models, half each")
-    if independent and together:
-        gains = [100 * (c - i) for a, b in zip(together, independent, strict=True)
-                 for c, i in zip(a["test_accuracy"], b["test_accuracy"], strict=True)]
-        lines += _section("paired", [
-            f"Paired by rank and seed (the same initial weights, the same shard): the codistilled model is at "
-            f"least as accurate as the independent one in {sum(g >= 0 for g in gains)} of {len(gains)} pairs; "
-            f"mean gain {statistics.mean(gains):+.2f} points (from {min(gains):+.2f} to {max(gains):+.2f})."])
+    lines += _section("terngrad", _table(tables.TERNGRAD_HEADER, tables.terngrad_rows(raw)))
+    lines += _section("codistill", _table(tables.CODISTILL_HEADER, tables.codistill_rows(raw)))
+    paired = tables.paired(raw)
+    if paired is not None:
+        lines += _section("paired", [paired])
     return "\n".join(lines)
 
 

@@ -40,7 +40,7 @@ from netcompress.stats.moments import Moments, relative_output_error
 if TYPE_CHECKING:
     from netcompress.stats.collect import LayerStats
 
-__all__ = ["Plan", "apply_plan", "behind_padding", "check_runs", "check_samples", "first_batch", "full_report", "swap_in", "layer_row", "layer_settings",
+__all__ = ["Plan", "add_dense_rows", "apply_plan", "behind_padding", "check_runs", "check_samples", "first_batch", "full_report", "swap_in", "layer_row", "layer_settings",
            "output_errors", "readable_as_weight", "stored_params"]
 
 
@@ -225,17 +225,18 @@ def swap_in(model: nn.Module, plan: Plan) -> None:
         replace_module(model, name, new)
 
 
-def full_report(model: nn.Module, modules: dict[str, nn.Module], rows: dict[str, LayerRow], skipped: dict[str, str],
-                method: str) -> Report:
-    """Rows for every layer, in the model's order: the planned ones, then the skipped ones with their reasons.
-
-    Each row's ``saved_bytes`` is measured on the layer now in ``model``.
-    """
-    rows = dict(rows)
+def add_dense_rows(rows: dict[str, LayerRow], modules: dict[str, nn.Module], skipped: dict[str, str],
+                   method: str) -> None:
+    """Rows for the layers left as they are: "not selected" (or excluded), else "left dense" with the reason."""
     for name, reason in skipped.items():
         if name in modules and name not in rows:
             status = "not selected" if reason in ("not selected", "excluded") else "left dense"
-            rows[name] = layer_row(name, modules[name], method, status=status, note="" if reason == "not selected" else reason)
+            rows[name] = layer_row(name, modules[name], method, status=status,
+                                   note="" if reason == "not selected" else reason)
+
+
+def full_report(model: nn.Module, modules: dict[str, nn.Module], rows: dict[str, LayerRow]) -> Report:
+    """The rows in the model's order (``modules``: the model as it was); ``saved_bytes`` measured on the model now."""
     now = dict(model.named_modules())
     for name, row in rows.items():
         if name in now:
@@ -244,7 +245,7 @@ def full_report(model: nn.Module, modules: dict[str, nn.Module], rows: dict[str,
     return Report(sorted(rows.values(), key=lambda r: order.get(r.name, len(order))))
 
 
-def apply_plan(model: nn.Module, plan: Plan, skipped: dict[str, str], method: str, data) -> Report:
+def apply_plan(model: nn.Module, plan: Plan, data) -> Report:
     """Swap every replacement in, run the model once on the first batch, and report; on any failure undo it all."""
     modules = dict(model.named_modules())
     batch = first_batch(data)
@@ -252,4 +253,4 @@ def apply_plan(model: nn.Module, plan: Plan, skipped: dict[str, str], method: st
         swap_in(model, plan)
         if batch is not None:
             check_runs(model, batch)
-    return full_report(model, modules, plan.rows, skipped, method)
+    return full_report(model, modules, plan.rows)

@@ -24,7 +24,7 @@ from torch import nn
 from netcompress._core.layers import _match, candidate_layers
 from netcompress._core.sources import read_in_source
 from netcompress._core.transaction import all_or_nothing
-from netcompress.apply import Plan, apply_plan, check_samples, full_report, layer_row
+from netcompress.apply import Plan, add_dense_rows, apply_plan, check_samples, full_report
 from netcompress.family import DEFAULT_HOLDOUT, Request, Selection
 from netcompress.registry import METHODS, Settings, build_settings
 from netcompress.registry import method as _method
@@ -159,40 +159,27 @@ def _run(claims: Claims, rest: dict[str, str]) -> Report:
         direct = read_in_source(model, {n: m for _, s in claims for n, m in s.selected.items()})
         claims = [(dataclasses.replace(r, read_directly=direct), s) for r, s in claims]
     modules = dict(model.named_modules())
-    if request.sequential:
+    if request.sequential:  # swapped in block by block, in the model already
         rows, _ = compress_sequentially(claims, _statistics)
+    else:
+        stats = _statistics(claims)
         plan = Plan()
-        plan.rows.update(rows)
-        _dense_rows(plan, claims, rest, modules)
-        report = full_report(model, modules, plan.rows, {}, "")
-        report.options = _options(request)
-        return report
-    stats = _statistics(claims)
-    plan = Plan()
-    for r, selection in claims:
-        r.family.settle(r, selection, stats)
-        plan.merge(r.family.plan(r, selection, stats))
-    if stats is not None:
-        # a structural family fits its units on every sample and keeps no held-out part to read instead
-        check_samples(stats, [n for r, s in claims if r.family.heldout for n in s.selected], plan.rows)
-    _dense_rows(plan, claims, rest, modules)
-    report = apply_plan(model, plan, {}, "", request.data)
+        for r, selection in claims:
+            r.family.settle(r, selection, stats)
+            plan.merge(r.family.plan(r, selection, stats))
+        if stats is not None:
+            # a structural family fits its units on every sample and keeps no held-out part to read instead
+            check_samples(stats, [n for r, s in claims if r.family.heldout for n in s.selected], plan.rows)
+        rows = plan.rows
+    for r, selection in claims:  # each claim's rows for the layers it left as they are, then the unclaimed ones
+        add_dense_rows(rows, modules, selection.skipped, r.method.name)
+    add_dense_rows(rows, modules, rest, "")
+    if request.sequential:
+        report = full_report(model, modules, rows)
+    else:
+        report = apply_plan(model, plan, request.data)
     report.options = _options(request)
     return report
-
-
-def _dense_rows(plan: Plan, claims: Claims, rest: dict[str, str], modules: dict[str, nn.Module]) -> None:
-    """Rows for the layers no plan replaced: left dense by their claim (with why), or not selected."""
-    for r, selection in claims:
-        for name, reason in selection.skipped.items():
-            if name in modules and name not in plan.rows:
-                status = "not selected" if reason in ("not selected", "excluded") else "left dense"
-                plan.rows[name] = layer_row(name, modules[name], r.method.name, status=status,
-                                            note="" if reason == "not selected" else reason)
-    for name, reason in rest.items():
-        if name in modules and name not in plan.rows:
-            plan.rows[name] = layer_row(name, modules[name], "", status="not selected",
-                                        note="" if reason == "not selected" else reason)
 
 
 def _options(request: Request) -> dict[str, object]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
@@ -78,7 +79,7 @@ class Request:
     def family(self) -> Family:
         return FAMILIES[self.method.family]
 
-    @property
+    @cached_property
     def arguments(self) -> dict[str, object]:
         """The settings the method's function takes (the family's sizing fields left out)."""
         return self.settings.values(self.method.settings)

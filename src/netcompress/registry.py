@@ -84,10 +84,6 @@ class Method:
         """Setting → the Python types it takes (``None``: not checked), from the settings class's annotations."""
         return {f.name: accepted_types(f.type) for f in dataclasses.fields(self.settings_class)}
 
-    def defaults(self) -> dict[str, object]:
-        """Setting → its default (settings without one are required)."""
-        return {f.name: f.default for f in dataclasses.fields(self.settings_class) if f.default is not dataclasses.MISSING}
-
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:

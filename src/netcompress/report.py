@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from netcompress.registry import settings_from_json
+
 __all__ = ["LayerRow", "Report"]
 
 
@@ -151,8 +153,6 @@ class Report:
     def recipe(self) -> dict[str, object]:
         """Layer name → the settings object that compressed it (or considered it and left it dense by its own
         sizing): with :attr:`options`, what :func:`netcompress.replay` gives ``compress`` to redo this Report."""
-        from netcompress.registry import settings_from_json
-
         if any(row.step is not None for row in self.rows):
             raise ValueError("this is a recipe's Report (rows of several steps); run the recipe again with "
                              "netcompress.run_pipeline")

@@ -19,7 +19,8 @@ from netcompress.lowrank.budget import (
     useful_rank_limit,
 )
 from netcompress.lowrank.factorization import Factorization
-from netcompress.registry import METHODS, build_settings, register_family
+from netcompress.registry import build_settings, register_family
+from netcompress.registry import method as registered
 from netcompress.report import LayerRow
 from netcompress.stats.collect import LayerStats
 from netcompress.stats.moments import Moments
@@ -182,16 +183,15 @@ def sweep(
     if lam is not None:
         settings["lam"] = lam
     ranks = list(ranks)
-    given = build_settings(method, {**settings, "rank": max(ranks) if ranks else 1})
-    chosen = METHODS[method]
-    settings = given.values(chosen.settings)
+    chosen = registered(method)
     if chosen.family != LowRankFamily.name:
         raise ValueError(f"sweep runs low-rank methods; {method!r} is a {chosen.family} method")
     if not ranks:
         raise ValueError("ranks is empty; give at least one rank to sweep")
-    target = resolve_layers(model, [layer], chosen.accepts)[0][layer]
     for r in ranks:
         _rank_request(layer, r)
+    settings = build_settings(method, {**settings, "rank": max(ranks)}).values(chosen.settings)
+    target = resolve_layers(model, [layer], chosen.accepts)[0][layer]
     try:
         f = chosen.fn(plain_layer(target), stats[layer], max(ranks), **settings)
     except ValueError as error:

@@ -47,14 +47,17 @@ def check_magnitude(layer: nn.Module, *, sparsity: float, norm: int = 1, thresho
                     scope: str = "layer") -> None:
     """Refuse bad ``magnitude`` settings before any work."""
     _check_sparsity(sparsity)
+    _check_norm(norm)
+
+
+def _check_norm(norm: object) -> None:
     if norm not in (1, 2):
         raise ValueError(f"norm must be 1 (|w|) or 2 (w²), got {norm!r}")
 
 
 def magnitude_scores(layer: nn.Module, norm: int = 1) -> torch.Tensor:
     """Importance of each weight, ``|w|`` or ``w²``; already pruned weights score ``-inf``."""
-    if norm not in (1, 2):
-        raise ValueError(f"norm must be 1 (|w|) or 2 (w²), got {norm!r}")
+    _check_norm(norm)
     weight = layer.weight.detach().float()
     scores = weight.abs() if norm == 1 else weight.pow(2)
     mask = getattr(layer, "mask", None)
@@ -95,7 +98,7 @@ class Magnitude(Settings):
 
     def check(self) -> None:
         each(self.sparsity, _check_sparsity)
-        each(self.norm, lambda n: check_magnitude(None, sparsity=0.0, norm=n))
+        each(self.norm, _check_norm)
 
 
 @register("magnitude", Magnitude, family="layer", accepts=PRUNABLE,

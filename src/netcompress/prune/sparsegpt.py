@@ -21,7 +21,7 @@ from netcompress._core.layers import DENSE
 from netcompress.prune.magnitude import _check_sparsity
 from netcompress.prune.modules import masked_like
 from netcompress.registry import Settings, each, register
-from netcompress.stats.hessian import DEFAULT_DAMP, check_hessian_layer, sweep_columns
+from netcompress.stats.hessian import DEFAULT_DAMP, check_damp, check_hessian_layer, sweep_columns
 from netcompress.stats.moments import Moments
 
 __all__ = ["check_sparsegpt", "sparsegpt"]
@@ -46,7 +46,7 @@ class SparseGPT(Settings):
 
     def check(self) -> None:  # what needs no layer; check_sparsegpt fits the rest to each layer
         each(self.sparsity, _check_sparsity)
-        each(self.damp, lambda d: check_hessian_layer(nn.Linear(1, 1), "sparsegpt", d))
+        each(self.damp, check_damp)
 
 
 @register("sparsegpt", SparseGPT, family="layer", accepts=DENSE, needs_stats=True, check=check_sparsegpt,

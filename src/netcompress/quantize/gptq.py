@@ -21,12 +21,17 @@ from netcompress._core.layers import DENSE
 from netcompress.quantize.modules import quantized_like
 from netcompress.quantize.uniform import _affine_grid, _check_bits, _finish, grid_codes
 from netcompress.registry import Settings, each, register
-from netcompress.stats.hessian import DEFAULT_DAMP, check_hessian_layer, sweep_columns
+from netcompress.stats.hessian import DEFAULT_DAMP, check_damp, check_hessian_layer, sweep_columns
 from netcompress.stats.moments import Moments
 
 __all__ = ["check_gptq", "gptq"]
 
 BLOCK = 128  # columns per lazy update
+
+
+def _check_grid(bits: object, symmetric: object) -> None:
+    if bits == 1 and symmetric is True:
+        raise ValueError("a symmetric 1-bit grid holds only zero; use bits ≥ 2 or method 'binary'")
 
 
 def check_gptq(layer: nn.Module, *, bits: int | None = None, group_size: int | None = None, symmetric: bool = True,
@@ -35,8 +40,7 @@ def check_gptq(layer: nn.Module, *, bits: int | None = None, group_size: int | N
     if bits is None:
         raise TypeError("method 'gptq' needs bits, the code width (2 to 8)")
     _check_bits(bits)
-    if bits == 1 and symmetric:
-        raise ValueError("a symmetric 1-bit grid holds only zero; use bits ≥ 2 or method 'binary'")
+    _check_grid(bits, symmetric)
     if not isinstance(symmetric, bool):
         raise ValueError(f"symmetric must be True or False, got {symmetric!r}")
     check_hessian_layer(layer, "gptq", damp)
@@ -63,9 +67,8 @@ class GPTQ(Settings):
 
     def check(self) -> None:  # what needs no layer; check_gptq fits the rest to each layer
         each(self.bits, _check_bits)
-        if self.bits == 1 and self.symmetric:
-            raise ValueError("a symmetric 1-bit grid holds only zero; use bits ≥ 2 or method 'binary'")
-        each(self.damp, lambda d: check_hessian_layer(nn.Linear(1, 1), "gptq", d))
+        _check_grid(self.bits, self.symmetric)
+        each(self.damp, check_damp)
 
 
 @register("gptq", GPTQ, family="layer", accepts=DENSE, needs_stats=True, check=check_gptq,

@@ -22,13 +22,13 @@ def check_kmeans(layer: nn.Module, bits: int | None = None, init: str = "linear"
     if bits is None:
         raise TypeError("method 'kmeans' needs bits, so that 2^bits shared values are kept")
     _check_bits(bits)
-    if init not in ("linear", "random", "density"):
-        raise ValueError(f"init must be 'linear', 'random' or 'density', got {init!r}")
+    _check_init(init)
     _check_layer(layer)
 
 
-def _refuse_init(init: object) -> None:
-    raise ValueError(f"init must be 'linear', 'random' or 'density', got {init!r}")
+def _check_init(init: object) -> None:
+    if init not in ("linear", "random", "density"):
+        raise ValueError(f"init must be 'linear', 'random' or 'density', got {init!r}")
 
 
 def _initial_centroids(values: torch.Tensor, levels: int, init: str, seed: int) -> torch.Tensor:
@@ -50,7 +50,7 @@ class KMeans(Settings):
 
     def check(self) -> None:
         each(self.bits, _check_bits)
-        each(self.init, lambda init: init in ("linear", "random", "density") or _refuse_init(init))
+        each(self.init, _check_init)
 
 
 @register("kmeans", KMeans, family="layer", accepts=QUANTIZABLE, check=check_kmeans, example={"bits": 3})

@@ -122,6 +122,11 @@ def _columns_per_group(layer: nn.Module, granularity: object, group_size: object
     return group_size
 
 
+def _check_grid(bits: object, symmetric: object) -> None:
+    if bits == 1 and symmetric is True:
+        raise ValueError("a symmetric 1-bit grid holds only zero and one sign; use method='binary' or symmetric=False")
+
+
 def check_uniform(layer: nn.Module, bits: int | None = None, granularity: str = "channel",
                   group_size: int | None = None, symmetric: bool = True) -> None:
     """Raise ``ValueError``/``TypeError`` if :func:`uniform` cannot quantize ``layer`` with these settings.
@@ -134,8 +139,7 @@ def check_uniform(layer: nn.Module, bits: int | None = None, granularity: str = 
     _check_bits(bits)
     if not isinstance(symmetric, bool):
         raise ValueError(f"symmetric must be True or False, got {symmetric!r}")
-    if symmetric and bits < 2:
-        raise ValueError("a symmetric 1-bit grid holds only zero and one sign; use method='binary' or symmetric=False")
+    _check_grid(bits, symmetric)
     _check_layer(layer)
     _columns_per_group(layer, granularity, group_size)
 
@@ -226,9 +230,7 @@ class Uniform(Settings):
 
     def check(self) -> None:  # what needs no layer; check_uniform fits the rest to each layer
         each(self.bits, _check_bits)
-        if self.symmetric is True and self.bits == 1:
-            raise ValueError("a symmetric 1-bit grid holds only zero and one sign; use method='binary' or "
-                             "symmetric=False")
+        _check_grid(self.bits, self.symmetric)
 
 
 @register("uniform", Uniform, family="layer", accepts=QUANTIZABLE, check=check_uniform, example={"bits": 4})

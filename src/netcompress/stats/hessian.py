@@ -20,7 +20,7 @@ from torch import nn
 from netcompress._core.layers import DENSE
 from netcompress._core.tensors import row_blocks
 
-__all__ = ["DEFAULT_DAMP", "check_hessian_layer", "inverse_hessian_factor", "sweep_columns"]
+__all__ = ["check_damp", "DEFAULT_DAMP", "check_hessian_layer", "inverse_hessian_factor", "sweep_columns"]
 
 DEFAULT_DAMP = 0.01  # of the mean diagonal of H, as in the GPTQ paper
 
@@ -42,10 +42,15 @@ def inverse_hessian_factor(gram: torch.Tensor, damp: float = DEFAULT_DAMP) -> tu
     return inverse.flip(0, 1), dead
 
 
-def check_hessian_layer(layer: nn.Module, method: str, damp: float) -> None:
-    """Refuse a damping or a layer (not a plain Linear/Conv2d, or a grouped conv) that ``method`` cannot take."""
+def check_damp(damp: object) -> None:
+    """Refuse a damping that is not a fraction in (0, 1) of the mean diagonal of ``XXᵀ``."""
     if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp < 1:
         raise ValueError(f"damp must be a fraction in (0, 1) of the mean diagonal of XXᵀ, got {damp!r}")
+
+
+def check_hessian_layer(layer: nn.Module, method: str, damp: float) -> None:
+    """Refuse a damping or a layer (not a plain Linear/Conv2d, or a grouped conv) that ``method`` cannot take."""
+    check_damp(damp)
     if type(layer) not in DENSE:
         raise ValueError(f"{method} takes plain nn.Linear and nn.Conv2d layers, not {type(layer).__name__}")
     if getattr(layer, "groups", 1) != 1:
