@@ -165,37 +165,17 @@ def _type_name(kind: object) -> str:
 def method_settings(method) -> list[tuple[str, str, str | None]]:
     """``(name, type, repr of the default or None where required)`` of each setting of a registered ``method``.
 
-    From the fields of its settings dataclass where it has one (``method.settings_class``); else from
-    ``Method.schema()`` (the types every value is checked against) and the signatures of ``method.fn`` and its
-    ``validate``/``check`` hooks (the defaults; the function's own wins, as in ``schema()``).
+    From the fields of its settings dataclass (``method.settings_class``).
     """
-    settings_class = getattr(method, "settings_class", None)
-    if dataclasses.is_dataclass(settings_class):
-        rows = []
-        for f in dataclasses.fields(settings_class):
-            if f.default is not dataclasses.MISSING:
-                default = repr(f.default)
-            elif f.default_factory is not dataclasses.MISSING:
-                default = repr(f.default_factory())
-            else:
-                default = None
-            rows.append((f.name, f.type if isinstance(f.type, str) else _type_name(f.type), default))
-        return rows
-    parameters: dict[str, inspect.Parameter] = {}
-    for hook in (method.check, method.validate, method.fn):  # later ones win
-        if hook is not None:
-            parameters.update(inspect.signature(hook).parameters)
     rows = []
-    for name, kinds in method.schema().items():
-        parameter = parameters.get(name)
-        if kinds is not None:  # checked: int is accepted wherever float is
-            kind = " | ".join(_type_name(k) for k in dict.fromkeys(kinds) if not (k is int and float in kinds))
-        elif parameter is not None and parameter.annotation is not _MISSING:
-            kind = str(parameter.annotation)  # not checked by the schema (a dict per layer, say)
+    for f in dataclasses.fields(method.settings_class):
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
         else:
-            kind = "any"
-        default = None if parameter is None or parameter.default is _MISSING else repr(parameter.default)
-        rows.append((name, kind, default))
+            default = None
+        rows.append((f.name, f.type if isinstance(f.type, str) else _type_name(f.type), default))
     return rows
 
 

@@ -160,7 +160,7 @@ def _run(claims: Claims, rest: dict[str, str]) -> Report:
         claims = [(dataclasses.replace(r, read_directly=direct), s) for r, s in claims]
     modules = dict(model.named_modules())
     if request.sequential:  # swapped in block by block, in the model already
-        rows, _ = compress_sequentially(claims, _statistics)
+        rows = compress_sequentially(claims, _statistics)
     else:
         stats = _statistics(claims)
         plan = Plan()

@@ -57,7 +57,6 @@ class Method:
 
     Hooks, all optional, all run before any pass over data:
 
-    * ``validate(**settings)``: the settings as a whole (ranges, choices, combinations);
     * ``check(layer, **settings)``: the settings against one layer (a group size that must
       divide its width); a layer of the default selection that does not fit is left dense;
     * ``prepare(layers, per_layer)``: turn the settings into each layer's arguments, where a
@@ -74,7 +73,6 @@ class Method:
     accepts: tuple[type[nn.Module], ...] = DENSE
     needs_stats: bool = False
     check: Callable | None = None
-    validate: Callable | None = None
     prepare: Callable | None = None
     example: Mapping[str, Any] = field(default_factory=dict)
     rank_cost: Callable | None = None
@@ -91,8 +89,8 @@ class Settings:
 
     Every method's class derives from this one (``nc.GPTQ(bits=4)``, ``nc.DALR(budget=0.5)``). A
     field's annotation is its schema; a field may also map layer names to values (one value per
-    layer). Building an object checks every field's type and then the method's own ``validate``
-    hook, so a bad value is refused before any work, in one sentence naming the field.
+    layer). Building an object checks every field's type and then the class's :meth:`check`, so a bad
+    value is refused before any work, in one sentence naming the field.
     """
 
     method: ClassVar[str] = ""  # the registered name, set by @register
@@ -105,12 +103,11 @@ class Settings:
             if isinstance(value, Mapping):  # a per-layer value; read-only, like the rest of the object
                 object.__setattr__(self, f.name, MappingProxyType(dict(value)))
         self.check()
-        chosen = METHODS.get(self.method)
-        if chosen is not None and chosen.validate is not None:
-            chosen.validate(**self.values(chosen.settings))
 
     def check(self) -> None:
-        """Checks of the fields together (a family's sizing); a subclass overrides it."""
+        """The checks that need no layer (ranges, choices, combinations); a subclass overrides it.
+
+        What depends on a layer (a group size that must divide its width) is the method's ``check`` hook."""
 
     def values(self, names: tuple[str, ...] | None = None) -> dict[str, object]:
         """The fields as a dict (those in ``names``, if given), per-layer maps as plain dicts."""
@@ -217,7 +214,6 @@ def register(
     accepts: tuple[type[nn.Module], ...] = DENSE,
     needs_stats: bool = False,
     check: Callable | None = None,
-    validate: Callable | None = None,
     prepare: Callable | None = None,
     example: Mapping[str, Any] | None = None,
     rank_cost: Callable | None = None,
@@ -244,7 +240,7 @@ def register(
                              f"{settings_class.method!r}; give {name!r} its own class")
         taken = tuple(f.name for f in dataclasses.fields(settings_class) if f.name not in settings_class.sizing)
         settings_class.method = name
-        METHODS[name] = Method(name, family, fn, taken, tuple(accepts), needs_stats, check, validate, prepare,
+        METHODS[name] = Method(name, family, fn, taken, tuple(accepts), needs_stats, check, prepare,
                                dict(example or {}), rank_cost, settings_class)
         return fn
 

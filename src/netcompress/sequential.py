@@ -34,7 +34,7 @@ __all__ = ["compress_sequentially", "original_layers"]
 
 
 def compress_sequentially(claims: list[tuple[Request, Selection]],
-                          statistics: Callable[..., LayerStats | None]) -> tuple[dict[str, LayerRow], list]:
+                          statistics: Callable[..., LayerStats | None]) -> dict[str, LayerRow]:
     """Compress every claim's layers block by block, in the model, all or nothing; returns the rows.
 
     ``statistics(claims, reference)`` is the one shared pass of :func:`~netcompress.compress.compress`,
@@ -79,7 +79,7 @@ def compress_sequentially(claims: list[tuple[Request, Selection]],
             rows.update(plan.rows)
             del stats, plan  # one block's statistics at a time: freed before the next block's pass
         check_runs(model, first_batch(data))
-    return rows, [s for _, s in claims]
+    return rows
 
 
 @contextmanager

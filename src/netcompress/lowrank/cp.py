@@ -15,6 +15,7 @@ from torch import nn
 
 from netcompress.lowrank.budget import LowRankSettings
 from netcompress.lowrank.conv import _CONV, ConvDecomposition, _decompose, _fitted, rank_cost
+from netcompress.lowrank.ridge import RidgeSettings
 from netcompress.registry import register
 from netcompress.stats.moments import Moments
 
@@ -29,11 +30,10 @@ class CP(LowRankSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CPDALR(CP):
+class CPDALR(RidgeSettings):
     """CP fitted to the target data through whitened input channels; ``lam`` and ``shrinkage`` as DALR's."""
 
-    lam: float | None = None
-    shrinkage: float | str = "auto"
+    seed: int = 0
 
 
 @register("cp", CP, **_CONV, rank_cost=rank_cost("cp"))

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from torch import nn
 
 from netcompress.lowrank._linalg import leading_output_directions, ridge_solve
-from netcompress.lowrank.budget import LowRankSettings
 from netcompress.lowrank.factorization import (
     _LOW_RANK,
     Factorization,
@@ -22,7 +21,7 @@ from netcompress.lowrank.factorization import (
     _targets,
     layer_matrix,
 )
-from netcompress.lowrank.ridge import DEFAULT_LAM, _check_dalr, check_lam, shrinkage_weight, shrunk_towards_identity
+from netcompress.lowrank.ridge import DEFAULT_LAM, RidgeSettings, check_lam, shrinkage_weight, shrunk_towards_identity
 from netcompress.registry import register
 from netcompress.stats.moments import Moments
 
@@ -30,15 +29,9 @@ __all__ = ["DALR", "DALRBC", "dalr", "dalr_bc"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class DALR(LowRankSettings):
-    """Domain-adaptive low-rank regression (Masana et al., ICCV 2017) on the target statistics.
-
-    ``lam``: the ridge λ relative to ``trace(XXᵀ)/in`` (default ``DEFAULT_LAM``); ``shrinkage``:
-    Ledoit–Wolf shrinkage of the input second moment (``"auto"``, or a weight in [0, 1]).
-    """
-
-    lam: float | None = None
-    shrinkage: float | str = "auto"
+class DALR(RidgeSettings):
+    """Domain-adaptive low-rank regression (Masana et al., ICCV 2017) on the target statistics (``lam``,
+    ``shrinkage``: see :class:`~netcompress.lowrank.ridge.RidgeSettings`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,7 +39,7 @@ class DALRBC(DALR):
     """DALR on inputs centred at their mean, with bias compensation: the best rank-``k`` affine map."""
 
 
-@register("dalr", DALR, validate=_check_dalr, **_LOW_RANK)
+@register("dalr", DALR, **_LOW_RANK)
 def dalr(
     layer: nn.Module,
     moments: Moments,
@@ -101,7 +94,7 @@ def dalr(
     return Factorization(layer, C, bias, U, U.T @ C, moments, bias_compensation, trace, Q, original)
 
 
-@register("dalr-bc", DALRBC, validate=_check_dalr, **_LOW_RANK)
+@register("dalr-bc", DALRBC, **_LOW_RANK)
 def dalr_bc(layer: nn.Module, moments: Moments, rank: int, *, lam: float | None = None,
             shrinkage: float | str = "auto") -> Factorization:
     """DALR on inputs centred at ``x̄`` with bias compensation: the best rank-``k`` affine map (see :func:`dalr`)."""

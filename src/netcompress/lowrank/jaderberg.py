@@ -16,7 +16,7 @@ from torch import nn
 
 from netcompress.lowrank.budget import LowRankSettings
 from netcompress.lowrank.conv import _CONV, ConvDecomposition, _decompose, _fitted, rank_cost
-from netcompress.lowrank.ridge import _check_dalr
+from netcompress.lowrank.ridge import RidgeSettings
 from netcompress.registry import register
 from netcompress.stats.moments import Moments
 
@@ -29,11 +29,8 @@ class Jaderberg(LowRankSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
-class JaderbergDALR(LowRankSettings):
+class JaderbergDALR(RidgeSettings):
     """Jaderberg's two stages fitted to the target data (whitened inputs); ``lam`` and ``shrinkage`` as DALR's."""
-
-    lam: float | None = None
-    shrinkage: float | str = "auto"
 
 
 @register("jaderberg", Jaderberg, **_CONV, rank_cost=rank_cost("jaderberg"))
@@ -42,7 +39,7 @@ def jaderberg(layer: nn.Module, moments: Moments, rank: int) -> ConvDecompositio
     return _decompose("jaderberg", layer, moments, rank, seed=0)
 
 
-@register("jaderberg-dalr", JaderbergDALR, **_CONV, needs_stats=True, validate=_check_dalr, rank_cost=rank_cost("jaderberg"))
+@register("jaderberg-dalr", JaderbergDALR, **_CONV, needs_stats=True, rank_cost=rank_cost("jaderberg"))
 def jaderberg_dalr(layer: nn.Module, moments: Moments, rank: int, *, lam: float | None = None,
                    shrinkage: float | str = "auto") -> ConvDecomposition:
     """Jaderberg's two stages fitted to the target data: vertical filters from the SVD of the kernel whitened by

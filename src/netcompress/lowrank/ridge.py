@@ -8,12 +8,14 @@ input second moment shrunk towards a scaled identity when samples are few.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from netcompress.lowrank.budget import LowRankSettings
 from netcompress.stats.moments import Moments
 
-__all__ = [
+__all__ = ["RidgeSettings",
     "DEFAULT_LAM",
     "check_lam",
     "check_shrinkage",
@@ -96,3 +98,19 @@ def shrunk_towards_identity(matrix: torch.Tensor, scale_from: torch.Tensor, alph
     shrunk = (1 - alpha) * matrix
     shrunk.diagonal().add_(alpha * float(scale_from.diagonal().sum()) / scale_from.shape[0])
     return shrunk
+
+
+@dataclass(frozen=True, kw_only=True)
+class RidgeSettings(LowRankSettings):
+    """A low-rank method fitted to the target data: sized as every low-rank method, with DALR's ridge.
+
+    ``lam``: the ridge λ relative to ``trace(XXᵀ)/in`` (default ``DEFAULT_LAM``); ``shrinkage``:
+    Ledoit–Wolf shrinkage of the input second moment (``"auto"``, or a weight in [0, 1]).
+    """
+
+    lam: float | None = None
+    shrinkage: float | str = "auto"
+
+    def check(self) -> None:
+        super().check()
+        _check_dalr(lam=self.lam, shrinkage=self.shrinkage)

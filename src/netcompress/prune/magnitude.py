@@ -99,10 +99,11 @@ class Magnitude(Settings):
     def check(self) -> None:
         each(self.sparsity, _check_sparsity)
         each(self.norm, _check_norm)
+        _check_scope(sparsity=self.sparsity, norm=self.norm, scope=self.scope)
 
 
 @register("magnitude", Magnitude, family="layer", accepts=PRUNABLE,
-          check=check_magnitude, validate=_check_scope, prepare=_global_scope, example={"sparsity": 0.5})
+          check=check_magnitude, prepare=_global_scope, example={"sparsity": 0.5})
 def magnitude(layer: nn.Module, moments: Moments | None = None, *, sparsity: float, norm: int = 1,
               threshold: float | None = None) -> nn.Module:
     """Prune ``layer`` to ``sparsity`` (fraction of its weights zeroed) by weight magnitude.

@@ -276,6 +276,9 @@ class Activation(Settings):
     sparsity: float
     criterion: str = "max"
 
+    def check(self) -> None:
+        check_activation(sparsity=self.sparsity, criterion=self.criterion)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Channel(Settings):
@@ -285,9 +288,12 @@ class Channel(Settings):
     criterion: str = "energy"
     refit: bool = True
 
+    def check(self) -> None:
+        check_channel(sparsity=self.sparsity, criterion=self.criterion, refit=self.refit)
+
 
 @register("activation", Activation, family="structural", accepts=PRUNABLE, needs_stats=True,
-          validate=check_activation, example={"sparsity": 0.5})
+          example={"sparsity": 0.5})
 def activation(model, graph, groups, stats, *, sparsity: float | Mapping[str, float],
                criterion: str = "max") -> dict[str, nn.Module]:
     """Remove the ``sparsity`` share of units with the weakest target-domain response (a dict: per layer)."""
@@ -295,7 +301,7 @@ def activation(model, graph, groups, stats, *, sparsity: float | Mapping[str, fl
     return _prune(model, graph, groups, stats, sparsity, criterion, refit=False)
 
 
-@register("channel", Channel, family="structural", accepts=PRUNABLE, needs_stats=True, validate=check_channel,
+@register("channel", Channel, family="structural", accepts=PRUNABLE, needs_stats=True,
           example={"sparsity": 0.5})
 def channel(model, graph, groups, stats, *, sparsity: float | Mapping[str, float], criterion: str = "energy",
             refit: bool = True) -> dict[str, nn.Module]:
