@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
+from netcompress._core.batchnorm import reestimate_batchnorm
 from netcompress._core.layers import _match, candidate_layers
 from netcompress._core.sources import read_in_source
 from netcompress._core.transaction import all_or_nothing
@@ -31,6 +32,7 @@ from netcompress.registry import method as _method
 from netcompress.report import Report
 from netcompress.sequential import compress_sequentially
 from netcompress.stats.collect import LayerStats, collect
+from netcompress.stats.fidelity import References, heldout_part, measure, reference_outputs
 
 __all__ = ["DEFAULT", "METHODS", "compress", "replay"]
 
@@ -146,8 +148,8 @@ def _statistics(claims: Claims, reference=None) -> LayerStats | None:
                    reference=reference, called_once=request.called_once)
 
 
-def _run(claims: Claims, rest: dict[str, str]) -> Report:
-    """Validate, collect once, plan every claim, apply everything at once; the Report of it all."""
+def _run(claims: Claims, rest: dict[str, str], eval_data=None, batchnorm: bool | str = "auto") -> Report:
+    """Validate, collect once, plan every claim, apply everything at once; the Report of it all, measured whole."""
     request = claims[0][0]
     model = request.model
     for r, selection in claims:
@@ -159,6 +161,8 @@ def _run(claims: Claims, rest: dict[str, str]) -> Report:
         direct = read_in_source(model, {n: m for _, s in claims for n, m in s.selected.items()})
         claims = [(dataclasses.replace(r, read_directly=direct), s) for r, s in claims]
     modules = dict(model.named_modules())
+    # the original's answers on held-out target data, before any layer changes
+    references = reference_outputs(model, request.data, request.holdout, eval_data)
     if request.sequential:  # swapped in block by block, in the model already
         rows = compress_sequentially(claims, _statistics)
     else:
@@ -179,7 +183,18 @@ def _run(claims: Claims, rest: dict[str, str]) -> Report:
     else:
         report = apply_plan(model, plan, request.data)
     report.options = _options(request)
+    _after_apply(report, claims, references, batchnorm)
     return report
+
+
+def _after_apply(report: Report, claims: Claims, references: References | None, batchnorm: bool | str) -> None:
+    """Re-estimate BatchNorm statistics after a structural change (on the fitted samples), then measure the whole model."""
+    request = claims[0][0]
+    resized = any(r.family.resizes and any(s.selected) for r, s in claims)
+    if request.data is not None and (batchnorm is True or (batchnorm == "auto" and resized)):
+        report.batchnorm = reestimate_batchnorm(request.model, heldout_part(request.data, request.holdout, heldout=False))
+    if references is not None:
+        report.fidelity = measure(request.model, references)
 
 
 def _options(request: Request) -> dict[str, object]:
@@ -201,6 +216,8 @@ def compress(
     progress: bool | None = None,
     sequential: bool = False,
     blocks: str | None = None,
+    eval_data: Iterable | tuple[torch.Tensor, torch.Tensor] | None = None,
+    batchnorm: bool | str = "auto",
     **values,
 ) -> Report:
     """Compress ``model`` in place with one method, or a method per layer, all or nothing.
@@ -234,13 +251,23 @@ def compress(
         blocks: the ``ModuleList``/``Sequential`` whose children are the blocks (default: the stack
             holding most selected layers); layers outside it are compressed in the model's order.
         holdout: share of ``data`` kept apart to measure each layer's held-out error (when
-            ``compress`` collects the statistics itself; 0 uses all data for fitting).
+            ``compress`` collects the statistics itself; 0 uses all data for fitting), and the
+            whole model's fidelity (:attr:`Report.fidelity`).
+        eval_data: labelled target data, ``(inputs, labels)`` tensors or batches of them: the whole
+            model is then measured on it, with accuracy before and after.
+        batchnorm: re-estimate every BatchNorm's running statistics on the fitted part of ``data``
+            after the model is changed: ``"auto"`` after a structural change (channels removed),
+            ``True`` always, ``False`` never.
 
     Returns:
-        A :class:`Report` with one row per weight layer of the model: compressed, left dense
-        (with the reason) or not selected, each naming its method and settings (JSON that
-        :func:`replay` reproduces), with in-sample and held-out relative output errors.
+        A :class:`Report`: first the whole model's fidelity on held-out target data (top-1
+        agreement and output cosine against the original, accuracy with ``eval_data``), then one
+        row per weight layer of the model: compressed, left dense (with the reason) or not
+        selected, each naming its method and settings (JSON that :func:`replay` reproduces), with
+        in-sample and held-out relative output errors.
     """
+    if batchnorm not in (True, False, "auto"):
+        raise ValueError(f"batchnorm must be True, False or 'auto', got {batchnorm!r}")
     chosen = _settings(settings, method, values)
     if layers is None and isinstance(chosen, Settings):  # a setting given per layer selects those layers
         by_layer = [v for v in chosen.values().values() if isinstance(v, Mapping)]
@@ -255,7 +282,7 @@ def compress(
                 sequential=sequential, blocks=blocks)
     with all_or_nothing(model, values=False):  # a method that writes into the model in place and fails is caught
         claims, rest = _claims(model, chosen, layers, exclude, base)
-        return _run(claims, rest)
+        return _run(claims, rest, eval_data, batchnorm)
 
 
 def replay(report: Report | str, model: nn.Module, data: Iterable | torch.Tensor | None = None, *,

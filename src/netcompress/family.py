@@ -126,6 +126,7 @@ class Family:
     needs_data = False  # True where every method of the family must run the model on data
     sequential = True  # whether compress(..., sequential=True) can run its methods block by block
     heldout = True  # whether its statistics keep a held-out share apart (errors on unseen samples)
+    resizes = False  # whether it changes layers' widths (BatchNorm statistics are then re-estimated)
 
     def select(self, request: Request) -> Selection:
         chosen = request.method

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from netcompress.registry import settings_from_json
+from netcompress.stats.fidelity import Fidelity
 
 __all__ = ["LayerRow", "Report"]
 
@@ -88,12 +89,16 @@ class Report:
 
     rows: list[LayerRow] = field(default_factory=list)
     options: dict = field(default_factory=dict)  # compress's options that shape the result (holdout, sequential, ...)
+    fidelity: Fidelity | None = None  # the whole model against the original on held-out target data
+    batchnorm: int | None = None  # how many BatchNorm layers had their statistics re-estimated
+    target: dict | None = None  # with compress(target=...): what was asked, predicted and reached (planner)
 
     @classmethod
     def of_steps(cls, reports: Sequence[Report]) -> Report:
         """One Report of a recipe's steps: every row labelled with its step (totals count each layer once)."""
         rows = [replace(row, step=index) for index, report in enumerate(reports, 1) for row in report.rows]
-        return cls(rows, dict(reports[-1].options) if reports else {})
+        last = reports[-1] if reports else cls()
+        return cls(rows, dict(last.options), last.fidelity, last.batchnorm, last.target)
 
     def _first(self) -> list[LayerRow]:
         """Each layer's first row (in a recipe's Report, the layer as the first step found it)."""
@@ -148,7 +153,17 @@ class Report:
         saved = self.saved_bytes
         lines.append([*([""] if steps else []), "total", "", "", "", "", "", f"{self.params_before:,}",
                       f"{self.params_after:,}", f"{total:.2f}", "", "-" if saved is None else f"{saved:,}", "", "", ""])
-        return text_table(lines[0], lines[1:])
+        return "\n".join([*self.headline(), text_table(lines[0], lines[1:])])
+
+    def headline(self) -> list[str]:
+        """The lines printed above the table: the whole model's fidelity first, then the target and BatchNorm."""
+        lines = [str(self.fidelity) if self.fidelity is not None else
+                 "whole model: not measured (no target data was given)"]
+        if self.target is not None:
+            lines.append(target_line(self.target))
+        if self.batchnorm:
+            lines.append(f"BatchNorm statistics re-estimated on the target sample in {self.batchnorm} layer(s)")
+        return lines
 
     def recipe(self) -> dict[str, object]:
         """Layer name → the settings object that compressed it (or considered it and left it dense by its own
@@ -167,7 +182,8 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "options": dict(self.options),
-                "layers": [asdict(r) for r in self.rows]}
+                "fidelity": self.fidelity.to_dict() if self.fidelity is not None else None,
+                "batchnorm": self.batchnorm, "target": self.target, "layers": [asdict(r) for r in self.rows]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -196,7 +212,14 @@ class Report:
         if not isinstance(options, dict) or set(options) - set(OPTIONS):
             raise ValueError(f"the report's 'options' must be an object with some of {', '.join(OPTIONS)}; "
                              "write it again with Report.to_json")
-        return cls(rows, options)
+        fidelity = data.get("fidelity")
+        target = data.get("target")
+        if target is not None and not isinstance(target, dict):
+            raise ValueError("the report's 'target' must be an object; write it again with Report.to_json")
+        batchnorm = data.get("batchnorm")
+        if batchnorm is not None and not _whole(batchnorm):
+            raise ValueError("the report's 'batchnorm' must be a whole number; write it again with Report.to_json")
+        return cls(rows, options, Fidelity.from_dict(fidelity) if fidelity is not None else None, batchnorm, target)
 
     @classmethod
     def from_json(cls, text: str) -> Report:
@@ -205,6 +228,19 @@ class Report:
         except json.JSONDecodeError as error:
             raise ValueError(f"the report is not valid JSON ({error})") from None
         return cls.from_dict(data)
+
+
+def target_line(target: dict) -> str:
+    """One line: the target asked for, what the plan was predicted to reach and what it reached."""
+    asked = ", ".join(f"{k} {v:g}" for k, v in target.get("asked", {}).items())
+    reached = ", ".join(f"{k} {v:.4g}" for k, v in target.get("reached", {}).items())
+    line = f"target: {asked}; reached {reached}"
+    if target.get("predicted_error") is not None:
+        line += (f"; whole-model relative error predicted {target['predicted_error']:.4f}, "
+                 f"measured {target.get('measured_error', float('nan')):.4f}")
+    if target.get("recovered") is not None:
+        line += f"; recovery {target['recovered']}"
+    return line
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, rule: bool = True,

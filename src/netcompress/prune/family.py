@@ -24,9 +24,10 @@ class StructuralFamily(Family):
     unit shrink with the layer that wrote it, so the model is traced (``torch.fx``) on the target data."""
 
     name = "structural"
+    resizes = True
     sequential = False
     needs_data = True
-    heldout = False  # the units' statistics are fitted on every sample
+    heldout = True  # the units are fitted on the fitted share; the whole model is measured on the held-out one
 
     def select(self, request: Request) -> Selection:
         chosen, model, data = request.method, request.model, request.data
