@@ -8,6 +8,7 @@ The public surface (everything else is an implementation detail)::
     report = nc.compress(model, stats=stats, settings=nc.DALR(budget=0.1))
     nc.compress(model, batches, {"re:.*attention.*": nc.GPTQ(bits=4),   # a method per layer, one pass
                                  "classifier": None, "_default": nc.Uniform(bits=8)})
+    nc.compress(model, batches, target=nc.Target(size=0.125))     # a plan chosen per layer to a target
     nc.save(model, "out/", report)                                # safetensors + manifest
     nc.load(fresh_model, "out/")
     nc.replay(report.to_json(), fresh_model, target_batches)      # the same weights again
@@ -23,9 +24,11 @@ from netcompress import lowrank, prune, quantize  # noqa: F401
 from netcompress._core.version import __version__  # noqa: F401  (nc.__version__)
 from netcompress.compress import compress, replay
 from netcompress.distill.finetune import finetune
+from netcompress.distill.recover import Recover
 from netcompress.lowrank import CP, CPDALR, DALR, DALRBC, SVD, SVDBC, Jaderberg, JaderbergDALR
 from netcompress.lowrank.family import sweep
 from netcompress.pipeline import read_recipe, run_pipeline
+from netcompress.planner.target import Target
 from netcompress.prune import Activation, Channel, Magnitude, SparseGPT
 from netcompress.prune.n2n import n2n_search
 from netcompress.prune.peel import prune_reallocate
@@ -47,7 +50,7 @@ __all__ = [
     "CP", "CPDALR", "DALR", "DALRBC", "GPTQ", "SVD", "SVDBC", "Activation", "Binary", "Channel", "Jaderberg",
     "JaderbergDALR", "KMeans", "Magnitude", "Settings", "SparseGPT", "Ternary", "Uniform",
     # compress, measure, keep
-    "LayerRow", "LayerStats", "METHODS", "Method", "Moments", "Report", "collect", "compress",
+    "LayerRow", "LayerStats", "METHODS", "Method", "Moments", "Recover", "Report", "Target", "collect", "compress",
     "count_flops", "export_onnx", "finetune", "load", "load_compressed", "n2n_search", "prune_reallocate",
     "read_recipe", "read_report", "register", "register_family", "relative_output_error", "replay", "run_pipeline",
     "save", "save_compressed", "storage_table", "sweep", "unregister",

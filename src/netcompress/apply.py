@@ -56,10 +56,10 @@ def stored_params(module: nn.Module) -> int:
         bias = getattr(inner, "bias", None)
         return (int(mask.sum()) if mask is not None else codes.numel()) + (bias.numel() if bias is not None else 0)
     total = 0
-    for name, p in module.named_parameters():
+    for name, p in module.named_parameters(recurse=False):
         mask = getattr(module, "mask", None) if name == "weight" else None
         total += int(mask.sum()) if mask is not None else p.numel()
-    return total
+    return total + sum(stored_params(child) for child in module.children())  # a factored layer's quantized factors
 
 
 def output_errors(old: nn.Module, new: nn.Module, stats: LayerStats | None, name: str) -> tuple[float | None, float | None]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,12 +28,16 @@ from netcompress._core.sources import read_in_source
 from netcompress._core.transaction import all_or_nothing
 from netcompress.apply import Plan, add_dense_rows, apply_plan, check_samples, full_report
 from netcompress.family import DEFAULT_HOLDOUT, Request, Selection
+from netcompress.planner.target import Target
 from netcompress.registry import METHODS, Settings, build_settings
 from netcompress.registry import method as _method
 from netcompress.report import Report
 from netcompress.sequential import compress_sequentially
 from netcompress.stats.collect import LayerStats, collect
 from netcompress.stats.fidelity import References, heldout_part, measure, reference_outputs
+
+if TYPE_CHECKING:
+    from netcompress.distill.recover import Recover
 
 __all__ = ["DEFAULT", "METHODS", "compress", "replay"]
 
@@ -218,6 +223,9 @@ def compress(
     blocks: str | None = None,
     eval_data: Iterable | tuple[torch.Tensor, torch.Tensor] | None = None,
     batchnorm: bool | str = "auto",
+    target: Target | None = None,
+    candidates: Iterable[str] | None = None,
+    recover: Recover | None = None,
     **values,
 ) -> Report:
     """Compress ``model`` in place with one method, or a method per layer, all or nothing.
@@ -258,6 +266,14 @@ def compress(
         batchnorm: re-estimate every BatchNorm's running statistics on the fitted part of ``data``
             after the model is changed: ``"auto"`` after a structural change (channels removed),
             ``True`` always, ``False`` never.
+        target: instead of settings, what the model must reach (``nc.Target(size=0.25)``,
+            ``flops=``, ``latency=``, ``max_error=``): the planner prices every candidate of every
+            family for every layer on the statistics, chooses one per layer for the least predicted
+            whole-model error, checks the plan end to end on held-out samples, and runs it as a plan
+            (:mod:`netcompress.planner`); the Report's ``target`` says what was reached.
+        candidates: with ``target``, the families the plan may use (default ``uniform``, ``gptq``, ``dalr``).
+        recover: with ``target``, ``nc.Recover(epochs=...)``: distil from the original on the same
+            sample afterwards, keeping the best epoch on the held-out samples.
 
     Returns:
         A :class:`Report`: first the whole model's fidelity on held-out target data (top-1
@@ -268,6 +284,18 @@ def compress(
     """
     if batchnorm not in (True, False, "auto"):
         raise ValueError(f"batchnorm must be True, False or 'auto', got {batchnorm!r}")
+    if target is not None:
+        if settings is not None or method is not None or values or stats is not None or sequential:
+            raise ValueError("a target chooses the settings itself; give target= without settings, method=, "
+                             "method settings, stats= or sequential=")
+        from netcompress.planner.search import compress_to_target
+
+        with all_or_nothing(model, values=True):  # recovery trains the weights in place: all of it or none
+            return compress_to_target(model, data, target, run=compress, candidates=candidates, layers=layers,
+                                      exclude=exclude, holdout=holdout, positions=positions, progress=progress,
+                                      eval_data=eval_data, recover=recover)
+    if candidates is not None or recover is not None:
+        raise ValueError("candidates= and recover= go with target=; give a target, or drop them")
     chosen = _settings(settings, method, values)
     if layers is None and isinstance(chosen, Settings):  # a setting given per layer selects those layers
         by_layer = [v for v in chosen.values().values() if isinstance(v, Mapping)]

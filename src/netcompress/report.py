@@ -233,7 +233,7 @@ class Report:
 def target_line(target: dict) -> str:
     """One line: the target asked for, what the plan was predicted to reach and what it reached."""
     asked = ", ".join(f"{k} {v:g}" for k, v in target.get("asked", {}).items())
-    reached = ", ".join(f"{k} {v:.4g}" for k, v in target.get("reached", {}).items())
+    reached = ", ".join(f"{k} {int(v):,}" if k == "bytes" else f"{k} {v:.4g}" for k, v in target.get("reached", {}).items())
     line = f"target: {asked}; reached {reached}"
     if target.get("predicted_error") is not None:
         line += (f"; whole-model relative error predicted {target['predicted_error']:.4f}, "

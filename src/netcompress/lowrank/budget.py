@@ -60,13 +60,18 @@ class LowRankSettings(Settings):
     * ``energy``: the fraction of each layer's target output energy kept (on held-out samples);
     * ``budget``: the fraction of the selected layers' parameters kept, spread where it lowers the
       target output error most per parameter (a layer is left dense where factoring saves too little).
+
+    ``factor_bits`` (2 to 8) then quantizes every factor to that many bits (uniform, one scale per
+    output channel): low rank times a quarter of the bytes at 8 bits, the composition Deep
+    Compression-style pipelines reach in two steps.
     """
 
-    sizing: ClassVar[tuple[str, ...]] = SIZING
+    sizing: ClassVar[tuple[str, ...]] = (*SIZING, "factor_bits")
     rank: int | None = None
     keep: float | None = None
     energy: float | None = None
     budget: float | None = None
+    factor_bits: int | None = None
 
     def check(self) -> None:
         given = [k for k in SIZING if getattr(self, k) is not None]
@@ -76,6 +81,8 @@ class LowRankSettings(Settings):
         for key in ("keep", "energy", "budget"):
             if getattr(self, key) is not None:
                 check_fraction(key, getattr(self, key))
+        if self.factor_bits is not None and not 2 <= self.factor_bits <= 8:
+            raise ValueError(f"factor_bits must be an integer from 2 to 8, got {self.factor_bits}")
 
     def size(self) -> dict[str, object]:
         """The one sizing field given, as ``{name: value}``."""

@@ -144,7 +144,8 @@ class LowRankFamily(Family):
                 plan.rows[name] = request.row(name, layer, status="left dense", note=why, relative_error=0.0,
                                               heldout_error=0.0 if stats.heldout is not None else None)
                 continue
-            plan.add(name, layer, *_factored(name, layer, f, k, stats, chosen.name, request.settings.to_json()))
+            plan.add(name, layer, *_factored(name, layer, f, k, stats, chosen.name, request.settings.to_json(),
+                                             request.settings.factor_bits))
         return plan
 
 
@@ -156,13 +157,30 @@ def _matrix_shape(layer: nn.Module) -> tuple[int, int]:
     return layer.weight.shape[0], layer.weight[0].numel()
 
 
+def quantize_factors(module: nn.Module, bits: int) -> nn.Module:
+    """``module`` with every Linear/Conv2d factor replaced by its ``bits``-bit uniform quantization (per channel)."""
+    from netcompress.quantize.uniform import uniform
+
+    for child_name, child in list(module.named_children()):
+        if type(child) in (nn.Linear, nn.Conv2d):
+            setattr(module, child_name, uniform(child, bits=bits))
+        else:
+            quantize_factors(child, bits)
+    return module
+
+
 def _factored(name: str, layer: nn.Module, f: Factorization, rank: int, stats: LayerStats,
-              method: str, settings: dict | None = None) -> tuple[nn.Module, LayerRow]:
-    """The rank-``rank`` replacement of ``layer`` and its report row (``settings``: the claim's, to replay)."""
+              method: str, settings: dict | None = None, factor_bits: int | None = None) -> tuple[nn.Module, LayerRow]:
+    """The rank-``rank`` replacement of ``layer`` (its factors quantized to ``factor_bits``) and its report row
+    (``settings``: the claim's, to replay)."""
     new = f.module(rank)
+    if factor_bits is not None:
+        new = quantize_factors(new, factor_bits)
     error, held = output_errors(layer, new, stats, name)
+    setting = f"rank {rank}" + (f", factors {factor_bits}-bit" if factor_bits is not None else "")
     return new, layer_row(name, layer, method, rank=rank, params_after=stored_params(new), relative_error=error,
-                          heldout_error=held, setting=f"rank {rank}", settings=settings)
+                          heldout_error=held, setting=setting, settings=settings,
+                          bits=float(factor_bits) if factor_bits is not None else None)
 
 
 def sweep(

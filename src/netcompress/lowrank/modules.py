@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from netcompress._core.description import Entry, conv_fields, describable, linear_fields
+from netcompress._core.tensors import weight_rows
 
 __all__ = [
     "LowRankConv2d",
@@ -102,6 +103,7 @@ def build_low_rank(layer: nn.Module, rank: int, bias: bool) -> nn.Module:
 
 
 def _product(up: nn.Module, down: nn.Module, rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor | None]:
-    A = up.weight.detach()[rows].reshape(-1, up.weight.shape[1]).double()
-    B = down.weight.detach().reshape(down.weight.shape[0], -1).double()
+    # each factor as it computes: quantized factors (factor_bits) decoded, not their stored codes
+    A = weight_rows(up, rows).detach().double()
+    B = weight_rows(down, slice(None)).detach().double()
     return A @ B, up.bias

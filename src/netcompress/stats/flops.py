@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from netcompress._core.layers import innermost
 from netcompress._core.tensors import batch_size, call_model, model_device_dtype
 from netcompress._core.transaction import evaluating
 
@@ -31,9 +30,17 @@ __all__ = ["ChannelCosts", "channel_costs", "count_flops", "layer_flops"]
 _COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def _computes(module: nn.Module) -> bool:
+    """A Linear/Conv layer, or a quantized one (integer codes decoded to the same product)."""
+    if isinstance(module, _COUNTED):
+        return True
+    return isinstance(getattr(module, "codes", None), torch.Tensor) and (
+        hasattr(module, "in_features") or hasattr(module, "kernel_size"))
+
+
 def _macs(module: nn.Module, output: torch.Tensor) -> int:
     """Multiply-accumulates of one call of ``module`` that produced ``output`` (the whole batch)."""
-    if isinstance(module, nn.Linear):
+    if not hasattr(module, "kernel_size"):  # Linear-like
         return output.numel() * module.in_features
     per_output = module.in_channels // module.groups
     for side in module.kernel_size:
@@ -48,7 +55,8 @@ def layer_flops(model: nn.Module, example) -> dict[str, int]:
     input, or a dict of keyword inputs); the counts are divided by its leading dimension. A
     layer called twice counts twice; a layer the example never reaches counts 0.
     """
-    layers = innermost(model, _COUNTED)  # nothing counted twice
+    layers = {name: m for name, m in model.named_modules()  # nothing counted twice
+              if _computes(m) and not any(_computes(c) for c in m.modules() if c is not m)}
     totals = dict.fromkeys(layers, 0)
     handles = []
     for name, layer in layers.items():
