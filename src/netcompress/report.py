@@ -238,8 +238,10 @@ def target_line(target: dict) -> str:
     if target.get("predicted_error") is not None:
         line += (f"; whole-model relative error predicted {target['predicted_error']:.4f}, "
                  f"measured {target.get('measured_error', float('nan')):.4f}")
-    if target.get("recovered") is not None:
-        line += f"; recovery {target['recovered']}"
+    recovered = target.get("recovered")
+    if recovered is not None:
+        line += (f"; recovery: held-out {recovered['measure']} {recovered['before']:.4f} → {recovered['after']:.4f} "
+                 f"(best epoch {recovered['best_epoch']} of {recovered['epochs']})")
     return line
 
 

@@ -36,6 +36,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _parser(method: str | None = None) -> argparse.ArgumentParser:
+    from netcompress.cli import targets
     from netcompress.cli.methods import add_setting_flags
     from netcompress.registry import METHODS
 
@@ -67,6 +68,7 @@ def _parser(method: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true",
                      help="write into a directory (or onto a file) netcompress did not write; only netcompress's "
                           "own files there are replaced")
+    targets.add_arguments(run)
 
     commands.add_parser("methods", parents=[common], help="list every method with its settings, types and defaults")
 
@@ -200,8 +202,9 @@ def _compress(args: argparse.Namespace) -> None:
 
     import netcompress as nc
     from netcompress._core.atomic import made_directories, staged_file
-    from netcompress.cli import hf
+    from netcompress.cli import hf, targets
     from netcompress.cli.inputs import batches, normalize, read_data, read_labels
+    from netcompress.cli.methods import flag_values
     from netcompress.cli.outputs import check_ncz_target, check_separate_outputs, summary
     from netcompress.cli.zoo import build
     from netcompress.pipeline import step_settings
@@ -213,7 +216,8 @@ def _compress(args: argparse.Namespace) -> None:
     check_save_target(output, args.force)
     if ncz is not None:
         check_ncz_target(ncz, output, args.force)
-    steps = _steps(args)
+    target, recover = targets.check_target(args, bool(flag_values(args)))
+    steps = [] if target is not None or args.replay else _steps(args)
     lines = hf.check_arguments(args, steps)  # --text's samples with --hf, else None
     if lines is None and (args.model is None or args.data is None):
         raise ValueError(f"compress needs {'--model' if args.model is None else '--data'}, "
@@ -231,19 +235,27 @@ def _compress(args: argparse.Namespace) -> None:
         original = hf.shapes(model)
     else:
         model = build(args.model, args.weights)
-        data = read_data(args.data, tuple(args.image_size) if args.image_size else None)
-        if normalisation is not None:
-            data = normalize(data, *normalisation)
+        prepare = (lambda d: normalize(d, *normalisation)) if normalisation is not None else (lambda d: d)
+        data = prepare(read_data(args.data, tuple(args.image_size) if args.image_size else None))
         calibration = list(batches(data, args.batch_size))
+        evaluation = targets.read_eval_data(args, prepare)
         if args.recipe and any("finetune" in s for s in steps):
             labels = read_labels(args.labels, args.data, len(data))
-    if args.recipe:
+    evaluation = evaluation if lines is None else None
+    if target is not None:
+        report = targets.compress_to_target(model, calibration, target, recover, args, evaluation,
+                                            _names(args.layers), _names(args.exclude))
+    elif args.replay:
+        plan, options = targets.read_plan(args.replay)
+        report = nc.compress(model, calibration, plan, progress=args.progress, eval_data=evaluation, **options)
+    elif args.recipe:
         reports = nc.run_pipeline(model, steps, data=calibration, progress=args.progress,
                                   train=(data.float(), labels) if labels is not None else None)
         report = nc.Report.of_steps(reports)  # each row labelled by its step; totals count each layer once
     else:
         settings, options = step_settings(steps[0])
-        report = nc.compress(model, calibration, settings, progress=args.progress, **options)
+        report = nc.compress(model, calibration, settings, progress=args.progress, eval_data=evaluation, **options)
+    targets.refuse_degraded(report, args)  # a broken model never leaves silently: nothing written yet
 
     # All outputs together: --save-pretrained and the container go to temporary names first, renamed
     # into place only once -o is written.
@@ -255,6 +267,7 @@ def _compress(args: argparse.Namespace) -> None:
             staged = stack.enter_context(staged_file(ncz))
             size = nc.save_compressed(model, staged, overwrite=True)  # our own temporary file
         nc.save(model, output, report, overwrite=args.force)
+    targets.write_plan(report, getattr(args, "write_plan", None), args.force)
     print(report)
     print(f"\nwrote {output}: {summary(report, output, args)}")
     if source is not None:
@@ -289,31 +302,17 @@ def _report(args: argparse.Namespace) -> None:
     print(report.to_json() if args.json else report)
 
 
-def _check_onnx_target(args: argparse.Namespace) -> Path:
-    """The --onnx path, refused before anything is read if it is the --load directory or a foreign file."""
-    from netcompress.storage.onnx import is_netcompress_onnx
-
-    path = Path(args.onnx)
-    if args.load and path.resolve() == Path(args.load).resolve():
-        raise ValueError(f"--onnx {path} is the --load directory; give the ONNX file a name of its own")
-    if path.is_dir():
-        raise ValueError(f"--onnx {path} is a directory; give a file name such as model.onnx")
-    if path.exists() and not args.force and not is_netcompress_onnx(path):
-        raise ValueError(f"{path} exists and is not an ONNX file netcompress wrote; choose another --onnx path, "
-                         "or pass --force to replace it")
-    return path
-
-
 def _export(args: argparse.Namespace) -> None:
     import netcompress as nc
     from netcompress.cli.inputs import batches, normalize, read_data
+    from netcompress.cli.outputs import check_onnx_target
     from netcompress.cli.zoo import build
     from netcompress.storage.onnx import check_opset, require_onnx
 
     # Everything that can be checked without the model and the data, before they are read.
     require_onnx()
     check_opset(args.opset)
-    path = _check_onnx_target(args)
+    path = check_onnx_target(args)
     if args.load and not Path(args.load).is_dir():
         raise ValueError(f"--load {args.load} is not a directory; give the -o directory of `netcompress compress`")
     normalisation = _normalisation(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["check_ncz_target", "check_separate_outputs", "summary"]
+__all__ = ["check_ncz_target", "check_onnx_target", "check_separate_outputs", "summary"]
 
 
 def check_ncz_target(path: Path, output: Path, force: bool) -> None:
@@ -54,3 +54,18 @@ def summary(report, output: Path, args: argparse.Namespace) -> str:
     text = f"{report.params_before:,} → {report.params_after:,} parameters in the reported layers; " \
            f"{on_disk:,} bytes on disk"
     return text + (f" (the --weights given hold {given_bytes:,})" if given_bytes is not None else "")
+
+
+def check_onnx_target(args: argparse.Namespace) -> Path:
+    """The --onnx path, refused before anything is read if it is the --load directory or a foreign file."""
+    from netcompress.storage.onnx import is_netcompress_onnx
+
+    path = Path(args.onnx)
+    if args.load and path.resolve() == Path(args.load).resolve():
+        raise ValueError(f"--onnx {path} is the --load directory; give the ONNX file a name of its own")
+    if path.is_dir():
+        raise ValueError(f"--onnx {path} is a directory; give a file name such as model.onnx")
+    if path.exists() and not args.force and not is_netcompress_onnx(path):
+        raise ValueError(f"{path} exists and is not an ONNX file netcompress wrote; choose another --onnx path, "
+                         "or pass --force to replace it")
+    return path

@@ -193,7 +193,7 @@ def compress_to_target(model: nn.Module, data, target: Target, *, run: Callable[
                 candidate.latency = timing.seconds(candidate.module, shapes[name])
         timing.save()
         dense_latency = _model_seconds(model, _batch_of(example, target.batch))
-    for name, s in noise_sensitivity(model, {n: modules[n] for n in table}, probe, progress=not quiet).items():
+    for name, s in noise_sensitivity(model, {n: modules[n] for n in table}, probe, progress=progress).items():
         table[name].sensitivity = s
     costs = _costs(target, table)
     dense_cost = sum(c[0] for c in costs.values())
@@ -208,7 +208,7 @@ def compress_to_target(model: nn.Module, data, target: Target, *, run: Callable[
         # repair: the chosen replacements measured alone give each layer's sensitivity to its own kind of error
         found = replacement_sensitivity(model, {n: (table[n].candidates[i].module, table[n].candidates[i].error)
                                                 for n, i in picks.items() if n not in alone}, probe,
-                                        progress=not quiet)
+                                        progress=progress)
         alone.update(found)
         for name, s in found.items():
             table[name].sensitivity = s

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from netcompress._core.layers import replace_module
+from netcompress._core.layers import progress_disabled, replace_module
 from netcompress.apply import behind_padding
 from netcompress.stats.fidelity import References, measure
 
@@ -42,12 +42,12 @@ def _noise_hook(relative: float, generator: torch.Generator):
 
 @torch.no_grad()
 def noise_sensitivity(model: nn.Module, layers: Mapping[str, nn.Module], references: References,
-                      relative: float = NOISE, seed: int = 0, progress: bool = False) -> dict[str, float]:
+                      relative: float = NOISE, seed: int = 0, progress: bool | None = False) -> dict[str, float]:
     """Each layer's ``s_l = E / ε`` with noise of relative size ``ε`` added to its output alone."""
     from tqdm.auto import tqdm
 
     found = {}
-    for name, layer in tqdm(layers.items(), desc="sensitivity", unit="layer", disable=not progress):
+    for name, layer in tqdm(layers.items(), desc="sensitivity", unit="layer", disable=progress_disabled(progress)):
         handle = layer.register_forward_hook(_noise_hook(relative, torch.Generator().manual_seed(seed)))
         try:
             found[name] = measure(model, references).relative_error / relative
@@ -58,13 +58,13 @@ def noise_sensitivity(model: nn.Module, layers: Mapping[str, nn.Module], referen
 
 @torch.no_grad()
 def replacement_sensitivity(model: nn.Module, replacements: Mapping[str, tuple[nn.Module, float]],
-                            references: References, progress: bool = False) -> dict[str, float]:
+                            references: References, progress: bool | None = False) -> dict[str, float]:
     """Each layer's ``s_l = E / e``: its replacement (with its own error ``e``) swapped in alone, then put back."""
     from tqdm.auto import tqdm
 
     modules = dict(model.named_modules())
     found = {}
-    for name, (new, error) in tqdm(replacements.items(), desc="check", unit="layer", disable=not progress):
+    for name, (new, error) in tqdm(replacements.items(), desc="check", unit="layer", disable=progress_disabled(progress)):
         if error <= 0:
             continue
         old = modules[name]
