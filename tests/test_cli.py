@@ -22,7 +22,7 @@ def trained(tmp_path):
 
 
 def _factory_args(tmp_path, *extra):
-    return ["compress", "--model", "tests_factory:small_mlp", "--weights", str(tmp_path / "w.safetensors"),
+    return ["compress", "--allow-degraded", "--model", "tests_factory:small_mlp", "--weights", str(tmp_path / "w.safetensors"),
             "--data", str(tmp_path / "x.npy"), *extra]
 
 
@@ -79,11 +79,11 @@ def test_bad_files_and_model_specs(trained, capsys):
     _, tmp_path = trained
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
     cases = [
-        (["compress", "--model", "tests_factory:nothing", "--data", str(tmp_path / "x.npy"), "--rank", "2", "-o", "o"],
+        (["compress", "--allow-degraded", "--model", "tests_factory:nothing", "--data", str(tmp_path / "x.npy"), "--rank", "2", "-o", "o"],
          "has no 'nothing'"),
-        (["compress", "--model", "tests_factory:small_mlp", "--data", str(tmp_path / "bad.npy"), "--rank", "2", "-o", "o"],
+        (["compress", "--allow-degraded", "--model", "tests_factory:small_mlp", "--data", str(tmp_path / "bad.npy"), "--rank", "2", "-o", "o"],
          "cannot be read as .npy data"),
-        (["compress", "--model", "tests_factory:small_mlp", "--data", str(tmp_path / "none.pt"), "--rank", "2", "-o", "o"],
+        (["compress", "--allow-degraded", "--model", "tests_factory:small_mlp", "--data", str(tmp_path / "none.pt"), "--rank", "2", "-o", "o"],
          "does not exist"),
         (["report", str(tmp_path)], "holds no report.json"),
     ]
@@ -120,7 +120,7 @@ def test_methods_lists_every_setting_and_method_help_shows_one(capsys):
         assert f"{name} ({chosen.settings_class.__name__}" in listing
     assert "--group-size" in listing and "int | None (default None)" in listing
     with pytest.raises(SystemExit):
-        main(["compress", "--method", "gptq", "--help"])
+        main(["compress", "--allow-degraded", "--method", "gptq", "--help"])
     shown = capsys.readouterr().out
     assert "settings of gptq" in shown and "--damp" in shown
     assert "--sparsity" not in shown  # another method's setting is hidden from this method's help

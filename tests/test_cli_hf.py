@@ -69,11 +69,12 @@ def test_refusals_are_one_sentence_before_any_work(folders, capsys, case, messag
     elif case == "no-text":
         del base[3:5]
     elif case == "text-without-hf":
-        base = ["compress", "--model", "pkg.module:factory", "--data", "x.npy", "--rank", "2", "--text", text, "-o", out]
+        base = ["compress", "--allow-degraded", "--model", "pkg.module:factory", "--data", "x.npy", "--rank", "2", "--text", text, "-o", out]
     elif case == "output-is-model":
         base[-1] = str(model)
         base.append("--force")
     elif case == "pretrained-lowrank":
+        base.append("--allow-degraded")
         base[base.index("uniform")] = "dalr"
         del base[base.index("--setting"):base.index("--setting") + 2]
         base += ["--budget", "0.5", "--save-pretrained", str(tmp / "plain")]
@@ -123,7 +124,7 @@ def tiny_mlm(tmp_path):
 def test_tied_embeddings_are_left_dense_and_stay_tied(tiny_mlm, capsys):
     transformers, folder, tmp = tiny_mlm
     out, plain = tmp / "out", tmp / "plain"
-    args = ["compress", "--hf", str(folder), "--hf-class", "AutoModelForMaskedLM", "--text", str(tmp / "lines.txt"),
+    args = ["compress", "--allow-degraded", "--hf", str(folder), "--hf-class", "AutoModelForMaskedLM", "--text", str(tmp / "lines.txt"),
             "--max-length", "16", "--batch-size", "8", "--method", "uniform", "--setting", "bits=8",
             "-o", str(out), "--save-pretrained", str(plain)]
     assert main(args) == 0
@@ -186,7 +187,7 @@ def test_minilm_from_its_package_directory(tmp_path, capsys):
     folder = str(bundle.get_model_path())
     (tmp_path / "lines.txt").write_text("\n".join(sentences("calibration", 16, seed=0)) + "\n", encoding="utf-8")
     out, plain = tmp_path / "out", tmp_path / "plain"
-    args = ["compress", "--hf", folder, "--text", str(tmp_path / "lines.txt"), "--max-length", "32",
+    args = ["compress", "--allow-degraded", "--hf", folder, "--text", str(tmp_path / "lines.txt"), "--max-length", "32",
             "--method", "magnitude", "--setting", "sparsity=0.5", "--layers", r"re:encoder\.layer\.0\..*",
             "-o", str(out), "--save-pretrained", str(plain)]
     assert main(args) == 0
@@ -222,7 +223,7 @@ def test_a_failed_save_leaves_no_save_pretrained_directory(tiny_mlm, capsys, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(nc, "save", fail)
-    args = ["compress", "--hf", str(folder), "--hf-class", "AutoModelForMaskedLM", "--text", str(tmp / "lines.txt"),
+    args = ["compress", "--allow-degraded", "--hf", str(folder), "--hf-class", "AutoModelForMaskedLM", "--text", str(tmp / "lines.txt"),
             "--max-length", "16", "--method", "magnitude", "--setting", "sparsity=0.5",
             "--layers", r"re:bert\.encoder\.layer\.0\..*", "-o", str(tmp / "out"),
             "--save-pretrained", str(tmp / "new" / "plain")]

@@ -57,7 +57,7 @@ def work(saved, tmp_path, monkeypatch):
 
 
 def _args(folder, tmp, *more):
-    return ["compress", "--hf", str(folder), "--text", str(tmp / "lines.txt"), "--method", "uniform",
+    return ["compress", "--allow-degraded", "--hf", str(folder), "--text", str(tmp / "lines.txt"), "--method", "uniform",
             "--setting", "bits=8", "-o", str(tmp / "out"), *more]
 
 

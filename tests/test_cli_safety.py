@@ -45,7 +45,7 @@ def work(tmp_path, monkeypatch):
 
 
 def _run(*args):
-    return main(["compress", "--model", "mynet:build", "--weights", "w.safetensors", "--data", "x.npy", *args])
+    return main(["compress", "--allow-degraded", "--model", "mynet:build", "--weights", "w.safetensors", "--data", "x.npy", *args])
 
 
 def _error(capsys):
@@ -65,7 +65,7 @@ def _tree(folder):
 def test_python_dash_m_and_a_factory_from_the_current_directory_without_pythonpath(work):
     # -P: Python itself puts neither the current directory nor the script's on sys.path.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" or "snap" in v}
-    result = subprocess.run([sys.executable, "-P", "-m", "netcompress", "compress", "--model", "mynet:build",
+    result = subprocess.run([sys.executable, "-P", "-m", "netcompress", "compress", "--allow-degraded", "--model", "mynet:build",
                              "--weights", "w.safetensors", "--data", "x.npy", "--rank", "3", "-o", "out"],
                             cwd=work, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
@@ -75,23 +75,23 @@ def test_python_dash_m_and_a_factory_from_the_current_directory_without_pythonpa
 
 
 def test_a_factory_that_cannot_be_imported_gets_a_hint(work, capsys):
-    assert main(["compress", "--model", "nonet:build", "--data", "x.npy", "--rank", "2", "-o", "out"]) == 2
+    assert main(["compress", "--allow-degraded", "--model", "nonet:build", "--data", "x.npy", "--rank", "2", "-o", "out"]) == 2
     assert "run netcompress in the folder that holds nonet.py" in _error(capsys)
     (work / "broken.py").write_text("import not_installed_package\n")
-    assert main(["compress", "--model", "broken:build", "--data", "x.npy", "--rank", "2", "-o", "out"]) == 2
+    assert main(["compress", "--allow-degraded", "--model", "broken:build", "--data", "x.npy", "--rank", "2", "-o", "out"]) == 2
     assert "it needs 'not_installed_package', which is not installed" in _error(capsys)
     (work / "raises.py").write_text("def build():\n    raise RuntimeError('no GPU here')\n")
-    assert main(["compress", "--model", "raises:build", "--data", "x.npy", "--rank", "2", "-o", "out"]) == 2
+    assert main(["compress", "--allow-degraded", "--model", "raises:build", "--data", "x.npy", "--rank", "2", "-o", "out"]) == 2
     assert "the factory raises:build raised RuntimeError: no GPU here" in _error(capsys)
-    assert main(["compress", "--model", "mynet.py:build", "--data", "x.npy", "--rank", "2", "-o", "out"]) == 0
+    assert main(["compress", "--allow-degraded", "--model", "mynet.py:build", "--data", "x.npy", "--rank", "2", "-o", "out"]) == 0
     assert not any(p.name.startswith(".") for p in work.iterdir())
 
 
 def test_pth_state_dicts_are_read_without_unpickling_anything_else(work, capsys):
     torch.save({"state_dict": _model().state_dict(), "epoch": 3}, work / "ckpt.pth")
-    assert main(["compress", "--model", "mynet:build", "--weights", "ckpt.pth", "--data", "x.npy", "--rank", "3",
+    assert main(["compress", "--allow-degraded", "--model", "mynet:build", "--weights", "ckpt.pth", "--data", "x.npy", "--rank", "3",
                  "-o", "a"]) == 0
-    assert main(["compress", "--model", "mynet:build", "--weights", "ckpt.pth", "--data", "x.npy", "--rank", "3",
+    assert main(["compress", "--allow-degraded", "--model", "mynet:build", "--weights", "ckpt.pth", "--data", "x.npy", "--rank", "3",
                  "-o", "b"]) == 0
     x = torch.from_numpy(np.load(work / "x.npy"))
     reference = _model()
@@ -105,13 +105,13 @@ def test_pth_state_dicts_are_read_without_unpickling_anything_else(work, capsys)
             return (os.system, ("touch pwned",))
 
     torch.save({"state_dict": Payload()}, work / "evil.pth")
-    assert main(["compress", "--model", "mynet:build", "--weights", "evil.pth", "--data", "x.npy", "--rank", "3",
+    assert main(["compress", "--allow-degraded", "--model", "mynet:build", "--weights", "evil.pth", "--data", "x.npy", "--rank", "3",
                  "-o", "c"]) == 2
     assert "never unpickles" in _error(capsys)
     assert not (work / "pwned").exists() and not (work / "c").exists()
     small = _model()[:4].state_dict()
     torch.save(small, work / "small.pt")
-    assert main(["compress", "--model", "mynet:build", "--weights", "small.pt", "--data", "x.npy", "--rank", "3",
+    assert main(["compress", "--allow-degraded", "--model", "mynet:build", "--weights", "small.pt", "--data", "x.npy", "--rank", "3",
                  "-o", "c"]) == 2
     assert "do not fit mynet:build (missing 5.weight, 5.bias)" in _error(capsys)
 
@@ -136,7 +136,7 @@ def test_bad_images_end_in_one_sentence(work, capsys, make, message):
     folder.mkdir()
     Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / "good.png")
     make(folder)
-    assert main(["compress", "--model", "mynet:build", "--data", "photos", "--rank", "2", "-o", "out2"]) == 2
+    assert main(["compress", "--allow-degraded", "--model", "mynet:build", "--data", "photos", "--rank", "2", "-o", "out2"]) == 2
     assert message in _error(capsys)
     assert not (work / "out2").exists()
 
@@ -147,7 +147,7 @@ def test_image_folders_are_normalised_like_the_api(work, capsys):
     rng = np.random.default_rng(1)
     for i in range(12):
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    assert main(["compress", "--model", "mynet:build", "--weights", "w.safetensors", "--data", "photos",
+    assert main(["compress", "--allow-degraded", "--model", "mynet:build", "--weights", "w.safetensors", "--data", "photos",
                  "--preset", "imagenet", "--method", "dalr", "--rank", "3", "-o", "out"]) == 0
     from netcompress.cli.inputs import normalize, read_data
 
@@ -158,10 +158,10 @@ def test_image_folders_are_normalised_like_the_api(work, capsys):
         warnings.simplefilter("ignore")  # few samples: the warning is not what this test reads
         nc.compress(reference, x.split(64), rank=3, progress=False)
     torch.testing.assert_close(nc.load(_model(), work / "out")(x), reference(x))
-    assert main(["compress", "--model", "mynet:build", "--data", "photos", "--mean", "0.5,0.5", "--std", "0.2,0.2",
+    assert main(["compress", "--allow-degraded", "--model", "mynet:build", "--data", "photos", "--mean", "0.5,0.5", "--std", "0.2,0.2",
                  "--rank", "3", "-o", "out2"]) == 2
     assert "--mean/--std give 2 channel(s) but the data has shape (12, 3, 8, 8)" in _error(capsys)
-    assert main(["compress", "--model", "mynet:build", "--data", "photos", "--mean", "0.5", "--rank", "3",
+    assert main(["compress", "--allow-degraded", "--model", "mynet:build", "--data", "photos", "--mean", "0.5", "--rank", "3",
                  "-o", "out2"]) == 2
     assert "--mean and --std go together" in _error(capsys)
 
@@ -173,7 +173,7 @@ def test_settings_are_checked_before_the_model_and_data_are_read(work, capsys):
         (["--method", "dalr"], "needs exactly one of rank, keep, energy or budget"),
         (["--method", "kmeans", "--setting", "bits=4", "--layers", "re:(("], "not a valid regular expression"),
     ]:
-        code = main(["compress", "--model", "not_imported_yet:build", "--data", "missing.npy", *args, "-o", "out"])
+        code = main(["compress", "--allow-degraded", "--model", "not_imported_yet:build", "--data", "missing.npy", *args, "-o", "out"])
         assert code == 2 and message in _error(capsys)
     assert not (work / "out").exists()
 
@@ -249,7 +249,7 @@ def test_reports_that_are_empty_or_hostile_end_in_one_sentence(work, capsys):
 
 
 def test_debug_shows_the_traceback(work, capsys):
-    assert main(["compress", "--model", "nonet:build", "--data", "x.npy", "--rank", "2", "-o", "out", "--debug"]) == 2
+    assert main(["compress", "--allow-degraded", "--model", "nonet:build", "--data", "x.npy", "--rank", "2", "-o", "out", "--debug"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.rstrip().splitlines()[-1].startswith("netcompress: error: ")
 
@@ -264,6 +264,6 @@ def test_a_cli_output_loads_into_a_bfloat16_model_that_runs(work):
 
 def test_a_recipe_with_an_alias_fails_before_the_model_is_built(work, capsys):
     (work / "r.yaml").write_text("a: &a {method: ternary}\nsteps: [*a]\n")
-    assert main(["compress", "--model", "not_imported_yet:build", "--data", "missing.npy", "--recipe", "r.yaml",
+    assert main(["compress", "--allow-degraded", "--model", "not_imported_yet:build", "--data", "missing.npy", "--recipe", "r.yaml",
                  "-o", "out"]) == 2
     assert "uses the alias *a" in _error(capsys)

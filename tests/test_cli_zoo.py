@@ -201,7 +201,7 @@ def test_the_command_line_builds_zoo_models_and_says_why_it_cannot(tmp_path, cap
         pytest.skip("torchvision imports here")
     np.save(tmp_path / "x.npy", np.zeros((4, 3, 32, 32), dtype=np.float32))
     save_file({"w": torch.zeros(1)}, tmp_path / "w.safetensors")
-    code = main(["compress", "--model", "torchvision:resnet18", "--weights", str(tmp_path / "w.safetensors"),
+    code = main(["compress", "--allow-degraded", "--model", "torchvision:resnet18", "--weights", str(tmp_path / "w.safetensors"),
                  "--data", str(tmp_path / "x.npy"), "--method", "uniform", "--bits", "8", "-o", str(tmp_path / "out")])
     assert code == 2
     assert "needs torchvision, which is not importable here" in capsys.readouterr().err

@@ -157,7 +157,7 @@ def test_cli_exports_the_output_of_compress(work, capsys):
     model = ["--model", "exportnet.py:build", "--weights", "w.safetensors"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert main(["compress", *model, "--data", "x.npy", "--method", "dalr", "--rank", "3", "-o", "out"]) == 0
+        assert main(["compress", "--allow-degraded", *model, "--data", "x.npy", "--method", "dalr", "--rank", "3", "-o", "out"]) == 0
     capsys.readouterr()
     assert main(["export", *model, "--load", "out", "--data", "x.npy", "--batch-size", "16",
                  "--onnx", "model.onnx"]) == 0

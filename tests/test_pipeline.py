@@ -57,7 +57,7 @@ def test_cli_recipe_with_labels_writes_the_container(tmp_path, capsys, monkeypat
     monkeypatch.syspath_prepend(str(tmp_path))
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.random((32, 3, 8, 8), dtype=np.float32), y=rng.integers(0, 10, 32))
-    code = main(["compress", "--model", "tiny:build", "--data", str(tmp_path / "d.npz"), "--recipe",
+    code = main(["compress", "--allow-degraded", "--model", "tiny:build", "--data", str(tmp_path / "d.npz"), "--recipe",
                  str(tmp_path / "r.yaml"), "-o", str(tmp_path / "out"), "--ncz", str(tmp_path / "m.ncz")])
     assert code == 0, capsys.readouterr().err
     assert "wrote" in capsys.readouterr().out
@@ -70,7 +70,7 @@ def test_cli_recipe_with_labels_writes_the_container(tmp_path, capsys, monkeypat
     (tmp_path / "junk.ncz").write_bytes(b"junk")
     assert main(["report", str(tmp_path / "junk.ncz")]) == 2
     assert "not a netcompress container" in capsys.readouterr().err
-    assert main(["compress", "--model", "tiny:build", "--data", str(tmp_path / "d.npz"), "--method", "kmeans",
+    assert main(["compress", "--allow-degraded", "--model", "tiny:build", "--data", str(tmp_path / "d.npz"), "--method", "kmeans",
                  "--setting", "bits=3", "-o", str(tmp_path / "out2")]) == 0
     assert nc.load(SmallNet(), tmp_path / "out2").fc1.levels == 8
 
@@ -103,7 +103,7 @@ def test_the_cli_counts_a_recipes_parameters_once(tmp_path, capsys, monkeypatch)
     monkeypatch.chdir(tmp_path)
     np.save("x.npy", torch.randn(16, 3, 8, 8).numpy())
     (tmp_path / "r.yaml").write_text("- {method: magnitude, sparsity: 0.8}\n- {method: kmeans, bits: 5, layers: [fc1]}\n")
-    assert main(["compress", "--model", f"{__file__}:SmallNet", "--data", "x.npy", "--recipe", "r.yaml",
+    assert main(["compress", "--allow-degraded", "--model", f"{__file__}:SmallNet", "--data", "x.npy", "--recipe", "r.yaml",
                  "-o", "out"]) == 0
     total = sum(p.numel() for p in SmallNet().parameters())  # every layer of SmallNet holds a weight matrix
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("wrote out: "))

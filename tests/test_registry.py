@@ -84,7 +84,7 @@ def test_it_runs_from_the_command_line(toy_method, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     save_file(SmallNet().state_dict(), tmp_path / "w.safetensors")
     np.save(tmp_path / "x.npy", _data().numpy())
-    code = main(["compress", "--model", "toy_factory:build", "--weights", str(tmp_path / "w.safetensors"),
+    code = main(["compress", "--allow-degraded", "--model", "toy_factory:build", "--weights", str(tmp_path / "w.safetensors"),
                  "--data", str(tmp_path / "x.npy"), "--method", toy_method, "--setting", "fraction=0.5",
                  "-o", str(tmp_path / "out")])
     assert code == 0

@@ -1,0 +1,209 @@
+"""The planner: candidates priced against direct computations, allocation against exhaustive search, and
+``compress(target=...)`` on a real network (an MLP trained on UCI digits) meeting its target, replayable."""
+
+import copy
+import itertools
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+import netcompress as nc
+from netcompress._core.sizes import saved_bytes
+from netcompress.planner.allocate import allocate, lower_hull, smallest_budget
+from netcompress.planner.candidates import price_layer
+from netcompress.planner.latency import LatencyTable
+from netcompress.planner.search import float32_bytes
+from netcompress.stats.collect import heldout_mask
+
+
+def _random_options(rng, layers=4, points=5):
+    return {f"l{i}": [(rng.uniform(1, 10), rng.uniform(0, 1)) for _ in range(points)] for i in range(layers)}
+
+
+def test_lower_hull_keeps_exactly_the_points_below_every_chord():
+    rng = random.Random(0)
+    for _ in range(50):
+        points = [(rng.uniform(0, 10), rng.uniform(0, 1)) for _ in range(8)]
+        hull = lower_hull(points)
+        costs = [points[i][0] for i in hull]
+        errors = [points[i][1] for i in hull]
+        assert costs == sorted(costs) and errors == sorted(errors, reverse=True)
+        for i, (c, e) in enumerate(points):  # no point lies strictly below the hull's piecewise-linear curve
+            if costs[0] <= c <= costs[-1]:
+                assert e >= np.interp(c, costs, errors) - 1e-12
+            elif c > costs[-1]:
+                assert e >= errors[-1] - 1e-12
+
+
+def test_allocation_fits_the_budget_and_beats_every_lagrangian_choice_that_fits():
+    rng = random.Random(1)
+    for _ in range(30):
+        options = _random_options(rng)
+        budget = rng.uniform(8, 30)
+        picks = allocate(options, budget)
+        best_exhaustive = min((sum(options[n][i][1] for n, i in zip(options, combo, strict=True))
+                               for combo in itertools.product(range(5), repeat=4)
+                               if sum(options[n][i][0] for n, i in zip(options, combo, strict=True)) <= budget),
+                              default=None)
+        if best_exhaustive is None:
+            assert picks is None
+            continue
+        cost = sum(options[n][i][0] for n, i in picks.items())
+        error = sum(options[n][i][1] for n, i in picks.items())
+        assert cost <= budget + 1e-9
+        for lam in np.geomspace(1e-4, 10, 60):  # each multiplier's per-layer argmin, where it fits
+            lagrange = {n: min(range(5), key=lambda i, n=n: options[n][i][1] + lam * options[n][i][0]) for n in options}
+            if sum(options[n][i][0] for n, i in lagrange.items()) <= budget:
+                assert error <= sum(options[n][i][1] for n, i in lagrange.items()) + 1e-12
+        assert error >= best_exhaustive - 1e-12
+
+
+def test_smallest_budget_meets_the_error_and_no_cheaper_exhaustive_choice_is_much_cheaper():
+    rng = random.Random(2)
+    options = {n: [*points, (20.0, 0.0)] for n, points in _random_options(rng).items()}  # and each layer dense
+    picks = smallest_budget(options, max_error=0.6)
+    cost = sum(options[n][i][0] for n, i in picks.items())
+    assert sum(options[n][i][1] for n, i in picks.items()) <= 0.36 + 1e-12
+    for combo in itertools.product(range(6), repeat=4):  # nothing cheaper on the hulls' breakpoints is as good
+        chosen = dict(zip(options, combo, strict=True))
+        if sum(options[n][i][1] for n, i in chosen.items()) <= 0.36:
+            assert sum(options[n][i][0] for n, i in chosen.items()) >= 0.5 * cost
+    without_dense = _random_options(rng)
+    assert smallest_budget(without_dense, max_error=1e-9) is None
+
+
+@pytest.fixture(scope="module")
+def digits():
+    torch.manual_seed(0)
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16
+    y = torch.tensor(data.target)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(20):
+        for i in range(0, 1400, 64):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
+            optimizer.step()
+    return model.eval(), x[:1400], x[1400:], y[1400:]
+
+
+def test_candidate_prices_are_the_replacements_own_bytes_and_heldout_errors(digits):
+    model, x, _, _ = digits
+    stats = nc.collect(model, x, ["0"], holdout=0.2)
+    held = x[heldout_mask(0, len(x), 0.2)]
+    candidates = price_layer("0", model[0], stats, dense_macs=64 * 128)
+    labels = {c.label for c in candidates}
+    assert {"dense", "uniform(bits=8)"} <= labels and any("factor_bits=8" in label for label in labels)
+    with torch.no_grad():
+        reference = model[0](held).double()
+        for candidate in candidates:
+            direct = (candidate.module(held).double() - reference).norm() / reference.norm()
+            assert candidate.error == pytest.approx(float(direct), rel=1e-4, abs=1e-6), candidate.label
+            assert candidate.bytes == saved_bytes(candidate.module)
+            if candidate.label.startswith("dalr"):
+                rank = candidate.settings.rank
+                assert candidate.macs == 64 * 128 * rank * (64 + 128) // (64 * 128)
+
+
+def test_a_size_target_is_met_checked_whole_and_replayed_bit_for_bit(digits, tmp_path):
+    model, x, ex, ey = digits
+    compressed = copy.deepcopy(model)
+    report = nc.compress(compressed, x.split(350), target=nc.Target(size=1 / 16), eval_data=(ex, ey), progress=False)
+    float_bytes = float32_bytes(model)
+    assert saved_bytes(compressed) <= float_bytes / 16
+    assert report.target["reached"]["size"] == pytest.approx(saved_bytes(compressed) / float_bytes)
+    assert report.fidelity.accuracy_after >= report.fidelity.accuracy_before - 0.03
+    assert set(report.target["layers"]) == {"0", "2", "4"}
+    # the plan is a plan of settings objects: replay on a fresh copy gives the same weights
+    fresh = copy.deepcopy(model)
+    nc.replay(report.to_json(), fresh, x.split(350))
+    for (k, a), (_, b) in zip(compressed.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    nc.save(compressed, tmp_path / "out", report)
+    files = sum(f.stat().st_size for f in (tmp_path / "out").iterdir() if f.name.endswith(".safetensors"))
+    assert files < float_bytes / 8  # on disk, headers included
+
+
+def test_a_flops_target_chooses_low_rank_and_an_unreachable_target_leaves_the_model_unchanged(digits):
+    model, x, _, _ = digits
+    compressed = copy.deepcopy(model)
+    report = nc.compress(compressed, x, target=nc.Target(flops=0.3), progress=False)
+    assert report.target["reached"]["flops"] <= 0.3
+    assert nc.count_flops(compressed, x[:2]) <= 0.3 * nc.count_flops(model, x[:2])
+    untouched = copy.deepcopy(model)
+    with pytest.raises(ValueError, match="out of reach"):
+        nc.compress(untouched, x, target=nc.Target(size=0.001), progress=False)
+    for a, b in zip(untouched.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_max_error_alone_gives_a_plan_within_it(digits):
+    model, x, _, _ = digits
+    compressed = copy.deepcopy(model)
+    report = nc.compress(compressed, x, target=nc.Target(max_error=0.05), progress=False)
+    assert report.target["measured_error"] <= 0.05
+    assert saved_bytes(compressed) < saved_bytes(model) / 3
+
+
+def test_recovery_never_leaves_the_heldout_measure_worse(digits):
+    model, x, _, _ = digits
+    compressed = copy.deepcopy(model)
+    report = nc.compress(compressed, x[:500], target=nc.Target(size=1 / 28), recover=nc.Recover(epochs=2, lr=1e-3),
+                         progress=False)
+    recovered = report.target["recovered"]
+    assert recovered["after"] >= recovered["before"] and len(recovered["history"]) == 2
+    assert recovered["after"] == max([recovered["before"], *recovered["history"]])
+
+
+def test_targets_are_checked_before_any_work():
+    with pytest.raises(ValueError, match="one cost"):
+        nc.Target(size=0.5, flops=0.5)
+    with pytest.raises(ValueError, match="share"):
+        nc.Target(size=2)
+    with pytest.raises(ValueError, match="needs a cost"):
+        nc.Target()
+    assert nc.Target.parse("latency=0.5,batch=64") == nc.Target(latency=0.5, batch=64)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        nc.Target.parse("speed=2")
+    model = nn.Linear(4, 4)
+    with pytest.raises(ValueError, match="chooses the settings itself"):
+        nc.compress(model, torch.randn(8, 4), nc.Uniform(bits=8), target=nc.Target(size=0.5))
+    with pytest.raises(ValueError, match="candidates"):
+        nc.compress(model, torch.randn(8, 4), target=nc.Target(size=0.5), candidates=["svd"])
+    with pytest.raises(ValueError, match="go with target"):
+        nc.compress(model, torch.randn(8, 4), nc.Uniform(bits=8), recover=nc.Recover(epochs=1))
+
+
+def test_low_rank_with_8_bit_factors_round_trips_through_save_and_load(digits, tmp_path):
+    model, x, _, _ = digits
+    compressed = copy.deepcopy(model)
+    report = nc.compress(compressed, x, nc.DALR(keep=0.5, factor_bits=8), progress=False)
+    assert report["2"].bits == 8 and "factors 8-bit" in report["2"].setting
+    nc.save(compressed, tmp_path / "o", report)
+    loaded = nc.load(copy.deepcopy(model), tmp_path / "o")
+    assert torch.equal(loaded(x), compressed(x))
+    with pytest.raises(ValueError, match="factor_bits"):
+        nc.DALR(rank=2, factor_bits=1)
+
+
+def test_latency_table_measures_once_and_never_overwrites_a_file_it_did_not_write(tmp_path, monkeypatch):
+    table = LatencyTable(tmp_path / "latency.json", repeats=3)
+    layer = nn.Linear(32, 16)
+    first = table.seconds(layer, (8, 32))
+    table.save()
+    again = LatencyTable(tmp_path / "latency.json", repeats=3)
+    monkeypatch.setattr("netcompress.planner.latency.median_seconds", lambda *a, **k: pytest.fail("timed twice"))
+    assert again.seconds(nn.Linear(32, 16), (8, 32)) == first  # same form and shape: read from the cache
+    foreign = tmp_path / "notes.json"
+    foreign.write_text("my notes")
+    table = LatencyTable(foreign)
+    table.entries["x"] = 1.0
+    table.save()
+    assert foreign.read_text() == "my notes"
+    assert json.loads((tmp_path / "latency.json").read_text())
