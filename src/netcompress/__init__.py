@@ -28,6 +28,7 @@ from netcompress.distill.recover import Recover
 from netcompress.lowrank import CP, CPDALR, DALR, DALRBC, SVD, SVDBC, Jaderberg, JaderbergDALR
 from netcompress.lowrank.family import sweep
 from netcompress.pipeline import read_recipe, run_pipeline
+from netcompress.planner import search as _planner  # noqa: F401  (registers compress(target=...)'s planner)
 from netcompress.planner.target import Target
 from netcompress.prune import Activation, Channel, Magnitude, SparseGPT
 from netcompress.prune.n2n import n2n_search

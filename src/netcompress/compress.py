@@ -28,8 +28,7 @@ from netcompress._core.sources import read_in_source
 from netcompress._core.transaction import all_or_nothing
 from netcompress.apply import Plan, add_dense_rows, apply_plan, check_samples, full_report
 from netcompress.family import DEFAULT_HOLDOUT, Request, Selection
-from netcompress.planner.target import Target
-from netcompress.registry import METHODS, Settings, build_settings
+from netcompress.registry import METHODS, Settings, build_settings, planner
 from netcompress.registry import method as _method
 from netcompress.report import Report
 from netcompress.sequential import compress_sequentially
@@ -38,6 +37,7 @@ from netcompress.stats.fidelity import References, heldout_part, measure, refere
 
 if TYPE_CHECKING:
     from netcompress.distill.recover import Recover
+    from netcompress.planner.target import Target
 
 __all__ = ["DEFAULT", "METHODS", "compress", "replay"]
 
@@ -288,10 +288,8 @@ def compress(
         if settings is not None or method is not None or values or stats is not None or sequential:
             raise ValueError("a target chooses the settings itself; give target= without settings, method=, "
                              "method settings, stats= or sequential=")
-        from netcompress.planner.search import compress_to_target
-
         with all_or_nothing(model, values=True):  # recovery trains the weights in place: all of it or none
-            return compress_to_target(model, data, target, run=compress, candidates=candidates, layers=layers,
+            return planner()(model, data, target, run=compress, candidates=candidates, layers=layers,
                                       exclude=exclude, holdout=holdout, positions=positions, progress=progress,
                                       eval_data=eval_data, recover=recover)
     if candidates is not None or recover is not None:

@@ -264,6 +264,20 @@ def register_family(family: Family) -> Family:
     return family
 
 
+_PLANNER: list[Callable] = []  # compress(target=...)'s planner, registered by netcompress.planner.search
+
+
+def register_planner(planner: Callable) -> Callable:
+    """Make ``planner`` what ``compress(model, data, target=...)`` runs (kept here so compress need not import it)."""
+    _PLANNER[:] = [planner]
+    return planner
+
+
+def planner() -> Callable:
+    """The registered planner (``import netcompress`` registers it: every submodule import runs the package first)."""
+    return _PLANNER[0]
+
+
 def method(name: str, where: str = "") -> Method:
     """The registered method ``name`` (refused in one sentence if there is none, or its family is missing)."""
     if not isinstance(name, str) or name not in METHODS:

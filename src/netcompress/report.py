@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from netcompress.registry import settings_from_json
-from netcompress.stats.fidelity import Fidelity
 
-__all__ = ["LayerRow", "Report"]
+__all__ = ["DEFAULT_MIN_AGREEMENT", "DEFAULT_MIN_COSINE", "Fidelity", "LayerRow", "Report"]
 
 
 STATUSES = ("compressed", "left dense", "not selected")
@@ -19,6 +18,62 @@ STATUSES = ("compressed", "left dense", "not selected")
 FORMAT = "netcompress.report"
 VERSION = 1  # of the JSON written by Report.to_json
 OPTIONS = ("holdout", "positions", "sequential", "blocks")  # compress's keywords a replay passes again
+
+# Below these, the CLI refuses to write a model (``--allow-degraded`` writes it anyway). A model that keeps
+# 90 % of its top-1 answers has lost a lot already; 6–13 % (what the broken models of the issue kept) is noise.
+DEFAULT_MIN_AGREEMENT = 0.9
+DEFAULT_MIN_COSINE = 0.9
+
+
+@dataclass
+class Fidelity:
+    """The compressed network against the original on ``samples`` held-out target samples."""
+
+    samples: int
+    relative_error: float
+    cosine: float
+    min_cosine: float
+    agreement: float | None = None  # top-1 agreement, for classifier outputs
+    accuracy_before: float | None = None  # with labels
+    accuracy_after: float | None = None
+    where: str = "held-out"  # "held-out" (the share of data compress kept apart) or "eval" (labelled data)
+
+    @property
+    def measure(self) -> tuple[str, float]:
+        """The one figure a threshold reads: top-1 agreement for a classifier, else the mean output cosine."""
+        return ("agreement", self.agreement) if self.agreement is not None else ("cosine", self.cosine)
+
+    def below(self, min_agreement: float = DEFAULT_MIN_AGREEMENT, min_cosine: float = DEFAULT_MIN_COSINE
+              ) -> str | None:
+        """A sentence saying why the model is degraded, or ``None`` if it meets the thresholds."""
+        name, value = self.measure
+        floor = min_agreement if name == "agreement" else min_cosine
+        if value < floor:
+            return (f"the compressed model keeps {name} {value:.4f} with the original on {self.samples} {self.where} "
+                    f"target samples, below {floor:g}")
+        return None
+
+    def __str__(self) -> str:
+        parts = [f"whole model on {self.samples} {self.where} samples:"]
+        if self.agreement is not None:
+            parts.append(f"top-1 agreement {self.agreement:.4f},")
+        parts.append(f"output cosine {self.cosine:.4f} (min {self.min_cosine:.4f}),")
+        parts.append(f"relative error {self.relative_error:.4f}")
+        if self.accuracy_after is not None:
+            parts.append(f"; accuracy {self.accuracy_before:.4f} → {self.accuracy_after:.4f}")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Fidelity:
+        names = set(cls.__dataclass_fields__)
+        if not isinstance(data, Mapping) or set(data) - names or not {"samples", "relative_error", "cosine",
+                                                                        "min_cosine"} <= set(data):
+            raise ValueError("the report's 'fidelity' is malformed; write it again with Report.to_json")
+        return cls(**dict(data))
+
 
 @dataclass
 class LayerRow:

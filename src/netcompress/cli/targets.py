@@ -42,7 +42,8 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
 
 def check_target(args: argparse.Namespace, flags_given: bool):
     """The ``Target`` and ``Recover`` of the arguments (``(None, None)`` without --target), checked before any work."""
-    import netcompress as nc
+    from netcompress.distill.recover import Recover
+    from netcompress.planner.target import Target
 
     for name in ("min_agreement", "min_cosine"):
         value = getattr(args, name)
@@ -58,8 +59,8 @@ def check_target(args: argparse.Namespace, flags_given: bool):
     if args.recipe or args.replay or flags_given or args.setting:
         raise ValueError("--target chooses the methods and their settings; drop --recipe, --replay and the "
                          "method's settings (or drop --target)")
-    target = nc.Target.parse(args.target)
-    recover = nc.Recover(epochs=args.recover) if args.recover is not None else None
+    target = Target.parse(args.target)
+    recover = Recover(epochs=args.recover) if args.recover is not None else None
     if args.write_plan is not None:
         path = Path(args.write_plan)
         if path.exists() and not args.force:
@@ -69,10 +70,10 @@ def check_target(args: argparse.Namespace, flags_given: bool):
 
 def compress_to_target(model, calibration, target, recover, args: argparse.Namespace, eval_data, layers, exclude):
     """Run the planner as the arguments say; the Report."""
-    import netcompress as nc
+    from netcompress.compress import compress
 
     candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else None
-    return nc.compress(model, calibration, target=target, candidates=candidates, recover=recover, layers=layers,
+    return compress(model, calibration, target=target, candidates=candidates, recover=recover, layers=layers,
                        exclude=exclude, positions=args.positions, progress=args.progress, eval_data=eval_data)
 
 

@@ -19,6 +19,7 @@ from netcompress.lowrank.budget import (
     useful_rank_limit,
 )
 from netcompress.lowrank.factorization import Factorization
+from netcompress.quantize.uniform import quantize_factors
 from netcompress.registry import build_settings, register_family
 from netcompress.registry import method as registered
 from netcompress.report import LayerRow
@@ -155,18 +156,6 @@ register_family(LowRankFamily())
 def _matrix_shape(layer: nn.Module) -> tuple[int, int]:
     """(outputs, inputs per output) of a Linear or an ungrouped Conv2d's im2col matrix."""
     return layer.weight.shape[0], layer.weight[0].numel()
-
-
-def quantize_factors(module: nn.Module, bits: int) -> nn.Module:
-    """``module`` with every Linear/Conv2d factor replaced by its ``bits``-bit uniform quantization (per channel)."""
-    from netcompress.quantize.uniform import uniform
-
-    for child_name, child in list(module.named_children()):
-        if type(child) in (nn.Linear, nn.Conv2d):
-            setattr(module, child_name, uniform(child, bits=bits))
-        else:
-            quantize_factors(child, bits)
-    return module
 
 
 def _factored(name: str, layer: nn.Module, f: Factorization, rank: int, stats: LayerStats,

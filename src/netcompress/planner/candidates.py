@@ -29,10 +29,10 @@ from torch import nn
 from netcompress._core.layers import plain_layer
 from netcompress._core.sizes import saved_bytes
 from netcompress.apply import output_errors
-from netcompress.lowrank import DALR
 from netcompress.lowrank.budget import useful_rank_limit
-from netcompress.lowrank.family import quantize_factors
-from netcompress.quantize import GPTQ, Uniform
+from netcompress.lowrank.dalr import DALR
+from netcompress.quantize.gptq import GPTQ
+from netcompress.quantize.uniform import Uniform, quantize_factors
 from netcompress.registry import Settings, method
 from netcompress.stats.collect import LayerStats
 
@@ -84,7 +84,7 @@ def _quantized(name: str, layer: nn.Module, stats: LayerStats, families: Iterabl
         settings += [GPTQ(bits=b, group_size=g, symmetric=False) for b, g in GPTQ_GRID
                      if g is None or (per_row % g == 0 and g < per_row)]
     if "sparsegpt" in families and not grouped:
-        from netcompress.prune import SparseGPT
+        from netcompress.prune.sparsegpt import SparseGPT
 
         settings += [SparseGPT(sparsity=s) for s in SPARSITIES]
     found = []

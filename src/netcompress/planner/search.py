@@ -34,6 +34,7 @@ from netcompress.planner.candidates import DEFAULT_CANDIDATES, FAMILIES, Candida
 from netcompress.planner.latency import LatencyTable, median_seconds
 from netcompress.planner.sensitivity import noise_sensitivity, replacement_sensitivity
 from netcompress.planner.target import Target
+from netcompress.registry import register_planner
 from netcompress.report import Report
 from netcompress.stats.collect import LayerStats, collect
 from netcompress.stats.fidelity import References, measure, reference_outputs
@@ -152,6 +153,7 @@ def _unreachable(target: Target, options, budget: float | None, fixed: float) ->
             f"({fixed:,.6g}{unit} {outside}); raise the target or allow more candidates")
 
 
+@register_planner
 def compress_to_target(model: nn.Module, data, target: Target, *, run: Callable[..., Report],
                        candidates: Iterable[str] | None = None, layers=None, exclude=None, holdout: float = 0.2,
                        positions: int | None = None, progress: bool | None = None, eval_data=None,
@@ -171,8 +173,8 @@ def compress_to_target(model: nn.Module, data, target: Target, *, run: Callable[
     data = list(data)
     quiet = progress_disabled(progress)
     modules = dict(model.named_modules())
-    names = list(_match(modules, layers, "layers")) if layers is not None else None
-    stats: LayerStats = collect(model, data, names, holdout=holdout, positions=positions, progress=progress)
+    # collect resolves names and patterns as compress does: a pattern takes the layers it matches that hold weights
+    stats: LayerStats = collect(model, data, layers, holdout=holdout, positions=positions, progress=progress)
     excluded = set(_match(modules, exclude, "exclude")) if exclude is not None else set()
     chosen_names = [n for n in stats if n not in excluded and n not in stats.read_directly]
     references = reference_outputs(model, data, holdout)

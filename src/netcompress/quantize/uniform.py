@@ -291,3 +291,13 @@ def _codebook_module(layer: nn.Module, codebook: torch.Tensor, codes: torch.Tens
     module = quantized_like(layer, scheme="codebook", bits=max(1, math.ceil(math.log2(levels))), levels=levels,
                             codebook_rows=rows, masked=mask is not None)
     return _finish(module, layer, codes, mask, codebook=codebook)
+
+
+def quantize_factors(module: nn.Module, bits: int) -> nn.Module:
+    """``module`` with every Linear/Conv2d factor replaced by its ``bits``-bit uniform quantization (per channel)."""
+    for child_name, child in list(module.named_children()):
+        if type(child) in (nn.Linear, nn.Conv2d):
+            setattr(module, child_name, uniform(child, bits=bits))
+        else:
+            quantize_factors(child, bits)
+    return module

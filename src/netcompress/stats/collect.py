@@ -38,6 +38,7 @@ from netcompress.stats.recorder import (
     _SharedInputs,
     _Stopper,
 )
+from netcompress.stats.split import heldout_mask
 
 __all__ = ["LayerStats", "collect", "heldout_mask", "layers_called_once", "observable_types"]
 
@@ -157,19 +158,6 @@ def _batches(data: Iterable | torch.Tensor) -> Iterable:
             raise ValueError("data is an empty tensor (0 samples); pass at least one target sample")
         return (data,)
     return data
-
-
-def heldout_mask(start: int, size: int, holdout: float) -> torch.Tensor:
-    """Which samples of a batch are held out: every sample where ``⌊(i+1)·h⌋ > ⌊i·h⌋`` (global index i).
-
-    Under torch.distributed, sample j of process r (of W) has global index i = j·W + r, its place
-    in a strided split (``data[r::W]``): the processes together hold out what one process would.
-    """
-    import torch.distributed as dist
-
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    i = torch.arange(start, start + size, dtype=torch.float64) * world + rank
-    return torch.floor((i + 1) * holdout) > torch.floor(i * holdout)
 
 
 @torch.no_grad()

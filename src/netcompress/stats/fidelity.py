@@ -20,72 +20,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from netcompress._core.tensors import _take, batch_size, call_model, model_device_dtype
 from netcompress._core.transaction import evaluating
+from netcompress.report import DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_COSINE, Fidelity
+from netcompress.stats.split import heldout_mask
 
 __all__ = ["DEFAULT_MIN_AGREEMENT", "DEFAULT_MIN_COSINE", "Fidelity", "References", "heldout_part", "main_output",
            "measure", "reference_outputs"]
-
-# Below these, the CLI refuses to write a model (``--allow-degraded`` writes it anyway). A model that keeps
-# 90 % of its top-1 answers has lost a lot already; 6–13 % (what the broken models of the issue kept) is noise.
-DEFAULT_MIN_AGREEMENT = 0.9
-DEFAULT_MIN_COSINE = 0.9
-
-
-@dataclass
-class Fidelity:
-    """The compressed network against the original on ``samples`` held-out target samples."""
-
-    samples: int
-    relative_error: float
-    cosine: float
-    min_cosine: float
-    agreement: float | None = None  # top-1 agreement, for classifier outputs
-    accuracy_before: float | None = None  # with labels
-    accuracy_after: float | None = None
-    where: str = "held-out"  # "held-out" (the share of data compress kept apart) or "eval" (labelled data)
-
-    @property
-    def measure(self) -> tuple[str, float]:
-        """The one figure a threshold reads: top-1 agreement for a classifier, else the mean output cosine."""
-        return ("agreement", self.agreement) if self.agreement is not None else ("cosine", self.cosine)
-
-    def below(self, min_agreement: float = DEFAULT_MIN_AGREEMENT, min_cosine: float = DEFAULT_MIN_COSINE
-              ) -> str | None:
-        """A sentence saying why the model is degraded, or ``None`` if it meets the thresholds."""
-        name, value = self.measure
-        floor = min_agreement if name == "agreement" else min_cosine
-        if value < floor:
-            return (f"the compressed model keeps {name} {value:.4f} with the original on {self.samples} {self.where} "
-                    f"target samples, below {floor:g}")
-        return None
-
-    def __str__(self) -> str:
-        parts = [f"whole model on {self.samples} {self.where} samples:"]
-        if self.agreement is not None:
-            parts.append(f"top-1 agreement {self.agreement:.4f},")
-        parts.append(f"output cosine {self.cosine:.4f} (min {self.min_cosine:.4f}),")
-        parts.append(f"relative error {self.relative_error:.4f}")
-        if self.accuracy_after is not None:
-            parts.append(f"; accuracy {self.accuracy_before:.4f} → {self.accuracy_after:.4f}")
-        return " ".join(parts)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> Fidelity:
-        names = set(cls.__dataclass_fields__)
-        if not isinstance(data, Mapping) or set(data) - names or not {"samples", "relative_error", "cosine",
-                                                                        "min_cosine"} <= set(data):
-            raise ValueError("the report's 'fidelity' is malformed; write it again with Report.to_json")
-        return cls(**dict(data))
-
 
 def main_output(output) -> torch.Tensor:
     """The tensor a network answers with: itself, a model output's first tensor (``logits``, ``last_hidden_state``)."""
@@ -101,8 +47,6 @@ def main_output(output) -> torch.Tensor:
 def heldout_part(data: Iterable | torch.Tensor, holdout: float, heldout: bool = True) -> Iterator:
     """The held-out samples of ``data`` (or, ``heldout=False``, the others), batch by batch: the very ones
     :func:`~netcompress.collect` keeps apart (or fits on)."""
-    from netcompress.stats.collect import heldout_mask
-
     samples = 0
     for batch in (data,) if isinstance(data, torch.Tensor) else data:
         size = batch_size(batch)
