@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress._core.batchnorm import reestimate_batchnorm
+
 CACHE = Path(os.environ.get("NETCOMPRESS_BENCH_CACHE", Path.home() / ".cache" / "netcompress" / "bench"))
 EFFICIENTNET_FILE = "efficientnet_lite0_mnist64.pt"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -124,27 +126,11 @@ def finetune_efficientnet(model: nn.Module, data: Digits64, settings: dict, log:
             optimizer.step()
             total, seen = total + float(loss) * len(index), seen + len(index)
         log(f"  epoch {epoch + 1}/{settings['epochs']}: loss {total / seen:.4f}, {time.perf_counter() - start:.0f} s")
-    reestimate_batchnorm(model, data.prepare(data.train_x[:settings["bn_reestimate"]]), settings["batch"])
+    # the running statistics as plain averages over training images (netcompress's own re-estimate)
+    reestimate_batchnorm(model, data.prepare(data.train_x[:settings["bn_reestimate"]]).split(settings["batch"]))
     for norm, momentum in zip(norms, package_momentum, strict=True):
         norm.momentum = momentum  # the package's own (TensorFlow's 0.99)
     return model.eval()
-
-
-@torch.no_grad()
-def reestimate_batchnorm(model: nn.Module, images: torch.Tensor, batch: int) -> None:
-    """Every BatchNorm's running mean/variance as the plain average over ``images`` (the rest in eval mode)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    model.eval()  # no dropout, no drop-connect
-    saved = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a cumulative average
-        norm.train()
-    for chunk in images.split(batch):
-        model(chunk)
-    for norm, momentum in zip(norms, saved, strict=True):
-        norm.momentum = momentum
-    model.eval()
 
 
 def efficientnet_mnist64(settings: dict = EFFICIENTNET_SETTINGS, cache: Path = CACHE,
