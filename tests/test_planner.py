@@ -207,3 +207,23 @@ def test_latency_table_measures_once_and_never_overwrites_a_file_it_did_not_writ
     table.save()
     assert foreign.read_text() == "my notes"
     assert json.loads((tmp_path / "latency.json").read_text())
+
+
+@pytest.mark.parametrize("settings", [nc.DALR(rank=5), nc.SVD(rank=4), nc.DALRBC(rank=3), nc.CP(rank=2),
+                                      nc.Jaderberg(rank=2)], ids=lambda s: s.method)
+def test_report_errors_from_the_factorization_equal_the_built_layers_errors(settings):
+    from netcompress.apply import output_errors
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 64), nn.ReLU(),
+                          nn.Linear(64, 10))
+    stats = nc.collect(model, torch.randn(300, 3, 8, 8), holdout=0.2)
+    compressed = copy.deepcopy(model)
+    report = nc.compress(compressed, stats=stats, settings=settings)
+    modules, before = dict(compressed.named_modules()), dict(model.named_modules())
+    rows = [row for row in report.rows if row.status == "compressed"]
+    assert rows
+    for row in rows:  # the closed form against the product of the built module's weight with the Gram
+        in_sample, held = output_errors(before[row.name], modules[row.name], stats, row.name)
+        assert row.relative_error == pytest.approx(in_sample, rel=1e-7)
+        assert row.heldout_error == pytest.approx(held, rel=1e-7)

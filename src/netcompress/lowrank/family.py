@@ -158,6 +158,23 @@ def _matrix_shape(layer: nn.Module) -> tuple[int, int]:
     return layer.weight.shape[0], layer.weight[0].numel()
 
 
+def _closed_form_errors(f: Factorization, rank: int, stats: LayerStats, name: str) -> tuple[float | None, float | None]:
+    """In-sample and held-out relative output errors of rank ``rank`` from the factorization's cumulative sums.
+
+    ``relative_error_on`` gives every rank's error on a set of moments with one product of the
+    factors with its Gram, where comparing the built module with the layer takes a product of the
+    whole ``out × in`` difference with it (for a 2,048 × 4,608 layer, 64 × 4,608² against 2,048 × 4,608²).
+    """
+    if name not in stats:
+        return None, None
+    heldout = stats.heldout.layers.get(name) if stats.heldout is not None else None
+
+    def on(moments: Moments) -> float:
+        return float(f.relative_error_on(moments)[rank].clamp_min(0).sqrt())
+
+    return on(stats[name]), (on(heldout) if heldout is not None and heldout.count else None)
+
+
 def _factored(name: str, layer: nn.Module, f: Factorization, rank: int, stats: LayerStats,
               method: str, settings: dict | None = None, factor_bits: int | None = None) -> tuple[nn.Module, LayerRow]:
     """The rank-``rank`` replacement of ``layer`` (its factors quantized to ``factor_bits``) and its report row
@@ -165,7 +182,9 @@ def _factored(name: str, layer: nn.Module, f: Factorization, rank: int, stats: L
     new = f.module(rank)
     if factor_bits is not None:
         new = quantize_factors(new, factor_bits)
-    error, held = output_errors(layer, new, stats, name)
+        error, held = output_errors(layer, new, stats, name)
+    else:
+        error, held = _closed_form_errors(f, rank, stats, name)
     setting = f"rank {rank}" + (f", factors {factor_bits}-bit" if factor_bits is not None else "")
     return new, layer_row(name, layer, method, rank=rank, params_after=stored_params(new), relative_error=error,
                           heldout_error=held, setting=setting, settings=settings,
