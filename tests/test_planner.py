@@ -33,7 +33,7 @@ def test_lower_hull_keeps_exactly_the_points_below_every_chord():
         costs = [points[i][0] for i in hull]
         errors = [points[i][1] for i in hull]
         assert costs == sorted(costs) and errors == sorted(errors, reverse=True)
-        for i, (c, e) in enumerate(points):  # no point lies strictly below the hull's piecewise-linear curve
+        for c, e in points:  # no point lies strictly below the hull's piecewise-linear curve
             if costs[0] <= c <= costs[-1]:
                 assert e >= np.interp(c, costs, errors) - 1e-12
             elif c > costs[-1]:
