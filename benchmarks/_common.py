@@ -69,3 +69,18 @@ def run_child(command: Sequence[str], timeout: float, cwd: Path, env: dict[str, 
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
     reason = lines[-1] if lines else f"exit status {done.returncode}"
     return {"error": (f"killed by signal {-done.returncode}; " if done.returncode < 0 else "") + reason[:200]}
+
+
+def machine() -> str:
+    """The CPU, its logical CPUs, torch and its threads: what a benchmark's timings belong to."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            cpu = next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"

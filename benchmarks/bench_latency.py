@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import copy
 import os
-import platform
 import statistics
 import sys
 import time
@@ -53,6 +52,7 @@ import torch
 from torch import nn
 
 import netcompress as nc
+from _common import machine as _machine
 from _common import print_table, trained
 from netcompress.distill.finetune import accuracy
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedLinear
@@ -456,14 +456,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def machine() -> str:
     """CPU, threads, torch and its quantized engine: what the timings belong to."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            cpu = next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, quantized engine {torch.backends.quantized.engine}")
+    return f"{_machine()}, quantized engine {torch.backends.quantized.engine}"
 
 
 def load() -> str:

@@ -56,7 +56,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -68,7 +67,7 @@ import torch
 from torch import nn
 
 import netcompress as nc
-from _common import print_table, trained
+from _common import machine, print_table, trained
 from netcompress._core.sizes import saved_bytes
 from netcompress.distill.finetune import accuracy
 from netcompress.planner.search import float32_bytes
@@ -547,14 +546,6 @@ def figure(results: dict, path: Path) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            cpu = next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
