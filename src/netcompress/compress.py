@@ -166,12 +166,13 @@ def _run(claims: Claims, rest: dict[str, str], eval_data=None, batchnorm: bool |
         direct = read_in_source(model, {n: m for _, s in claims for n, m in s.selected.items()})
         claims = [(dataclasses.replace(r, read_directly=direct), s) for r, s in claims]
     modules = dict(model.named_modules())
-    # the original's answers on held-out target data, before any layer changes
-    references = reference_outputs(model, request.data, request.holdout, eval_data)
+    # the original's answers on held-out target data, before any layer changes (after the pass has checked the data)
     if request.sequential:  # swapped in block by block, in the model already
+        references = reference_outputs(model, request.data, request.holdout, eval_data)
         rows = compress_sequentially(claims, _statistics)
     else:
         stats = _statistics(claims)
+        references = reference_outputs(model, request.data, request.holdout, eval_data)
         plan = Plan()
         for r, selection in claims:
             r.family.settle(r, selection, stats)

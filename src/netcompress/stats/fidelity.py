@@ -104,6 +104,8 @@ def reference_outputs(model: nn.Module, data, holdout: float, eval_data=None) ->
         labels, where = [None] * len(batches), "held-out" if holdout > 0 else "in-sample"
     else:
         return None
+    keep = [i for i, b in enumerate(batches) if batch_size(b) > 0]  # empty data is refused by the pass, not here
+    batches, labels = [batches[i] for i in keep], [labels[i] for i in keep]
     if not batches:
         return None
     return References(batches, labels, _outputs(model, batches), where)
