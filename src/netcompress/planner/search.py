@@ -134,6 +134,21 @@ def _swapped(model: nn.Module, layers: Mapping[str, _Layer], picks: Mapping[str,
     return trial
 
 
+def _single_method_plans(table: Mapping[str, _Layer], costs, budget: float | None) -> list[dict[str, int]]:
+    """For each candidate's settings, the plan giving it to every layer it fits (the rest dense), where it fits
+    the budget: the single-method baselines, checked on the same held-out samples as the planner's plans."""
+    if budget is None:
+        return []
+    labels = {c.label for layer in table.values() for c in layer.candidates[1:]}
+    found = []
+    for label in sorted(labels):
+        picks = {name: next((i for i, c in enumerate(layer.candidates) if c.label == label), 0)
+                 for name, layer in table.items()}
+        if sum(costs[name][i] for name, i in picks.items()) <= budget:
+            found.append(picks)
+    return found
+
+
 def _allocate(target: Target, options, budget: float | None) -> dict[str, int] | None:
     if budget is None:
         return smallest_budget(options, target.max_error)
@@ -219,6 +234,10 @@ def compress_to_target(model: nn.Module, data, target: Target, *, run: Callable[
         if picks is None or any(picks == p for _, p, _ in plans):
             break
         plans.append((measure(_swapped(model, table, picks), probe).relative_error, picks, _predicted(options, picks)))
+    for uniform in _single_method_plans(table, costs, budget):  # every single method that fits, measured too:
+        if not any(uniform == p for _, p, _ in plans):         # the plan kept is never worse than the best of them
+            plans.append((measure(_swapped(model, table, uniform), probe).relative_error, uniform,
+                          _predicted(options, uniform)))
     measured, picks, predicted = min(plans, key=lambda p: p[0])
     if target.max_error is not None and measured > target.max_error:
         raise ValueError(f"the best plan for the target keeps a whole-model held-out relative error of {measured:.4f}, "
