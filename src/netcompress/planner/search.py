@@ -123,15 +123,18 @@ def _options(layers: Mapping[str, _Layer], costs: Mapping[str, list[float]]) -> 
             for name, layer in layers.items()}
 
 
-def _swapped(model: nn.Module, layers: Mapping[str, _Layer], picks: Mapping[str, int]) -> nn.Module:
-    """A copy of ``model`` with every picked replacement swapped in (the model itself untouched)."""
-    trial = copy.deepcopy(model)
-    modules = dict(trial.named_modules())
-    for name, index in picks.items():
-        chosen = layers[name].candidates[index]
-        if chosen.settings is not None:
-            replace_module(trial, name, behind_padding(modules[name], copy.deepcopy(chosen.module)))
-    return trial
+def _plan_error(model: nn.Module, table: Mapping[str, _Layer], picks: Mapping[str, int], probe: References) -> float:
+    """The whole model's held-out relative error with every picked replacement swapped in, then put back
+    (no copy of the model per trial plan: the replacements are swapped in place, as the check of one layer does)."""
+    modules = dict(model.named_modules())
+    swapped = {name: modules[name] for name, i in picks.items() if table[name].candidates[i].settings is not None}
+    try:
+        for name, old in swapped.items():
+            replace_module(model, name, behind_padding(old, table[name].candidates[picks[name]].module))
+        return measure(model, probe).relative_error
+    finally:
+        for name, old in swapped.items():
+            replace_module(model, name, old)
 
 
 def _single_method_plans(table: Mapping[str, _Layer], costs, budget: float | None) -> list[dict[str, int]]:
@@ -219,7 +222,7 @@ def compress_to_target(model: nn.Module, data, target: Target, *, run: Callable[
     picks = _allocate(target, options, budget)
     if picks is None:
         raise ValueError(_unreachable(target, options, budget, fixed))
-    plans = [(measure(_swapped(model, table, picks), probe).relative_error, picks, _predicted(options, picks))]
+    plans = [(_plan_error(model, table, picks, probe), picks, _predicted(options, picks))]
     alone: dict[str, float] = {}
     for _ in range(REPAIRS):
         # repair: the chosen replacements measured alone give each layer's sensitivity to its own kind of error
@@ -233,10 +236,10 @@ def compress_to_target(model: nn.Module, data, target: Target, *, run: Callable[
         picks = _allocate(target, options, budget)
         if picks is None or any(picks == p for _, p, _ in plans):
             break
-        plans.append((measure(_swapped(model, table, picks), probe).relative_error, picks, _predicted(options, picks)))
+        plans.append((_plan_error(model, table, picks, probe), picks, _predicted(options, picks)))
     for uniform in _single_method_plans(table, costs, budget):  # every single method that fits, measured too:
         if not any(uniform == p for _, p, _ in plans):         # the plan kept is never worse than the best of them
-            plans.append((measure(_swapped(model, table, uniform), probe).relative_error, uniform,
+            plans.append((_plan_error(model, table, uniform, probe), uniform,
                           _predicted(options, uniform)))
     measured, picks, predicted = min(plans, key=lambda p: p[0])
     if target.max_error is not None and measured > target.max_error:
