@@ -40,8 +40,9 @@ Models and metrics:
    cosine of sentence embeddings (mean pooling) against the dense model's on 128 held-out sentences
    from other modules. The encoder's Linear layers are compressed (embeddings and pooler stay dense
    in every row: the pooler does not reach the sentence embedding). Targets: bytes such that those
-   layers get 3.125 and 2.5 bits per weight, ``bytes = (saved_bytes(model) − F) + bits·N/8`` with F
-   the float32 bytes of the encoder Linear layers' weights and biases and N their number of weights.
+   layers' weights get 3.125 and 2.5 bits each (codes with their scales and zero points, biases
+   outside the count as GPTQ papers count), ``bytes = (saved_bytes(model) − 4·N) + bits·N/8`` with N
+   the number of weights of the encoder Linear layers.
 
 Writes ``results/targets.json`` (merged: a ``--models`` subset replaces only those models),
 ``results/targets.md`` and ``results/targets.png``; ``--quick`` runs the MLP with a few sweep points
@@ -172,7 +173,7 @@ def minilm_case() -> Case:
     parts = minilm_parts(count=128, seed=SEED)
     model = parts.model
     linear_bytes, weights = encoder_linears(model)
-    rest = saved_bytes(model) - linear_bytes
+    rest = saved_bytes(model) - 4 * weights  # biases are not weights: they stay float32 outside the bit count
     targets = [(f"{bits:g} bits/weight", nc.Target(bytes=int(rest + bits * weights / 8))) for bits in MINILM_BITS]
     # Named one by one: with target=, layers="re:^encoder\\..*" is refused, because the planner hands every module
     # the pattern matches (LayerNorms, containers) to collect as an explicitly named layer, which collect rejects.
@@ -183,8 +184,9 @@ def minilm_case() -> Case:
                        f"cosine of mean-pooled sentence embeddings vs the dense model on {len(parts.heldout)} "
                        "held-out sentences from other modules.",
                        f"Only the encoder's Linear layers are compressed ({weights:,} weights, {linear_bytes:,} "
-                       f"float32 bytes with biases; {len(encoder)} layers named one by one in every row); the rest "
-                       f"({rest:,} bytes) stays dense. Target bytes = rest + "
+                       f"float32 bytes with biases; {len(encoder)} layers named one by one in every row). Bits per "
+                       "weight count a weight's code and its share of scales and zero points, as GPTQ papers do; "
+                       f"everything else, biases included, stays as it is ({rest:,} bytes). Target bytes = rest + "
                        f"bits × {weights:,} / 8 for bits {', '.join(f'{b:g}' for b in MINILM_BITS)}."])
 
 

@@ -8,6 +8,7 @@ from safetensors import safe_open
 from torch import nn
 
 import netcompress as nc
+from netcompress._core.sizes import saved_bytes
 
 
 def _model():
@@ -36,7 +37,10 @@ def test_codes_round_trip_bit_exactly_and_take_their_width_on_disk(tmp_path, bit
         on_disk = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())
     assert report.saved_bytes == on_disk  # every tensor belongs to a reported layer
     record = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert set(record["packed"]) == (set() if bits == 8 else {"0.codes", "2.codes", "4.codes"})
+    symmetric = bits > 2
+    expected = {f"{n}.{leaf}" for n in ("0", "2", "4") for leaf in ("codes",) + (() if symmetric else ("zero_point",))}
+    assert set(record["packed"]) == (set() if bits == 8 else expected) | {f"{n}.scale" for n in ("0", "2", "4")}
+    assert all(record["packed"][f"{n}.scale"] == {"dtype": "float16"} for n in ("0", "2", "4"))
     fresh = nc.load(_model(), tmp_path / "out")
     for (key, a), b in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
         assert a.dtype == b.dtype and torch.equal(a, b), key
@@ -53,7 +57,7 @@ def test_a_packing_record_that_does_not_fit_the_layer_is_refused_and_the_model_l
     record = json.loads(manifest.read_text())
     for packed, message in [({"2.codes": {"bits": 5, "shape": [13, 33]}}, "must be .* packed bytes"),
                             ({"2.codes": {"bits": 3, "shape": [13, 34]}}, "must give 1 to 7 bits"),
-                            ({"0.bias": {"bits": 3, "shape": [33]}}, "not the codes of a quantized layer"),
+                            ({"0.bias": {"bits": 3, "shape": [33]}}, "not the codes or zero points of a quantized layer"),
                             ([1], "'packed' must be an object")]:
         manifest.write_text(json.dumps({**record, "packed": packed}))
         target = _model()
@@ -62,3 +66,22 @@ def test_a_packing_record_that_does_not_fit_the_layer_is_refused_and_the_model_l
             nc.load(target, tmp_path / "out")
         assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
         assert isinstance(target[2], nn.Linear)
+
+
+def test_a_scale_float16_cannot_hold_is_written_in_float32_and_round_trips(tmp_path):
+    model = _model()
+    nc.compress(model, None, method="uniform", bits=4, symmetric=False, progress=False)
+    with torch.no_grad():  # as two-stage distillation leaves them: trained scales are no float16 numbers
+        model[2].scale.mul_(1.0 + 2.0 ** -20)
+    nc.save(model, tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "manifest.json").read_text())["packed"]
+    assert record["0.scale"] == {"dtype": "float16"} and "2.scale" not in record
+    assert record["2.zero_point"] == {"bits": 4, "shape": [13, 1]}
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
+        assert f.get_tensor("0.scale").dtype == torch.float16 and f.get_tensor("2.scale").dtype == torch.float32
+        assert f.get_tensor("2.zero_point").numel() == -(-13 * 4 // 8)
+        on_disk = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())
+    assert on_disk == sum(saved_bytes(model[i]) for i in (0, 2, 4))
+    fresh = nc.load(_model(), tmp_path / "out")
+    for (key, a), b in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b), key

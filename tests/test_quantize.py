@@ -20,18 +20,26 @@ def _layer(out=12, inp=20, seed=0):
     return nn.Linear(inp, out)
 
 
+def _half(scale: float) -> float:
+    """The scale as save stores it: the nearest float16, where float16 holds it as a normal number."""
+    return float(np.float16(scale)) if 2.0 ** -14 <= scale <= 65504.0 else scale
+
+
 def _ref_group(w: np.ndarray, bits: int, symmetric: bool, cost: np.ndarray | None = None) -> np.ndarray:
-    """Direct form of the grid: w ≈ (code − zero)·scale, the clip c of CLIP_FRACTIONS with least weighted error."""
+    """Direct form of the grid: w ≈ (code − zero)·scale, the clip c of CLIP_FRACTIONS with least weighted error.
+
+    The scale is a float16 number (what ``save`` writes), chosen before the codes.
+    """
     cost = np.ones_like(w) if cost is None else cost
     top = 2 ** bits - 1
     best, best_err = None, np.inf
     for c in CLIP_FRACTIONS:
         if symmetric:
             zero = 2 ** (bits - 1)
-            scale = max(c * np.abs(w).max() / (2 ** (bits - 1) - 1), 1e-30)
+            scale = _half(max(c * np.abs(w).max() / (2 ** (bits - 1) - 1), 1e-30))
         else:
             low, high = min(c * w.min(), 0.0), max(c * w.max(), 0.0)
-            scale = max((high - low) / top, 1e-30)
+            scale = _half(max((high - low) / top, 1e-30))
             zero = np.clip(np.round(-low / scale), 0, top)
         code = np.clip(np.round(w / scale + zero), 0, top)
         q = (code - zero) * scale
@@ -65,7 +73,8 @@ def test_uniform_matches_the_numpy_reference(granularity, group_size, bits, symm
     scales = {"tensor": (1, 1), "channel": (12, 1), "group": (12, 4)}[granularity]
     assert tuple(q.scale.shape) == scales and q.codes.dtype == torch.uint8
     assert (q.zero_point is None) == symmetric
-    assert q.bits == pytest.approx(bits + (32 + 8 * (not symmetric)) * np.prod(scales) / 240)
+    # float16 scales, zero points at the codes' width (8-bit ones take 8)
+    assert q.bits == pytest.approx(bits + (16 + bits * (not symmetric)) * np.prod(scales) / 240)
 
 
 def test_zero_is_exact_and_the_data_weighted_clip_follows_the_reference():

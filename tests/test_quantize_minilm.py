@@ -48,6 +48,6 @@ def test_minilm_4_bit_symmetric_group_32_keeps_the_sentence_embeddings():
     tables = [m for m in model.modules() if isinstance(m, QuantizedEmbedding)]
     assert len(linear) >= 36 and len(tables) == 3  # every projection and feed-forward layer; word/position/type tables
     assert not any(type(m) in (nn.Linear, nn.Embedding) for m in model.modules())
-    assert all(row.bits == pytest.approx(4 + 32 / 32) for row in report.rows if row.replaced)
+    assert all(row.bits == pytest.approx(4 + 16 / 32) for row in report.rows if row.replaced)  # float16 scales
     cosine = torch.nn.functional.cosine_similarity(_embed(model, batch), reference).mean().item()
     assert cosine >= 0.95, cosine

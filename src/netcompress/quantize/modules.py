@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from netcompress._core.description import Entry, conv_fields, describable, linear_fields
+from netcompress._core.sizes import stored_form
 from netcompress._core.tensors import ROW_BLOCK_ELEMENTS, row_blocks, weight_rows
 from netcompress.prune.modules import PRUNABLE
 from netcompress.quantize import kernels
@@ -72,9 +73,11 @@ class QuantizedLayer(nn.Module):
         """Stored bits per kept weight: the code plus its share of scales, zero points and codebooks."""
         kept = int(self.mask.sum()) if self.mask is not None else self.codes.numel()
         extra = 0
-        for t in (self.scale, self.zero_point, self.codebook):
-            if t is not None:
-                extra += 8 * t.numel() * t.element_size()
+        for leaf in ("scale", "zero_point", "codebook"):
+            t = getattr(self, leaf)
+            if t is not None:  # as save writes it: scales in float16 where exact, zero points packed
+                form = stored_form(self, leaf, t)
+                extra += t.numel() * (16 if form == "float16" else form if form else 8 * t.element_size())
         return max(1, math.ceil(math.log2(self.levels))) + extra / max(kept, 1)
 
     def _grid_fields(self) -> dict:

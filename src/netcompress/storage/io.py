@@ -38,6 +38,7 @@ from netcompress._core.atomic import atomic_write_bytes, sha256, staged_name, vo
 from netcompress._core.description import build, check_type, describe
 from netcompress._core.files import read_json, require_regular
 from netcompress._core.layers import replace_module
+from netcompress._core.sizes import PACKED_LEAVES
 from netcompress._core.sources import copy_trainability
 from netcompress._core.transaction import all_or_nothing
 from netcompress.report import Report
@@ -47,8 +48,10 @@ from netcompress.storage.packing import pack_codes, unpack_codes
 __all__ = ["apply_manifest", "atomic_write_bytes", "check_save_target", "load", "manifest", "read_report", "save"]
 
 FORMAT = "netcompress.manifest"
-VERSION = 4
-READABLE = (2, 3, 4)  # 2: no architecture fingerprint (only layer names are checked); 3: codes one per byte
+VERSION = 5
+# 2: no architecture fingerprint (only layer names are checked); 3: codes one per byte; 4: scales in float32
+# and zero points one per byte
+READABLE = (2, 3, 4, 5)
 WEIGHTS, MANIFEST, REPORT = "model.safetensors", "manifest.json", "report.json"
 OWN_FILES = (WEIGHTS, MANIFEST, REPORT)
 
@@ -162,7 +165,7 @@ def _check_sizes(planned: dict[str, nn.Module], built: dict[str, int], stored: d
                  weights: Path) -> None:
     """Every tensor of every layer ``load`` would build (sized on ``meta``) must be in the weights file, with its shape.
 
-    Codes packed below 8 bits are stored as 1-D bytes, at least an eighth of their count (their
+    Codes and zero points packed below 8 bits are stored as 1-D bytes, at least an eighth of their count (their
     exact packing is checked by :func:`unpack_codes`); and no description may build more than
     8× the elements the file stores under its name (a parent built before its children's
     descriptions replace them). So a forged manifest allocates no more than 8× what the weights hold.
@@ -171,7 +174,7 @@ def _check_sizes(planned: dict[str, nn.Module], built: dict[str, int], stored: d
         for key, tensor in module.state_dict().items():
             found = stored.get(f"{name}.{key}")
             count = tensor.numel()
-            if key.rsplit(".", 1)[-1] == "codes" and isinstance(found, list) and len(found) == 1 \
+            if key.rsplit(".", 1)[-1] in PACKED_LEAVES and isinstance(found, list) and len(found) == 1 \
                     and -(-count // 8) <= found[0] <= count:
                 continue
             if found != list(tensor.shape):
