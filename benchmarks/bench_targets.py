@@ -87,7 +87,10 @@ SWEEP = ([("uniform", {"bits": 8})]
 QUICK_SWEEP = [("uniform", {"bits": 8}), ("gptq", {"bits": 4, "group_size": None, "symmetric": False}),
                ("gptq", {"bits": 2, "group_size": None, "symmetric": False}), ("dalr", {"budget": 0.125}),
                ("dalr", {"budget": 0.0625}), ("dalr", {"budget": 0.125, "factor_bits": 8})]
-MINILM_SWEEP = [("gptq", {"bits": 3, "group_size": 128, "symmetric": False}),
+MINILM_SWEEP = [("gptq", {"bits": 3, "group_size": 128, "symmetric": True}),
+                ("gptq", {"bits": 3, "group_size": 128, "symmetric": False}),
+                ("gptq", {"bits": 2, "group_size": 128, "symmetric": False}),
+                ("gptq", {"bits": 2, "group_size": 64, "symmetric": False}),
                 ("gptq", {"bits": 3, "group_size": 32, "symmetric": False}),
                 ("gptq", {"bits": 2, "group_size": 32, "symmetric": False}), ("uniform", {"bits": 8})]
 SETTINGS = {"uniform": nc.Uniform, "gptq": nc.GPTQ, "dalr": nc.DALR}
@@ -116,6 +119,7 @@ class Case:
     sweep: list[tuple[str, dict]]
     layers: list[str] | None = None  # what every row compresses (None: every layer a method takes)
     latency_input: torch.Tensor | None = None  # with a latency target: every row's latency share is measured
+    recover: bool = False  # also run the planner with RECOVER (beside the peers' rows with the same recovery)
     notes: list[str] = field(default_factory=list)
 
 
@@ -158,7 +162,7 @@ def efficientnet_case() -> Case:
                 list(calibration.split(64)), image_metric(test_x, data.test_y, batch_size=250), "test accuracy %",
                 ".2f", [("size 1/8", nc.Target(size=1 / 8)), ("size 1/16", nc.Target(size=1 / 16)),
                         (f"latency 0.7 (batch {LATENCY_BATCH})", nc.Target(latency=0.7, batch=LATENCY_BATCH))],
-                SWEEP, latency_input=test_x[:LATENCY_BATCH].clone(),
+                SWEEP, latency_input=test_x[:LATENCY_BATCH].clone(), recover=True,
                 notes=[f"Fine-tuned from ImageNet on {len(data.train_x)} MNIST images (grey → 3 channels, 28 → 64 "
                        "bilinear, ImageNet mean/std), Adam, cached; calibration: 512 training images (no labels), "
                        f"batches of 64; metric: top-1 accuracy on the {len(data.test_x)} test images.",
@@ -201,7 +205,8 @@ def settings_label(method: str, values: dict) -> str:
         return f"uniform {values['bits']}-bit"
     if method == "gptq":
         group = values.get("group_size")
-        return f"gptq {values['bits']}-bit " + (f"g{group}" if group else "per channel")
+        symmetric = " symmetric" if values.get("symmetric") else ""
+        return f"gptq {values['bits']}-bit " + (f"g{group}" if group else "per channel") + symmetric
     text = f"dalr budget {values['budget']:g}"
     return text + (f" + {values['factor_bits']}-bit factors" if values.get("factor_bits") else "")
 
@@ -282,13 +287,18 @@ def single_rows(case: Case, original_bytes: int) -> list[dict]:
     return rows
 
 
-def planner_rows(case: Case, original_bytes: int) -> list[dict]:
+def planner_rows(case: Case, original_bytes: int, recover: nc.Recover | None = None) -> list[dict]:
     rows = []
     for label, target in case.targets:
         row = measure(case, original_bytes, lambda m, t=target: nc.compress(m, case.calibration, target=t,
-                                                                           layers=case.layers, progress=False))
+                                                                           layers=case.layers, recover=recover,
+                                                                           progress=False))
         report = row.pop("_report", None)
-        entry = {"method": f"planner ({label})", "family": "planner", "target": label, "asked": target.asked(), **row}
+        suffix = " + recovery" if recover is not None else ""
+        entry = {"method": f"planner ({label}){suffix}", "family": "planner" + suffix, "target": label,
+                 "asked": target.asked(), **row}
+        if report is not None and report.target is not None and report.target.get("recovered") is not None:
+            entry["recovery"] = report.target["recovered"]
         if report is not None and report.target is not None:
             summary = report.target
             entry.update(reached=summary["reached"], predicted_error=summary["predicted_error"],
@@ -306,10 +316,91 @@ def planner_rows(case: Case, original_bytes: int) -> list[dict]:
     return rows
 
 
+RECOVER = nc.Recover(epochs=4)  # the recovery every "+ recovery" row gets, planner and Torch-Pruning alike
+PRUNING_EXTRA_RATIOS = (0.3,)  # Torch-Pruning ratios measured beside those that meet each size target
+
+
+def recovered(case: Case, model: nn.Module) -> None:
+    """``RECOVER`` on ``model`` in place: the planner's own recovery (distillation from the original on the
+    calibration batches, best held-out epoch kept), for a model netcompress did not compress."""
+    from netcompress.distill.recover import recover
+    from netcompress.stats.fidelity import reference_outputs
+
+    holdout = 0.2  # compress's default: the same held-out batches pick the best epoch
+    references = reference_outputs(case.model, case.calibration, holdout)
+    recover(model, copy.deepcopy(case.model), case.calibration, holdout, references, RECOVER, progress=False)
+
+
+def torch_prune(model: nn.Module, case: Case, ratio: float, importance: str) -> nn.Module:
+    """``model`` (a copy of the case's) pruned in place by Torch-Pruning 1.6 (``MetaPruner``) at ``ratio`` of
+    the channels, the classifier ignored; Taylor importance takes its gradients from cross-entropy against
+    the original's own predictions on the calibration batches (no labels are used anywhere)."""
+    import torch_pruning as tp
+
+    model.eval()
+    example = case.calibration[0][:1]
+    scorer = tp.importance.MagnitudeImportance(p=1) if importance == "l1" else tp.importance.TaylorImportance()
+    pruner = tp.pruner.MetaPruner(model, example, importance=scorer, pruning_ratio=ratio,
+                                  ignored_layers=[model._fc])
+    if importance == "taylor":
+        model.zero_grad()
+        for batch in case.calibration:
+            with torch.no_grad():
+                target = case.model(batch).argmax(1)
+            nn.functional.cross_entropy(model(batch), target).backward()
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+def _ratio_for(case: Case, size: float, original_bytes: int) -> float:
+    """The smallest Torch-Pruning (L1) ratio whose float32 bytes are within ``size`` of the original's."""
+    low, high = 0.0, 0.97
+    for _ in range(7):
+        middle = (low + high) / 2
+        pruned = torch_prune(copy.deepcopy(case.model), case, middle, "l1")
+        low, high = (low, middle) if float32_bytes(pruned) <= size * original_bytes else (middle, high)
+    return high
+
+
+def pruning_peer_rows(case: Case, original_bytes: int) -> tuple[list[dict], str | None]:
+    """Torch-Pruning L1 and Taylor at each size target's ratio (and :data:`PRUNING_EXTRA_RATIOS`), with and without
+    :data:`RECOVER`, for the CNN; (rows, a note when Torch-Pruning is not importable)."""
+    try:
+        import torch_pruning
+    except ImportError as error:
+        return [], f"torch-pruning is not importable here ({error}); its rows are skipped"
+    ratios = sorted({round(_ratio_for(case, t.size, original_bytes), 4) for _, t in case.targets
+                     if t.kind == "size"} | set(PRUNING_EXTRA_RATIOS))
+    rows = []
+    for ratio in ratios:
+        for importance in ("l1", "taylor"):
+            for recovery in (False, True):
+                def run(m: nn.Module, ratio=ratio, importance=importance, recovery=recovery) -> None:
+                    torch_prune(m, case, ratio, importance)
+                    if recovery:
+                        recovered(case, m)
+
+                row = measure(case, original_bytes, run)
+                row.pop("_report", None)
+                label = f"torch-pruning {importance} {ratio:.0%}" + (" + recovery" if recovery else "")
+                rows.append({"method": label, "family": "torch-pruning" + (" + recovery" if recovery else ""),
+                             "ratio": ratio, "torch_pruning": torch_pruning.__version__, **row})
+                print_row(case, rows[-1])
+    return rows, None
+
+
 def peer_rows(case: Case, original_bytes: int) -> tuple[list[dict], str | None]:
-    """torchao int8/int4 weight-only, if torchao imports; (rows, a note when skipped)."""
+    """torchao int8/int4 weight-only if torchao imports, Torch-Pruning for the CNN; (rows, a note when skipped)."""
     if case.key == "minilm":
         return [], None
+    pruning, pruning_note = pruning_peer_rows(case, original_bytes) if case.key == "efficientnet" else ([], None)
+    rows, note = _torchao_rows(case, original_bytes)
+    notes = "; ".join(n for n in (pruning_note, note) if n) or None
+    return pruning + rows, notes
+
+
+def _torchao_rows(case: Case, original_bytes: int) -> tuple[list[dict], str | None]:
     try:
         from torchao.quantization import quantize_
     except ImportError as error:
@@ -371,8 +462,12 @@ def heldout_error(row: dict) -> float | None:
     return (row.get("fidelity") or {}).get("relative_error")
 
 
-def compare(case: Case, rows: list[dict], planned: list[dict], original_bytes: int) -> list[dict]:
-    """For each target: the best single-method row within its cost, and the planner's row."""
+def compare(case: Case, rows: list[dict], planned: list[dict], original_bytes: int,
+            peer_rows_of: dict | None = None) -> list[dict]:
+    """For each target: the best single-method row within its cost, the planner's row, and (from
+    ``peer_rows_of``: ``{"peers": [...], "planner_recovered": [...]}``) the best peer within the cost and
+    the planner with recovery."""
+    peer_rows_of = peer_rows_of or {}
     table = []
     for (label, target), plan in zip(case.targets, planned, strict=True):
         limit = getattr(target, target.kind)
@@ -390,6 +485,16 @@ def compare(case: Case, rows: list[dict], planned: list[dict], original_bytes: i
                               "measured_error": plan.get("measured_error"), "seconds": plan["seconds"]})}
         if best is not None and "error" not in plan:
             entry["planner_minus_best"] = plan["metric"] - best["metric"]
+        peers = [r for r in peer_rows_of.get("peers", []) if "error" not in r
+                 and cost_of(target, r, original_bytes) is not None and cost_of(target, r, original_bytes) <= limit]
+        best_peer = max(peers, key=lambda r: r["metric"], default=None)
+        if best_peer is not None:
+            entry["best_peer"] = {"method": best_peer["method"], "cost": cost_of(target, best_peer, original_bytes),
+                                  "metric": best_peer["metric"]}
+        again = [r for r in peer_rows_of.get("planner_recovered", []) if r.get("target") == label and "error" not in r]
+        if again:
+            entry["planner_recovered"] = {"cost": cost_of(target, again[0], original_bytes),
+                                          "metric": again[0]["metric"], "recovery": again[0].get("recovery")}
         table.append(entry)
     return table
 
@@ -405,10 +510,12 @@ def run_case(case: Case) -> dict:
     if note:
         say(f"  note: {note}")
     planned = planner_rows(case, original)
+    recovered_plans = planner_rows(case, original, RECOVER) if case.recover else []
     notes = list(case.notes) + ([note] if note else [])
     return {"title": case.title, "metric": case.metric_name, "metric_format": case.metric_format, "dense": dense,
-            "rows": rows, "peers": peers, "planner": planned, "comparison": compare(case, rows, planned, original),
-            "notes": notes}
+            "rows": rows, "peers": peers, "planner": planned, "planner_recovered": recovered_plans,
+            "comparison": compare(case, rows, planned, original,
+                                  {"peers": peers, "planner_recovered": recovered_plans}), "notes": notes}
 
 
 # --------------------------------------------------------------------------- tables and the figure
@@ -428,6 +535,8 @@ def comparison_table(result: dict) -> tuple[list[str], list[list[str]]]:
     spec = result["metric_format"]
     header = ["target", "best single (cost ≤ target)", "its cost", "its metric", "its err", "planner cost",
               "planner metric", "planner err", "Δ metric", "pred. err", "planner s"]
+    extra = any("best_peer" in e or "planner_recovered" in e for e in result["comparison"])
+    header += ["planner + recovery", "best peer (cost ≤ target)", "its metric"] if extra else []
     out = []
     for entry in result["comparison"]:
         best, plan = entry["best_single"], entry["planner"]
@@ -440,13 +549,18 @@ def comparison_table(result: dict) -> tuple[list[str], list[list[str]]]:
             row += [cost_text(entry["kind"], plan["cost"]), format(plan["metric"], spec),
                     _fmt(plan["heldout_error"], ".4f"), "—" if delta is None else f"{delta:+{spec}}",
                     _fmt(plan["predicted_error"], ".4f"), f"{plan['seconds']:.1f}"]
+        if extra:
+            again, peer = entry.get("planner_recovered"), entry.get("best_peer")
+            row += [_fmt(again and again["metric"], spec), peer["method"] if peer else "none fits",
+                    _fmt(peer and peer["metric"], spec)]
         out.append(row)
     return header, out
 
 
 def rows_table(result: dict) -> tuple[list[str], list[list[str]]]:
     spec = result["metric_format"]
-    latency = any("latency" in r for r in result["rows"] + result["planner"])
+    everything = result["rows"] + result["peers"] + result["planner"] + result.get("planner_recovered", [])
+    latency = any("latency" in r for r in everything)
     header = ["method", "size", "saved bytes", "on disk", "safetensors", result["metric"]]
     header += ["latency"] if latency else []
     header += ["held-out err", "pred. err", "meas. err", "s"]
@@ -455,7 +569,7 @@ def rows_table(result: dict) -> tuple[list[str], list[list[str]]]:
     out.append(["dense float32", "1.0000", f"{dense['bytes']:,}", f"{dense['disk_bytes']:,}",
                 f"{dense['safetensors_bytes']:,}", format(dense["metric"], spec)] + (["1.000"] if latency else [])
                + ["0", "", "", ""])
-    for r in result["rows"] + result["peers"] + result["planner"]:
+    for r in everything:
         if "error" in r:
             out.append([r["method"], f"error: {r['error'][:100]}"] + [""] * (len(header) - 2))
             continue
@@ -502,7 +616,8 @@ def markdown(results: dict) -> str:
 
 
 FAMILY_STYLE = {"uniform": ("tab:gray", "s"), "gptq": ("tab:blue", "o"), "dalr": ("tab:green", "^"),
-                "dalr + int8 factors": ("tab:olive", "v"), "torchao": ("tab:purple", "D")}
+                "dalr + int8 factors": ("tab:olive", "v"), "torchao": ("tab:purple", "D"),
+                "torch-pruning": ("tab:brown", "x"), "torch-pruning + recovery": ("tab:pink", "P")}
 
 
 def figure(results: dict, path: Path) -> None:
@@ -526,6 +641,11 @@ def figure(results: dict, path: Path) -> None:
         if planned:
             ax.plot([p["size"] for p in planned], [p["metric"] for p in planned], "-o", c="tab:red", lw=2,
                     label="planner", zorder=5)
+        again = sorted((p for p in result.get("planner_recovered", []) if "error" not in p
+                        and "latency" not in p["asked"]), key=lambda p: p["size"])
+        if again:
+            ax.plot([p["size"] for p in again], [p["metric"] for p in again], "--o", c="tab:orange", lw=1.5,
+                    label="planner + recovery", zorder=5)
         for p in result["planner"]:
             if "error" not in p and "latency" in p["asked"]:
                 ax.scatter([p["size"]], [p["metric"]], c="tab:red", marker="*", s=160, zorder=6,
