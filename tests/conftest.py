@@ -53,6 +53,25 @@ def correlated_inputs(samples: int, features: int, *, seed: int = 0, mean: float
     return (torch.randn(samples, features, generator=g, dtype=torch.float64) * scales) @ mixing + mean
 
 
+def digits_trained(model: nn.Module, epochs: int, train: int = 1400) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train ``model`` (64 inputs, 10 outputs) with Adam on the first ``train`` of scikit-learn's UCI digits;
+    returns every digit's inputs (scaled to [0, 1]) and labels, the rest held out for testing."""
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16
+    y = torch.tensor(data.target)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(epochs):
+        for i in range(0, train, 64):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[i:min(i + 64, train)]), y[i:min(i + 64, train)]).backward()
+            optimizer.step()
+    model.eval()
+    return x, y
+
+
 class SmallNet(nn.Module):
     """Conv → conv → linear → linear, small enough for every test."""
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from sklearn.datasets import load_digits
 from torch import nn
 
 import netcompress as nc
+from conftest import digits_trained
 from netcompress._core.sizes import saved_bytes
 from netcompress.cli.main import main
 
@@ -22,16 +22,8 @@ def _net():
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
     torch.manual_seed(0)
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16
-    y = torch.tensor(data.target)
     model = _net()
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(15):
-        for i in range(0, 1400, 64):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
-            optimizer.step()
+    x, y = digits_trained(model, epochs=15)
     save_file(model.state_dict(), tmp_path / "w.safetensors")
     np.save(tmp_path / "x.npy", x[:1400].numpy())
     np.savez(tmp_path / "test.npz", x=x[1400:].numpy(), y=y[1400:].numpy())

@@ -9,10 +9,10 @@ import random
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 import netcompress as nc
+from conftest import digits_trained
 from netcompress._core.sizes import saved_bytes
 from netcompress.planner.allocate import allocate, lower_hull, smallest_budget
 from netcompress.planner.candidates import price_layer
@@ -80,17 +80,9 @@ def test_smallest_budget_meets_the_error_and_no_cheaper_exhaustive_choice_is_muc
 @pytest.fixture(scope="module")
 def digits():
     torch.manual_seed(0)
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16
-    y = torch.tensor(data.target)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(20):
-        for i in range(0, 1400, 64):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
-            optimizer.step()
-    return model.eval(), x[:1400], x[1400:], y[1400:]
+    x, y = digits_trained(model, epochs=20)
+    return model, x[:1400], x[1400:], y[1400:]
 
 
 def test_candidate_prices_are_the_replacements_own_bytes_and_heldout_errors(digits):

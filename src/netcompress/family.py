@@ -148,10 +148,16 @@ class Family:
         chosen = request.method
         if chosen.check is None:
             return
+        from netcompress.quantize.activations import split_activation_settings
+
         for name, layer in list(selection.selected.items()):
             given = layer_settings(name, request.arguments)  # a dict setting that lacks the layer is the user's error
+            weights, inputs = split_activation_settings(given)
             try:
-                chosen.check(plain_layer(layer), **given)
+                if inputs.get("activations") is not None and isinstance(layer, nn.Embedding):
+                    raise ValueError("an embedding's input is token ids, not activations; leave it out of "
+                                     "activations= (exclude it, or give it its own settings without activations)")
+                chosen.check(plain_layer(layer), **weights)
             except (ValueError, TypeError) as error:
                 selection.fail(name, error)
         selection.require("no layer of the model fits these settings")
@@ -159,12 +165,14 @@ class Family:
     def observe(self, request: Request, selection: Selection) -> tuple[list[str], list[str]]:
         """The layers the statistics pass must see, and those of them it must reach (else the call fails)."""
         chosen = request.method
+        calibrated = request.arguments.get("activations") is not None  # a static input grid needs the inputs seen
         if request.stats is None and request.data is None:
-            if chosen.needs_stats:
-                raise ValueError(f"method {chosen.name!r} needs target data or precomputed stats (netcompress.collect)")
+            if chosen.needs_stats or calibrated:
+                needs = "static activation quantization (activations=)" if calibrated else f"method {chosen.name!r}"
+                raise ValueError(f"{needs} needs target data or precomputed stats (netcompress.collect)")
             return [], []
         observable = [n for n, m in selection.selected.items() if isinstance(m, DENSE)]
-        required = [n for n in observable if n in selection.explicit] if chosen.needs_stats else []
+        required = [n for n in observable if n in selection.explicit] if chosen.needs_stats or calibrated else []
         return observable, required
 
     def settle(self, request: Request, selection: Selection, stats: LayerStats | None) -> None:
@@ -200,14 +208,20 @@ class Family:
         """Each selected layer's replacement and report row, one layer at a time."""
         from tqdm.auto import tqdm
 
+        from netcompress.quantize.activations import calibrate_inputs, input_noise_errors, split_activation_settings
+
         chosen, selected = request.method, selection.selected
         arguments = self.arguments(request, selected) if arguments is None else arguments
         plan = Plan()
         for name, layer in tqdm(selected.items(), desc=chosen.name, unit="layer",
                                 disable=progress_disabled(request.progress)):
             moments = stats[name] if stats is not None and name in stats else None
+            weights, inputs = split_activation_settings(arguments[name])
+            grid = None
             try:
-                new = chosen.fn(plain_layer(layer), moments, **arguments[name])
+                new = chosen.fn(plain_layer(layer), moments, **weights)
+                if inputs.get("activations") is not None:
+                    grid = calibrate_inputs(name, new, stats, inputs)
             except (ValueError, TypeError) as error:
                 raise type(error)(f"layer {name!r}: {error}") from None
             reader = direct_reader(request, stats, name)
@@ -216,6 +230,10 @@ class Family:
                 continue
             error, held = output_errors(layer, new, stats, name)
             note = f"{reader}; its replacement's weight is what that module now computes with" if reader else ""
+            if grid is not None:
+                error, held = input_noise_errors(layer, new, stats, name, grid, error, held)
+                note = (note + "; " if note else "") + (f"input grid {inputs['activations']}-bit, clip {grid.clip} "
+                                                         f"(judged on the {grid.judged_on} samples)")
             shown = layer_settings(name, request.settings.given())
             plan.add(name, layer, new, request.row(
                 name, layer, params_after=stored_params(new), relative_error=error, heldout_error=held,

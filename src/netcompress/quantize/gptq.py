@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from netcompress._core.layers import DENSE
+from netcompress.quantize.activations import check_activation_settings
 from netcompress.quantize.modules import quantized_like
 from netcompress.quantize.uniform import _affine_grid, _check_bits, _finish, grid_codes
 from netcompress.registry import Settings, each, register
@@ -57,18 +58,23 @@ class GPTQ(Settings):
     """GPTQ (Frantar, Ashkboos, Hoefler and Alistarh, ICLR 2023): ``bits``-bit codes with error feedback.
 
     ``group_size``: one scale per that many inputs (default one per output channel); ``damp``: the
-    Hessian's damping, relative to its mean diagonal.
+    Hessian's damping, relative to its mean diagonal; ``activations``: a static input grid of that
+    many bits as well (``bits=4, activations=8``: w4a8; see :mod:`netcompress.quantize.activations`).
     """
 
     bits: int
     group_size: int | None = None
     symmetric: bool = True
     damp: float = DEFAULT_DAMP
+    activations: int | None = None
+    activation_clip: str = "auto"
+    activation_symmetric: bool = False
 
     def check(self) -> None:  # what needs no layer; check_gptq fits the rest to each layer
         each(self.bits, _check_bits)
         _check_grid(self.bits, self.symmetric)
         each(self.damp, check_damp)
+        check_activation_settings(self.activations, self.activation_clip, self.activation_symmetric)
 
 
 @register("gptq", GPTQ, family="layer", accepts=DENSE, needs_stats=True, check=check_gptq,

@@ -12,6 +12,9 @@ the layout allows, the product is taken from the codes instead:
   ``torch._weight_int4pack_mm_for_cpu``, which computes ``(q − 8)·s + m`` per group. A code
   ``c`` with zero point ``z`` is ``(c − z)·s = (c − 8)·s + (8 − z)·s``, so ``m = (8 − z)·s``;
   a per-row grid is its scale repeated over the row's groups; rows are padded to a multiple of 16.
+* **w8a8, float32 activations** (8-bit codes, one scale per row, the input on a static 8-bit grid):
+  ``torch._int_mm``, int8 times int8 summed in int32 (VNNI on x86), the scales applied to the
+  output; the input is rounded onto its grid in the same step (:meth:`Prepared._integer`).
 * **float32 activations, one scale per row** (any width): ``y = (x·cᵀ − z·Σx)·s``, the codes
   converted to float once per call and the scale applied to the output, not to the weight. On
   this project's CPU PyTorch's int8/int4 kernels run only bf16 fast (float32 falls back to a
@@ -46,6 +49,8 @@ class Prepared:
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
+        if self.kind == "w8a8":
+            return self._integer(flat, bias).reshape(*x.shape[:-1], self.weight.shape[1])
         if self.kind == "int8":
             y = torch._weight_int8pack_mm(flat, self.weight, self.scales)
         elif self.kind == "int4":
@@ -59,10 +64,31 @@ class Prepared:
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
+    def _integer(self, flat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x̂ ŵᵀ`` with both operands in int8 and int32 sums (``torch._int_mm``: VNNI on x86).
+
+        The input's codes ``q`` (zero point ``z``) are taken as the signed bytes ``a = q − o``
+        (``o = 128`` for a uint8 grid, else 0), so ``x̂ = s_x·(a − z′)`` with ``z′ = z − o``; the
+        weight's ``ŵ = s_w·(Wc + d)`` with ``Wc = c − 128`` and ``d = 128 − z_w`` (0 when symmetric):
+        ``x̂ ŵᵀ = s_x·s_w·(a Wcᵀ − z′·ΣWc + d·(Σa − z′·K))``, all but the scales exact integers.
+        """
+        s_x, z_x, q_min, q_max, offset, rowsum, shift = self.inputs
+        a = torch.round(flat / s_x).add_(z_x).clamp_(q_min, q_max).sub_(offset).to(torch.int8)
+        acc = torch._int_mm(a, self.weight)
+        zero = z_x - offset
+        if zero:
+            acc -= zero * rowsum
+        if shift is not None:
+            acc += (a.sum(1, keepdim=True, dtype=torch.int32) - zero * a.shape[1]) * shift
+        y = acc.to(flat.dtype).mul_(self.scales)
+        return y if bias is None else y.add_(bias)
+
+
 def state_key(layer, x: torch.Tensor) -> tuple:
     """What the prepared operands depend on: the stored tensors' identities and versions, and ``x``'s dtype."""
     key: list = [x.dtype, x.device]
-    for t in (layer.codes, layer.scale, layer.zero_point):
+    for t in (layer.codes, layer.scale, layer.zero_point, getattr(layer, "input_scale", None),
+              getattr(layer, "input_zero_point", None)):
         key += [None] if t is None else [t.data_ptr(), t._version, t.dtype]
     return tuple(key)
 
@@ -72,6 +98,10 @@ def kernel_name(layer, dtype: torch.dtype = torch.bfloat16) -> str | None:
     if layer.mask is not None or layer.scale is None:
         return None
     per_row = layer.scale.shape[1] == 1
+    if getattr(layer, "input_scale", None) is not None:  # the input is rounded too: integers on both sides
+        integer = (layer.input_bits == 8 and layer.code_bits == 8 and per_row and dtype == torch.float32
+                   and layer.codes.device.type == "cpu" and hasattr(torch, "_int_mm"))
+        return "w8a8" if integer else None
     if dtype == torch.float32:
         return "rows" if per_row else None
     if dtype not in (torch.bfloat16, torch.float16) or layer.codes.device.type != "cpu":
@@ -95,6 +125,8 @@ def prepare(layer, x: torch.Tensor) -> Prepared | None:
     zero = torch.full_like(scale, layer.zero_code) if layer.zero_point is None else \
         layer.zero_point.expand(out, -1).to(x.dtype)
     key = state_key(layer, x)
+    if kind == "w8a8":
+        return _integer_operands(layer, key, scale, zero, out)
     if kind == "rows":
         return Prepared(key, kind, layer.codes, scale.reshape(out).contiguous(),
                         correction=(-zero * scale).reshape(1, out))
@@ -113,3 +145,15 @@ def prepare(layer, x: torch.Tensor) -> Prepared | None:
     weight = torch._convert_weight_to_int4pack_for_cpu(codes, 1)
     scales_and_zeros = torch.stack([scale, (8 - zero) * scale], -1).transpose(0, 1).contiguous()
     return Prepared(key, kind, weight, scales_and_zeros, group=group, rows=out)
+
+
+def _integer_operands(layer, key: tuple, scale: torch.Tensor, zero: torch.Tensor, out: int) -> Prepared:
+    """The int8 weight (transposed, ``Wc = c − 128``), its row sums and the grids of a w8a8 layer."""
+    signed = (layer.codes ^ 0x80).view(torch.int8)
+    rowsum = signed.sum(1, dtype=torch.int32).reshape(1, out)
+    shift = None if layer.zero_point is None else (128 - layer.zero_point.expand(out, -1).to(torch.int32)).reshape(1, out)
+    s_x, z_x = float(layer.input_scale), int(layer.input_zero_point)
+    offset = 128 if layer.input_quant_min == 0 else 0
+    prepared = Prepared(key, "w8a8", signed.t(), (scale.reshape(out) * s_x).reshape(1, out).contiguous())
+    prepared.inputs = (s_x, z_x, layer.input_quant_min, layer.input_quant_max, offset, rowsum, shift)
+    return prepared

@@ -34,6 +34,7 @@ class QuantizedLayer(nn.Module):
     # Bookkeeping properties that TorchScript need not (and cannot) compile; ``weight`` is compiled.
     __jit_unused_properties__ = ["bits", "levels", "per_tensor"]
 
+
     def _init_codes(self, shape: tuple[int, ...], scheme: str, bits: int, group_size: int | None, levels: int | None,
                     codebook_rows: int, per_tensor: bool, masked: bool, bias: bool):
         if scheme not in SCHEMES:
@@ -81,9 +82,52 @@ class QuantizedLayer(nn.Module):
         return max(1, math.ceil(math.log2(self.levels))) + extra / max(kept, 1)
 
     def _grid_fields(self) -> dict:
-        """How the layer stores its weights, for its description."""
-        return {"scheme": self.scheme, "bits": self.code_bits, "levels": self.levels, "group_size": self.group_size,
-                "codebook_rows": self.codebook_rows, "per_tensor": self.per_tensor}
+        """How the layer stores its weights (and, when quantized, its input), for its description."""
+        fields = {"scheme": self.scheme, "bits": self.code_bits, "levels": self.levels, "group_size": self.group_size,
+                  "codebook_rows": self.codebook_rows, "per_tensor": self.per_tensor}
+        if getattr(self, "input_scale", None) is not None:
+            fields |= {"input_bits": self.input_bits, "input_symmetric": self.input_symmetric}  # set by quantize_inputs
+        return fields
+
+    def quantize_inputs(self, bits: int, symmetric: bool = False) -> QuantizedLayer:
+        """Round every input onto a fixed ``bits``-bit grid before the product (static activation quantization).
+
+        The grid (``input_scale``, ``input_zero_point``) starts as the unit grid; :meth:`set_input_grid`
+        sets it from the target sample (:func:`netcompress.quantize.activations.input_grid`).
+        """
+        self.input_bits, self.input_symmetric = int(bits), bool(symmetric)
+        self.input_quant_min, self.input_quant_max = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if symmetric \
+            else (0, (1 << bits) - 1)
+        device = self.codes.device
+        self.register_buffer("input_scale", torch.ones(1, device=device))
+        self.register_buffer("input_zero_point", torch.zeros(1, dtype=torch.int32, device=device))
+        return self
+
+    def set_input_grid(self, scale: float, zero_point: int) -> None:
+        """The input grid ``x ≈ (q − zero_point)·scale`` (after :meth:`quantize_inputs`)."""
+        with torch.no_grad():
+            self.input_scale.fill_(scale)
+            self.input_zero_point.fill_(zero_point)
+
+    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` rounded onto the input grid (itself when the layer does not quantize its input)."""
+        scale, zero = getattr(self, "input_scale", None), getattr(self, "input_zero_point", None)
+        if scale is None or zero is None:
+            return x
+        if x.dtype == torch.float32:  # torch's op: exported to ONNX as QuantizeLinear → DequantizeLinear
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero, self.input_quant_min, self.input_quant_max)
+        s, z = scale.to(x.dtype), zero.to(x.dtype)
+        return (torch.round(x / s) + z).clamp(self.input_quant_min, self.input_quant_max).sub(z).mul(s)
+
+    @staticmethod
+    def _with_inputs(layer: QuantizedLayer, entry: Entry) -> QuantizedLayer:
+        """``layer`` with the input grid its description names, if any (the grid's values come with the weights)."""
+        if entry.get("input_bits") is None:
+            return layer
+        bits = entry.integer("input_bits")
+        if bits > 8:
+            raise entry.fail(f"field 'input_bits' must be 1 to 8, got {bits}")
+        return layer.quantize_inputs(bits, entry.flag("input_symmetric"))
 
     @staticmethod
     def _grid(entry: Entry, rows: int, per_row: int) -> dict:
@@ -182,18 +226,21 @@ class QuantizedLinear(QuantizedLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
-            return nn.functional.linear(x, self.weight, self.bias)
+            return nn.functional.linear(self._quantize_input(x), self.weight, self.bias)
         return self._inference(x)
 
     @torch.jit.unused
     def _inference(self, x: torch.Tensor) -> torch.Tensor:
         """A low-bit kernel where one takes this layout (:mod:`~netcompress.quantize.kernels`), else the decoded weight."""
         if self._needs_gradient(x):
-            return nn.functional.linear(x, self.weight, self.bias)
+            return nn.functional.linear(self._quantize_input(x), self.weight, self.bias)
         prepared = getattr(self, "_prepared", None)
         if prepared is None or prepared.key != kernels.state_key(self, x):
             prepared = kernels.prepare(self, x)
             self._prepared = prepared
+        if prepared is not None and prepared.kind == "w8a8":  # rounds the input itself, onto the same grid
+            return prepared.linear(x, self.bias)
+        x = self._quantize_input(x)
         if prepared is not None:
             return prepared.linear(x, self.bias)
         dense = self._inference_weight(x)
@@ -214,8 +261,8 @@ class QuantizedLinear(QuantizedLayer):
     @classmethod
     def from_description(cls, entry: Entry) -> QuantizedLinear:
         in_features, out_features = entry.linear_size()
-        return cls(in_features, out_features, **cls._grid(entry, out_features, in_features),
-                   bias=entry.flag("bias"), masked=entry.flag("masked"))
+        return cls._with_inputs(cls(in_features, out_features, **cls._grid(entry, out_features, in_features),
+                                    bias=entry.flag("bias"), masked=entry.flag("masked")), entry)
 
 
 @describable
@@ -233,6 +280,7 @@ class QuantizedConv2d(QuantizedLayer):
         self._init_codes(shape, scheme, bits, group_size, levels, codebook_rows, per_tensor, masked, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._quantize_input(x)
         weight = self.weight if torch.jit.is_scripting() else self._conv_weight(x)
         return nn.functional.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
@@ -252,8 +300,8 @@ class QuantizedConv2d(QuantizedLayer):
             raise entry.fail(f"field 'groups' {groups} must divide in_channels and out_channels")
         per_row = args["in_channels"] // groups * math.prod(args["kernel_size"])
         grid = cls._grid(entry, args["out_channels"], per_row)
-        return cls(args.pop("in_channels"), args.pop("out_channels"), args.pop("kernel_size"), **grid, **args,
-                   groups=groups, bias=entry.flag("bias"), masked=entry.flag("masked"))
+        return cls._with_inputs(cls(args.pop("in_channels"), args.pop("out_channels"), args.pop("kernel_size"), **grid,
+                                    **args, groups=groups, bias=entry.flag("bias"), masked=entry.flag("masked")), entry)
 
 
 @describable

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from netcompress._core.tensors import input_columns, row_blocks, weight_rows
+from netcompress.quantize.activations import check_activation_settings
 from netcompress.quantize.modules import QUANTIZABLE, QuantizedEmbedding, quantized_like
 from netcompress.registry import Settings, each, register
 from netcompress.stats.moments import Moments
@@ -239,16 +240,24 @@ def _affine_grid(values: torch.Tensor, cost: torch.Tensor, bits: int, symmetric:
 
 @dataclass(frozen=True, kw_only=True)
 class Uniform(Settings):
-    """Uniform ``bits``-bit integer codes, one scale per tensor, output channel or ``group_size`` inputs."""
+    """Uniform ``bits``-bit integer codes, one scale per tensor, output channel or ``group_size`` inputs.
+
+    ``activations``: also round each layer's input onto a static ``activations``-bit grid calibrated
+    on the target sample (``bits=8, activations=8``: w8a8; see :mod:`netcompress.quantize.activations`).
+    """
 
     bits: int
     granularity: str = "channel"
     group_size: int | None = None
     symmetric: bool = True
+    activations: int | None = None
+    activation_clip: str = "auto"
+    activation_symmetric: bool = False
 
     def check(self) -> None:  # what needs no layer; check_uniform fits the rest to each layer
         each(self.bits, _check_bits)
         _check_grid(self.bits, self.symmetric)
+        check_activation_settings(self.activations, self.activation_clip, self.activation_symmetric)
 
 
 @register("uniform", Uniform, family="layer", accepts=QUANTIZABLE, check=check_uniform, example={"bits": 4})

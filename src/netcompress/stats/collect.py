@@ -147,7 +147,8 @@ class LayerStats(Mapping[str, Moments]):
         return stats
 
 
-_TENSOR_FIELDS = ("gram", "input_sum", "positive_count", "response_sum", "response_max", "norm4")
+_TENSOR_FIELDS = ("gram", "input_sum", "positive_count", "response_sum", "response_max", "norm4", "input_histogram",
+                  "input_peaks")
 
 
 def _batches(data: Iterable | torch.Tensor) -> Iterable:

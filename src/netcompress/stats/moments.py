@@ -64,6 +64,11 @@ class Moments:
     # and ``cross`` is ``Σ x x̃ᵀ``; both are None when the inputs are the original ones.
     reference: OriginalInputs | None = None
     cross: torch.Tensor | None = None
+    # The spread of the input values themselves (:mod:`netcompress.stats.ranges`): a log histogram of
+    # positive and negative values, shape (2, BINS), and the peaks (max x, max −x); what static
+    # activation quantization calibrates its grid on. Empty (numel 0) where no pass recorded them.
+    input_histogram: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    input_peaks: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
 
     @classmethod
     def empty(cls, in_features: int, out_features: int, groups: int = 1) -> Moments:
@@ -84,7 +89,8 @@ class Moments:
     def from_saved(cls, fields: dict[str, torch.Tensor], where: str) -> Moments:
         """Statistics read back from a file: every tensor's presence, shape and finiteness checked (``where`` names it)."""
         expected = {"gram", "input_sum", "positive_count", "response_sum", "response_max", "norm4", "counts"}
-        if set(fields) != expected:
+        ranges = {"input_histogram", "input_peaks"}  # absent from files written before they were recorded
+        if set(fields) - ranges != expected or len(set(fields) & ranges) == 1:
             raise ValueError(f"{where} is corrupt: it must hold {', '.join(sorted(expected))}, "
                              f"got {', '.join(sorted(fields))}")
         counts = fields["counts"]
@@ -101,6 +107,8 @@ class Moments:
                     or not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f"{where} is corrupt: {key!r} must be finite float64 of shape {tuple(shape)}, got "
                                  f"{tensor.dtype} of shape {tuple(tensor.shape)}")
+        if "input_histogram" in fields:
+            _check_ranges(fields["input_histogram"], fields["input_peaks"], where)
         rest = {k: v for k, v in fields.items() if k != "counts"}
         return cls(**rest, count=count, output_count=output_count, groups=groups)
 
@@ -183,6 +191,8 @@ class Moments:
             (self.response_sum, "sum"),
             (self.response_max, "max"),
             (self.norm4, "sum"),
+            (self.input_histogram, "sum"),
+            (self.input_peaks, "max"),
         ]
         if self.reference is None:
             return own
@@ -203,6 +213,17 @@ class Moments:
         if not centre:
             return self.cross
         return self.cross - self.count * torch.outer(self.reference_mean, self.mean_input)
+
+
+def _check_ranges(histogram: torch.Tensor, peaks: torch.Tensor, where: str) -> None:
+    from netcompress.stats.ranges import BINS
+
+    fine = (histogram.dtype == peaks.dtype == torch.float64 and tuple(histogram.shape) in ((2, BINS), (0,))
+            and tuple(peaks.shape) == ((2,) if histogram.numel() else (0,)) and bool(torch.isfinite(histogram).all())
+            and bool(torch.isfinite(peaks).all()) and not bool((histogram < 0).any()) and not bool((peaks < 0).any()))
+    if not fine:
+        raise ValueError(f"{where} is corrupt: 'input_histogram' and 'input_peaks' must be finite, non-negative "
+                         f"float64 of shapes (2, {BINS}) and (2,)")
 
 
 def output_energy(weight: torch.Tensor, bias: torch.Tensor | None, moments: Moments) -> float:

@@ -23,6 +23,7 @@ from netcompress._core.layers import explicit_padding
 from netcompress._core.tensors import _output_matrix, call_model, input_matrix, model_device_dtype
 from netcompress._core.transaction import evaluating
 from netcompress.stats.moments import Moments, OriginalInputs
+from netcompress.stats.ranges import empty_histogram, fold_values
 
 if TYPE_CHECKING:
     from netcompress.stats.collect import LayerStats
@@ -133,6 +134,11 @@ class _Recorder:
             if self.paired:  # a layer sharing its input keeps the same tensor: nothing is copied
                 self.captured.append(x)
             return
+        if self.leader is None:  # the spread of the values, for static activation quantization
+            m = self.target
+            if m.input_histogram.numel() == 0:
+                m.input_histogram, m.input_peaks = empty_histogram(x.device)
+            fold_values(m.input_histogram, m.input_peaks, x)
         original = None
         if self.paired:
             if not self.captured or self.captured[0].shape != x.shape:
@@ -279,6 +285,7 @@ def _mirror_lower(gram: torch.Tensor) -> None:
 def _share_inputs(follower: Moments, leader: Moments) -> None:
     """Give ``follower`` the input statistics (``XXᵀ``, ``Σx``, ``Σ||x||⁴``, count) of the layer that read the same input."""
     follower.gram, follower.input_sum, follower.norm4 = leader.gram, leader.input_sum, leader.norm4
+    follower.input_histogram, follower.input_peaks = leader.input_histogram, leader.input_peaks
     follower.count = leader.count
     follower.cross = leader.cross
     if leader.reference is not None:  # the original inputs' sum is shared, Σ‖W x‖² is each layer's own
