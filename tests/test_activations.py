@@ -144,3 +144,19 @@ def test_bad_activation_settings_and_inputs_are_refused_in_one_sentence():
     with pytest.raises(ValueError, match="an embedding's input is token ids"):
         nc.compress(copy.deepcopy(model), torch.randint(0, 10, (32, 3)), nc.Uniform(bits=8, activations=8),
                     layers=["0"], progress=False)
+
+
+def test_a_w8a8_pointwise_convolution_takes_the_integer_product_over_its_channels():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 1), nn.ReLU(),
+                          nn.Conv2d(24, 8, 3, padding=1))
+    x = torch.randn(32, 3, 12, 12)
+    nc.compress(model, [x], nc.Uniform(bits=8, activations=8), progress=False)
+    pointwise, spatial = model[2], model[4]
+    with torch.no_grad():
+        hidden = torch.relu(model[0](x))
+        expected = nn.functional.conv2d(pointwise._quantize_input(hidden), pointwise.weight, pointwise.bias)
+        torch.testing.assert_close(pointwise(hidden), expected, atol=1e-5, rtol=1e-5)
+        model(x)
+    assert pointwise._prepared.kind == "w8a8"
+    assert getattr(spatial, "_prepared", None) is None  # a 3×3 kernel rounds its input and convolves in float

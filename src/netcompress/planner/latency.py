@@ -47,8 +47,9 @@ def _machine() -> str:
 
 
 def _form(module: nn.Module) -> str:
-    """What decides a module's speed: its type, its submodules' types and its tensors' shapes and dtypes."""
-    parts = [f"{name}:{type(m).__name__}" for name, m in module.named_modules()]
+    """What decides a module's speed: its and its submodules' types and geometry, its tensors' shapes and dtypes."""
+    shape_of = ("kernel_size", "stride", "padding", "dilation", "groups", "mode")  # what the weights' shapes omit
+    parts = [f"{name}:{type(m).__name__}:{[getattr(m, a, None) for a in shape_of]}" for name, m in module.named_modules()]
     parts += [f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in module.state_dict().items()]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 

@@ -209,8 +209,10 @@ def compress_to_target(model: nn.Module, data, target: Target, *, run: Callable[
         timing = LatencyTable()
         shapes = _input_shapes(model, table, example, target.batch)
         for name, layer in tqdm(table.items(), desc="latency", unit="layer", disable=quiet):
-            for candidate in layer.candidates:
-                candidate.latency = timing.seconds(candidate.module, shapes[name])
+            for candidate in layer.candidates:  # timed as it would run: behind the layer's explicit padding
+                timed = candidate.module if candidate.settings is None else behind_padding(modules[name],
+                                                                                            candidate.module)
+                candidate.latency = timing.seconds(timed, shapes[name])
         timing.save()
         dense_latency = _model_seconds(model, _batch_of(example, target.batch))
     for name, s in noise_sensitivity(model, {n: modules[n] for n in table}, probe, progress=progress).items():

@@ -149,7 +149,7 @@ def prepare(layer, x: torch.Tensor) -> Prepared | None:
 
 def _integer_operands(layer, key: tuple, scale: torch.Tensor, zero: torch.Tensor, out: int) -> Prepared:
     """The int8 weight (transposed, ``Wc = c − 128``), its row sums and the grids of a w8a8 layer."""
-    signed = (layer.codes ^ 0x80).view(torch.int8)
+    signed = (layer.codes ^ 0x80).view(torch.int8).reshape(out, -1)  # a 1×1 convolution's (out, in, 1, 1) too
     rowsum = signed.sum(1, dtype=torch.int32).reshape(1, out)
     shift = None if layer.zero_point is None else (128 - layer.zero_point.expand(out, -1).to(torch.int32)).reshape(1, out)
     s_x, z_x = float(layer.input_scale), int(layer.input_zero_point)

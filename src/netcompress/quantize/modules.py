@@ -280,9 +280,33 @@ class QuantizedConv2d(QuantizedLayer):
         self._init_codes(shape, scheme, bits, group_size, levels, codebook_rows, per_tensor, masked, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            y = self._pointwise_integer(x)
+            if y is not None:
+                return y
         x = self._quantize_input(x)
         weight = self.weight if torch.jit.is_scripting() else self._conv_weight(x)
         return nn.functional.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    @torch.jit.unused
+    def _pointwise_integer(self, x: torch.Tensor) -> torch.Tensor | None:
+        """A w8a8 1×1 convolution (stride 1, no padding) as an int8 product over the channels, else ``None``.
+
+        A pointwise convolution is a Linear layer applied at every position: the positions become
+        rows (channels last) and the w8a8 kernel of :mod:`~netcompress.quantize.kernels` takes them.
+        """
+        if getattr(self, "input_scale", None) is None or self.kernel_size != (1, 1) or self.stride != (1, 1) \
+                or self.padding != (0, 0) or self.groups != 1 or x.dim() != 4 or self._needs_gradient(x):
+            return None
+        prepared = getattr(self, "_prepared", None)
+        if prepared is None or prepared.key != kernels.state_key(self, x):
+            prepared = kernels.prepare(self, x)
+            self._prepared = prepared
+        if prepared is None or prepared.kind != "w8a8":
+            return None
+        n, _, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)
+        return prepared.linear(rows, self.bias).reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
     @torch.jit.unused
     def _conv_weight(self, x: torch.Tensor) -> torch.Tensor:
