@@ -499,6 +499,27 @@ def compare(case: Case, rows: list[dict], planned: list[dict], original_bytes: i
     return table
 
 
+def rerun_planner(case: Case, result: dict, labels: list[str]) -> dict:
+    """``result`` (a model's earlier run) with the planner's rows for the targets ``labels`` measured again."""
+    original = float32_bytes(case.model)
+    case.targets = [(label, target) for label, target in case.targets if label in labels]
+    if not case.targets:
+        raise SystemExit("--rerun-targets names none of this model's targets")
+    planned = planner_rows(case, original)
+    again = planner_rows(case, original, RECOVER) if case.recover else []
+    for key, fresh in (("planner", planned), ("planner_recovered", again)):
+        kept = [r for r in result.get(key, []) if r.get("target") not in labels]
+        result[key] = sorted(kept + fresh, key=lambda r: [label for label, _ in BUILT_TARGETS[case.key]].index(r["target"]))
+    case.targets = BUILT_TARGETS[case.key]
+    result["comparison"] = compare(case, result["rows"], result["planner"], original,
+                                   {"peers": result["peers"], "planner_recovered": result["planner_recovered"]})
+    result.setdefault("reruns", []).append({"targets": labels, "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return result
+
+
+BUILT_TARGETS: dict[str, list] = {}  # every target of each model built, whatever --rerun-targets keeps
+
+
 def run_case(case: Case) -> dict:
     original = float32_bytes(case.model)
     dense = {"metric": case.metric(case.model), "bytes": saved_bytes(case.model), "float32_bytes": original}
@@ -604,6 +625,9 @@ def markdown(results: dict) -> str:
         parts.append(f"## {result['title']}\n")
         parts.append(f"Dense {result['metric']}: {format(result['dense']['metric'], result['metric_format'])}. "
                      f"Run: `{run.get('command', '?')}` on {run.get('machine', '?')}, {run.get('seconds', 0):.0f} s.\n")
+        for again in result.get("reruns", []):
+            parts.append(f"The planner's rows for {', '.join(again['targets'])} were measured again by "
+                         f"`{again.get('command', '?')}` ({again.get('date', '?')}, {again.get('seconds', 0):.0f} s).\n")
         parts.append("### Target → best single method vs planner\n")
         parts.append(markdown_table(*comparison_table(result)) + "\n")
         parts.append("### Every row\n")
@@ -676,6 +700,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="the MLP only, a few sweep points; writes results/targets_quick.json only")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default %(default)s)")
+    parser.add_argument("--rerun-targets", default=None,
+                        help="target labels separated by ';' (say 'latency 0.7 (batch 64)'): measure only the planner's "
+                             "rows for them again, keeping the rest of each model's earlier results")
     args = parser.parse_args()
     chosen = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in MODELS]
@@ -704,9 +731,20 @@ def main() -> None:
         begun = time.perf_counter()
         case = BUILDERS[key](args.quick) if key == "mlp" else BUILDERS[key]()
         say(f"{case.title}: built in {time.perf_counter() - begun:.0f} s")
-        result = run_case(case)
-        result["run"] = {"command": command, "machine": machine(), "seconds": time.perf_counter() - begun,
-                         "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+        BUILT_TARGETS[key] = list(case.targets)
+        if args.rerun_targets:
+            if key not in results["models"]:
+                parser.error(f"--rerun-targets needs an earlier run of {key} in {output}")
+            labels = [label.strip() for label in args.rerun_targets.split(";")]
+            result = rerun_planner(case, results["models"][key], labels)
+        else:
+            result = run_case(case)
+        run = {"command": command + (f" --rerun-targets '{args.rerun_targets}'" if args.rerun_targets else ""),
+               "machine": machine(), "seconds": time.perf_counter() - begun, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+        if args.rerun_targets:
+            result["reruns"][-1].update(run)
+        else:
+            result["run"] = run
         results["models"][key] = result
         header, rows = comparison_table(result)
         say(f"\n{case.title}: target → best single method vs planner ({case.metric_name})")

@@ -151,6 +151,8 @@ def test_recovery_never_leaves_the_heldout_measure_worse(digits):
     recovered = report.target["recovered"]
     assert recovered["after"] >= recovered["before"] and len(recovered["history"]) == 2
     assert recovered["after"] == max([recovered["before"], *recovered["history"]])
+    # trained scales are rounded back to float16 numbers: the file stays within the size planned for
+    assert saved_bytes(compressed) == report.target["reached"]["bytes"] <= float32_bytes(model) / 28
 
 
 def test_targets_are_checked_before_any_work():
@@ -235,3 +237,12 @@ def test_a_latency_target_times_padded_convolutions_as_they_run(tmp_path, monkey
         assert "out of reach" in str(error)
     forms = json.loads((tmp_path / "latency.json").read_text())
     assert len(forms) >= 3  # every layer's candidates were timed (and cached), a 5×5 kernel on a 4×4 map too
+
+
+def test_recovered_scales_stay_float16_numbers_so_the_file_keeps_the_planned_size(digits):
+    model, x, _, _ = digits
+    compressed = copy.deepcopy(model)
+    report = nc.compress(compressed, x[:500], target=nc.Target(size=1 / 12), candidates=["gptq"],
+                         recover=nc.Recover(epochs=3, lr=3e-3), progress=False)
+    assert report.target["recovered"]["best_epoch"] > 0  # the trained scales were kept
+    assert saved_bytes(compressed) == report.target["reached"]["bytes"] <= float32_bytes(model) / 12

@@ -57,6 +57,23 @@ def _inputs(data: Iterable | torch.Tensor, holdout: float) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def snap_scales(model: nn.Module) -> None:
+    """Round the trained scales of quantized layers back to float16 numbers, in place.
+
+    ``save`` writes a quantized layer's scales in float16 only where that is exact
+    (:func:`~netcompress.quantize.uniform.half_scale`); a scale moved by training would be written
+    in float32 and the file would outgrow the size the plan was chosen for. Each epoch ends with
+    its scales rounded, and is measured so.
+    """
+    from netcompress.quantize.uniform import half_scale
+
+    with torch.no_grad():
+        for module in model.modules():
+            scale = getattr(module, "scale", None)
+            if isinstance(getattr(module, "codes", None), torch.Tensor) and isinstance(scale, torch.Tensor):
+                scale.copy_(half_scale(scale))
+
+
 def recover(student: nn.Module, teacher: nn.Module, data, holdout: float, references: References,
             settings: Recover, progress: bool | None = None) -> dict[str, object]:
     """Distil ``teacher`` into ``student`` in place, keep the best epoch on ``references``; what happened, as JSON."""
@@ -69,6 +86,7 @@ def recover(student: nn.Module, teacher: nn.Module, data, holdout: float, refere
         batches = [inputs[i] for i in order.split(settings.batch_size)]  # no labels: the teacher's outputs teach
         finetune(student, batches, epochs=1, lr=settings.lr, teacher=teacher, loss=Logits(temperature=2.0, alpha=0.0, beta=1.0),
                  freeze_batchnorm=settings.freeze_batchnorm, seed=settings.seed, progress=progress)
+        snap_scales(student)
         now = measure(student, references)
         history.append(now.measure[1])
         if _score(now) > _score(best):

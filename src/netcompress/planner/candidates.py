@@ -31,6 +31,7 @@ from netcompress._core.sizes import saved_bytes
 from netcompress.apply import output_errors
 from netcompress.lowrank.budget import useful_rank_limit
 from netcompress.lowrank.dalr import DALR
+from netcompress.quantize.activations import split_activation_settings
 from netcompress.quantize.gptq import GPTQ
 from netcompress.quantize.uniform import Uniform, quantize_factors
 from netcompress.registry import Settings, method
@@ -91,8 +92,9 @@ def _quantized(name: str, layer: nn.Module, stats: LayerStats, families: Iterabl
     for chosen in settings:
         registered = method(chosen.method)
         try:
-            new = registered.fn(plain, moments, **chosen.values(registered.settings))
-        except (ValueError, TypeError):  # a setting this layer does not take is simply not a candidate
+            weights, _ = split_activation_settings(chosen.values(registered.settings))  # weights only here
+            new = registered.fn(plain, moments, **weights)
+        except ValueError:  # a setting this layer does not take is simply not a candidate
             continue
         found.append(Candidate(chosen, new, saved_bytes(new), dense_macs, _error(layer, new, stats, name)))
     return found
