@@ -10,7 +10,8 @@ in turn, the order rotated every round, the median of the timed calls) at batch 
   per output channel, every layer input on one static 8-bit grid whose clip is chosen per layer
   on the held-out calibration samples; run in PyTorch, where Linear and 1×1 convolution layers take
   ``torch._int_mm`` (int8 × int8, int32 sums) and other convolutions round their input and
-  convolve in float;
+  convolve in float; and exported by ``nc.export_onnx`` (int8 weights behind QuantizeLinear /
+  DequantizeLinear pairs, which ONNX Runtime fuses into int8 kernels where it finds the pattern);
 * **ONNX Runtime quantize_static**: the float ONNX file quantized by ONNX Runtime's own tool
   (QDQ format, per-channel int8 weights, uint8 activations, its MinMax calibrator) on the same
   calibration images, run by ONNX Runtime (int8 kernels);
@@ -18,7 +19,7 @@ in turn, the order rotated every round, the median of the timed calls) at batch 
 Models: LeNet-5 (MNIST; 512 calibration images, the 1,000 test images) and EfficientNet-Lite0
 fine-tuned on MNIST at 64×64 (``_domain_models``, cached; 512 calibration images, the 1,500 test
 images). "file bytes": what ``nc.save`` writes for the tensors (PyTorch rows), the ONNX file's size
-(ONNX Runtime rows: netcompress's ONNX export still writes float weights).
+(ONNX Runtime rows).
 
 Writes ``results/w8a8.json`` and ``results/w8a8.md``. Times depend on the machine and its load.
 
@@ -80,6 +81,7 @@ class Case:
     inputs: Callable[[int], object]  # a batch of that many held-out samples
     layers: list[str] | None = None
     forms: list[Form] = field(default_factory=list)
+    compressed: nn.Module | None = None  # the w8a8 model, exported to ONNX as well
     notes: list[str] = field(default_factory=list)
 
 
@@ -134,6 +136,7 @@ def pytorch_forms(case: Case) -> list[Form]:
     forms.append(Form("netcompress w8a8 (PyTorch)", "pytorch", lambda x: w8a8(x), case.metric(lambda x: w8a8(x)),
                       bytes=saved_bytes(w8a8), seconds=seconds,
                       note=f"clips chosen {clips}; {integer} layers on torch._int_mm; fidelity: {report.fidelity}"))
+    case.compressed = w8a8
     return forms
 
 
@@ -181,6 +184,12 @@ def onnx_forms(case: Case, folder: Path, threads: int) -> list[Form]:
     call = session_call(float_file)
     forms.append(Form("float32 (ONNX Runtime)", "onnxruntime", call, case.metric(call),
                       bytes=float_file.stat().st_size))
+    ours = folder / f"{case.key}.w8a8.onnx"
+    exported, seconds = timed_build(lambda: nc.export_onnx(case.compressed, example, ours, check_data=case.calibration[:2]))
+    call = session_call(ours)
+    forms.append(Form("netcompress w8a8 (ONNX Runtime)", "onnxruntime", call, case.metric(call), bytes=exported.bytes,
+                      seconds=seconds, note=f"{exported.integer_layers} layers exported as int8 weights behind "
+                                            f"QuantizeLinear/DequantizeLinear; {exported}"))
     static_file = folder / f"{case.key}.static.onnx"
     _, seconds = timed_build(lambda: quantize_static(
         str(float_file), str(static_file), CalibrationReader(case.calibration, "input"), quant_format=QuantFormat.QDQ,

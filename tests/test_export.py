@@ -178,3 +178,28 @@ def test_cli_exports_the_output_of_compress(work, capsys):
     assert main(["export", *model, "--load", "out", "--data", "wrong.npy", "--onnx", "m.onnx"]) == 2
     _error(capsys)
     assert not (work / "m.onnx").exists()
+
+
+def test_a_w8a8_model_exports_int8_weights_that_onnxruntime_runs_in_integers(tmp_path):
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    calibration = [torch.randn(64, 3, 8, 8) for _ in range(4)]
+    dense = nc.export_onnx(model, calibration[0], tmp_path / "float.onnx")
+    nc.compress(model, calibration, nc.Uniform(bits=8, activations=8), progress=False)
+    result = nc.export_onnx(model, calibration[0], tmp_path / "w8a8.onnx", check_data=calibration[1:])
+    assert result.integer_layers == 4
+    graph = onnx.load(str(tmp_path / "w8a8.onnx")).graph
+    int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) > 1]  # not zero points
+    assert sum(int(np.prod(t.dims)) for t in int8) == sum(m.codes.numel() for m in model.modules() if hasattr(m, "codes"))
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) > 1 for t in graph.initializer)  # no float weight
+    assert result.bytes < dense.bytes / 2.5  # one byte per weight; scales, biases and the graph on top
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(str(tmp_path / "w8a8.onnx"), options, providers=["CPUExecutionProvider"])
+    x = torch.randn(32, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.9
+    fused = {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert fused & {"QLinearConv", "QGemm", "QLinearMatMul"}  # ONNX Runtime computes some layers in int8
