@@ -148,16 +148,13 @@ class Family:
         chosen = request.method
         if chosen.check is None:
             return
-        from netcompress.quantize.activations import split_activation_settings
-
         for name, layer in list(selection.selected.items()):
             given = layer_settings(name, request.arguments)  # a dict setting that lacks the layer is the user's error
-            weights, inputs = split_activation_settings(given)
             try:
-                if inputs.get("activations") is not None and isinstance(layer, nn.Embedding):
+                if _rounds_inputs(request, name) and isinstance(layer, nn.Embedding):
                     raise ValueError("an embedding's input is token ids, not activations; leave it out of "
                                      "activations= (exclude it, or give it its own settings without activations)")
-                chosen.check(plain_layer(layer), **weights)
+                chosen.check(plain_layer(layer), **given)
             except (ValueError, TypeError) as error:
                 selection.fail(name, error)
         selection.require("no layer of the model fits these settings")
@@ -165,7 +162,7 @@ class Family:
     def observe(self, request: Request, selection: Selection) -> tuple[list[str], list[str]]:
         """The layers the statistics pass must see, and those of them it must reach (else the call fails)."""
         chosen = request.method
-        calibrated = request.arguments.get("activations") is not None  # a static input grid needs the inputs seen
+        calibrated = _rounds_inputs(request)  # a static input grid needs the inputs seen
         if request.stats is None and request.data is None:
             if chosen.needs_stats or calibrated:
                 needs = "static activation quantization (activations=)" if calibrated else f"method {chosen.name!r}"
@@ -208,20 +205,18 @@ class Family:
         """Each selected layer's replacement and report row, one layer at a time."""
         from tqdm.auto import tqdm
 
-        from netcompress.quantize.activations import calibrate_inputs, input_noise_errors, split_activation_settings
-
         chosen, selected = request.method, selection.selected
         arguments = self.arguments(request, selected) if arguments is None else arguments
         plan = Plan()
         for name, layer in tqdm(selected.items(), desc=chosen.name, unit="layer",
                                 disable=progress_disabled(request.progress)):
             moments = stats[name] if stats is not None and name in stats else None
-            weights, inputs = split_activation_settings(arguments[name])
+            inputs = _input_settings(request, name)
             grid = None
             try:
-                new = chosen.fn(plain_layer(layer), moments, **weights)
-                if inputs.get("activations") is not None:
-                    grid = calibrate_inputs(name, new, stats, inputs)
+                new = chosen.fn(plain_layer(layer), moments, **arguments[name])
+                if inputs:
+                    grid = chosen.inputs.calibrate(name, new, stats, inputs)
             except (ValueError, TypeError) as error:
                 raise type(error)(f"layer {name!r}: {error}") from None
             reader = direct_reader(request, stats, name)
@@ -231,7 +226,7 @@ class Family:
             error, held = output_errors(layer, new, stats, name)
             note = f"{reader}; its replacement's weight is what that module now computes with" if reader else ""
             if grid is not None:
-                error, held = input_noise_errors(layer, new, stats, name, grid, error, held)
+                error, held = chosen.inputs.errors(layer, new, stats, name, grid, error, held)
                 note = (note + "; " if note else "") + (f"input grid {inputs['activations']}-bit, clip {grid.clip} "
                                                          f"(judged on the {grid.judged_on} samples)")
             shown = layer_settings(name, request.settings.given())
@@ -242,6 +237,21 @@ class Family:
 
 
 register_family(Family())
+
+
+def _input_settings(request: Request, name: str | None = None) -> dict:
+    """The settings of the claim's input stage (``activations=`` ...) for layer ``name``; empty when it has none."""
+    stage = request.method.inputs
+    if stage is None:
+        return {}
+    values = request.settings.values(tuple(stage.keys))
+    values = layer_settings(name, values) if name is not None else values
+    return values if values.get(stage.keys[0]) is not None else {}
+
+
+def _rounds_inputs(request: Request, name: str | None = None) -> bool:
+    """Whether the claim rounds its layers' inputs too (static activation quantization)."""
+    return bool(_input_settings(request, name))
 
 
 def direct_reader(request: Request, stats: LayerStats | None, name: str) -> str | None:

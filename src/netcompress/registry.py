@@ -62,6 +62,11 @@ class Method:
     * ``prepare(layers, per_layer)``: turn the settings into each layer's arguments, where a
       setting couples layers (magnitude pruning's global threshold).
 
+    ``inputs``: what rounds a replacement's input too (static activation quantization), an object
+    with ``keys`` (the settings it owns, which the function does not take), ``check(**values)``,
+    and, after the function built a layer, ``calibrate(name, new, stats, values)`` and
+    ``errors(old, new, stats, name, grid, in_sample, held)`` (see :mod:`netcompress.quantize.activations`).
+
     A low-rank method whose factors are not two matrices (a separable convolution) gives
     ``rank_cost(layer) -> (parameters per rank, largest rank)`` for the family's sizing.
     """
@@ -77,6 +82,7 @@ class Method:
     example: Mapping[str, Any] = field(default_factory=dict)
     rank_cost: Callable | None = None
     settings_class: type[Settings] | None = None
+    inputs: Any = None
 
     def schema(self) -> dict[str, tuple[type, ...] | None]:
         """Setting → the Python types it takes (``None``: not checked), from the settings class's annotations."""
@@ -217,6 +223,7 @@ def register(
     prepare: Callable | None = None,
     example: Mapping[str, Any] | None = None,
     rank_cost: Callable | None = None,
+    inputs: Any = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as method ``name`` of ``family``, with its ``settings_class``.
 
@@ -238,10 +245,12 @@ def register(
         if settings_class.__dict__.get("method") not in ("", None, name):  # its own, not one inherited from a parent
             raise ValueError(f"settings class {settings_class.__name__} already belongs to method "
                              f"{settings_class.method!r}; give {name!r} its own class")
-        taken = tuple(f.name for f in dataclasses.fields(settings_class) if f.name not in settings_class.sizing)
+        owned = tuple(inputs.keys) if inputs is not None else ()
+        taken = tuple(f.name for f in dataclasses.fields(settings_class)
+                      if f.name not in settings_class.sizing and f.name not in owned)
         settings_class.method = name
         METHODS[name] = Method(name, family, fn, taken, tuple(accepts), needs_stats, check, prepare,
-                               dict(example or {}), rank_cost, settings_class)
+                               dict(example or {}), rank_cost, settings_class, inputs)
         return fn
 
     return decorate

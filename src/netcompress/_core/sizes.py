@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["half_exact", "packed_bits", "saved_bytes", "stored_form"]
+__all__ = ["half_exact", "half_scale", "packed_bits", "saved_bytes", "stored_form"]
 
 HALF_LEAVES = ("scale",)  # a quantized layer's tensors written in float16 where that is exact
 PACKED_LEAVES = ("codes", "zero_point")  # a quantized layer's integers written at the codes' width
@@ -15,6 +15,19 @@ def packed_bits(module: nn.Module) -> int | None:
     """The width its codes are packed to on disk, for a quantized layer under 8 bits (else ``None``)."""
     codes, bits = getattr(module, "codes", None), getattr(module, "code_bits", None)
     return bits if isinstance(codes, torch.Tensor) and isinstance(bits, int) and bits < 8 else None
+
+
+def half_scale(scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` rounded to the nearest float16 where float16 holds it as a normal number.
+
+    ``save`` writes a quantized layer's scales in float16 when that loses nothing (as GPTQ, AWQ
+    and compressed-tensors files store them), which halves their share of the bytes: 0.25 of a
+    bit per weight at groups of 128, not 0.5. The quantizers round here, before any code is chosen, keeping
+    the codes consistent with the scales that are stored. Scales outside float16's normal range
+    stay as they are (and are written in float32).
+    """
+    normal = (scale >= 2.0 ** -14) & (scale <= 65504.0)
+    return torch.where(normal, scale.to(torch.float16).to(scale.dtype), scale)
 
 
 def half_exact(tensor: torch.Tensor) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from netcompress._core.sizes import half_scale
 from netcompress._core.tensors import batch_input
 from netcompress.distill.finetune import finetune
 from netcompress.distill.losses import Logits
@@ -61,12 +62,10 @@ def snap_scales(model: nn.Module) -> None:
     """Round the trained scales of quantized layers back to float16 numbers, in place.
 
     ``save`` writes a quantized layer's scales in float16 only where that is exact
-    (:func:`~netcompress.quantize.uniform.half_scale`); a scale moved by training would be written
+    (:func:`~netcompress._core.sizes.half_scale`); a scale moved by training would be written
     in float32 and the file would outgrow the size the plan was chosen for. Each epoch ends with
     its scales rounded, and is measured so.
     """
-    from netcompress.quantize.uniform import half_scale
-
     with torch.no_grad():
         for module in model.modules():
             scale = getattr(module, "scale", None)

@@ -31,7 +31,6 @@ from netcompress._core.sizes import saved_bytes
 from netcompress.apply import output_errors
 from netcompress.lowrank.budget import useful_rank_limit
 from netcompress.lowrank.dalr import DALR
-from netcompress.quantize.activations import split_activation_settings
 from netcompress.quantize.gptq import GPTQ
 from netcompress.quantize.uniform import Uniform, quantize_factors
 from netcompress.registry import Settings, method
@@ -92,8 +91,7 @@ def _quantized(name: str, layer: nn.Module, stats: LayerStats, families: Iterabl
     for chosen in settings:
         registered = method(chosen.method)
         try:
-            weights, _ = split_activation_settings(chosen.values(registered.settings))  # weights only here
-            new = registered.fn(plain, moments, **weights)
+            new = registered.fn(plain, moments, **chosen.values(registered.settings))
         except ValueError:  # a setting this layer does not take is simply not a candidate
             continue
         found.append(Candidate(chosen, new, saved_bytes(new), dense_macs, _error(layer, new, stats, name)))

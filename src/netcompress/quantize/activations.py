@@ -32,8 +32,8 @@ import torch
 from netcompress.stats.moments import Moments
 from netcompress.stats.ranges import clip_error, percentile
 
-__all__ = ["ACTIVATION_CLIPS", "ACTIVATION_KEYS", "InputGrid", "check_activation_settings", "input_grid",
-           "split_activation_settings"]
+__all__ = ["ACTIVATION_CLIPS", "ACTIVATION_KEYS", "STATIC_INPUTS", "InputGrid", "calibrate_inputs",
+           "check_activation_settings", "input_grid", "input_noise_errors"]
 
 ACTIVATION_CLIPS = ("auto", "minmax", "percentile", "mse")
 ACTIVATION_KEYS = ("activations", "activation_clip", "activation_symmetric")
@@ -64,13 +64,6 @@ def check_activation_settings(activations: object, clip: object, symmetric: obje
         raise ValueError(f"activation_clip must be one of {', '.join(ACTIVATION_CLIPS)}, got {clip!r}")
     if not isinstance(symmetric, bool):
         raise ValueError(f"activation_symmetric must be True or False, got {symmetric!r}")
-
-
-def split_activation_settings(arguments: dict) -> tuple[dict, dict]:
-    """(the weight method's own arguments, the activation ones) of one layer's settings."""
-    weights = {k: v for k, v in arguments.items() if k not in ACTIVATION_KEYS}
-    inputs = {k: arguments[k] for k in ACTIVATION_KEYS if k in arguments}
-    return weights, inputs
 
 
 def _codes(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -197,3 +190,14 @@ def input_noise_errors(old: torch.nn.Module, new: torch.nn.Module, stats, name: 
     return (with_input_noise(in_sample, weight, bias, new_weight, stats[name], fitted_error),
             with_input_noise(held, weight, bias, new_weight, heldout, grid.error if grid.judged_on == "held-out"
                              else fitted_error))
+
+
+class _StaticInputs:
+    """The input stage of the weight quantizers (``Method.inputs``): the settings it owns and its two steps."""
+
+    keys = ACTIVATION_KEYS
+    calibrate = staticmethod(calibrate_inputs)
+    errors = staticmethod(input_noise_errors)
+
+
+STATIC_INPUTS = _StaticInputs()

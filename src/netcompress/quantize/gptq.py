@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from netcompress._core.layers import DENSE
-from netcompress.quantize.activations import check_activation_settings
+from netcompress.quantize.activations import STATIC_INPUTS, check_activation_settings
 from netcompress.quantize.modules import quantized_like
 from netcompress.quantize.uniform import _affine_grid, _check_bits, _finish, grid_codes
 from netcompress.registry import Settings, each, register
@@ -78,7 +78,7 @@ class GPTQ(Settings):
 
 
 @register("gptq", GPTQ, family="layer", accepts=DENSE, needs_stats=True, check=check_gptq,
-          example={"bits": 4})
+          example={"bits": 4}, inputs=STATIC_INPUTS)
 def gptq(layer: nn.Module, moments: Moments, *, bits: int, group_size: int | None = None, symmetric: bool = True,
          damp: float = DEFAULT_DAMP) -> nn.Module:
     """Quantize ``layer`` to ``bits``-bit codes, each column's error fed forward to the columns after it.

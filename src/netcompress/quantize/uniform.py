@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from netcompress._core.sizes import half_scale
 from netcompress._core.tensors import input_columns, row_blocks, weight_rows
-from netcompress.quantize.activations import check_activation_settings
+from netcompress.quantize.activations import STATIC_INPUTS, check_activation_settings
 from netcompress.quantize.modules import QUANTIZABLE, QuantizedEmbedding, quantized_like
 from netcompress.registry import Settings, each, register
 from netcompress.stats.moments import Moments
@@ -177,19 +178,6 @@ def grid_codes(values: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bi
     return (values / scale).add_(zero).round_().clamp_(0, (1 << bits) - 1)
 
 
-def half_scale(scale: torch.Tensor) -> torch.Tensor:
-    """``scale`` rounded to the nearest float16 where float16 holds it as a normal number.
-
-    ``save`` writes a quantized layer's scales in float16 when that loses nothing (as GPTQ, AWQ
-    and compressed-tensors files store them), which halves their share of the bytes: 0.25 of a
-    bit per weight at groups of 128, not 0.5. Rounding here, before any code is chosen, keeps
-    the codes consistent with the scales that are stored. Scales outside float16's normal range
-    stay as they are (and are written in float32).
-    """
-    normal = (scale >= 2.0 ** -14) & (scale <= 65504.0)
-    return torch.where(normal, scale.to(torch.float16).to(scale.dtype), scale)
-
-
 def _step(extent: torch.Tensor, steps: int) -> torch.Tensor:
     """The grid step ``extent / steps``; 1 for a group of zeros (any step holds them, and float16 holds 1)."""
     return torch.where(extent > 0, extent / steps, torch.ones_like(extent))
@@ -260,7 +248,8 @@ class Uniform(Settings):
         check_activation_settings(self.activations, self.activation_clip, self.activation_symmetric)
 
 
-@register("uniform", Uniform, family="layer", accepts=QUANTIZABLE, check=check_uniform, example={"bits": 4})
+@register("uniform", Uniform, family="layer", accepts=QUANTIZABLE, check=check_uniform, example={"bits": 4},
+          inputs=STATIC_INPUTS)
 def uniform(layer: nn.Module, moments: Moments | None = None, *, bits: int, granularity: str = "channel",
             group_size: int | None = None, symmetric: bool = True) -> nn.Module:
     """Uniform ``bits``-bit quantization to integer codes with one scale per group.

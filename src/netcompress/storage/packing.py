@@ -6,7 +6,7 @@ grid). ``save`` replaces each ``<layer>.codes`` and ``<layer>.zero_point`` tenso
 dict by its packed bytes (most significant bit first, the ``.ncz`` container's fixed width
 layout, :func:`netcompress.storage.codec.pack_fixed`) and records ``{"bits", "shape"}`` for it
 in the manifest's ``packed`` field. A ``<layer>.scale`` whose every value float16 holds exactly
-(the quantizers round scales so, :func:`netcompress.quantize.uniform.half_scale`) is written in
+(the quantizers round scales so, :func:`netcompress._core.sizes.half_scale`) is written in
 float16 and recorded as ``{"dtype": "float16"}``. ``load`` checks every record against the
 layer it rebuilt and the byte count before it unpacks anything. What is written is what
 :func:`netcompress._core.sizes.saved_bytes` counts: both follow :func:`~netcompress._core.sizes.stored_form`.
