@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from netcompress._core.sizes import half_scale
+from netcompress._core.sizes import half_exact
 from netcompress._core.tensors import batch_input
 from netcompress.distill.finetune import finetune
 from netcompress.distill.losses import Logits
@@ -58,25 +58,33 @@ def _inputs(data: Iterable | torch.Tensor, holdout: float) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def snap_scales(model: nn.Module) -> None:
-    """Round the trained scales of quantized layers back to float16 numbers, in place.
+def half_scales(model: nn.Module) -> list[torch.Tensor]:
+    """The scales of quantized layers that ``save`` writes in float16 (every value a float16 number)."""
+    return [module.scale for module in model.modules()
+            if isinstance(getattr(module, "codes", None), torch.Tensor) and isinstance(getattr(module, "scale", None),
+                                                                                    torch.Tensor)
+            and half_exact(module.scale)]
+
+
+def snap_scales(scales: list[torch.Tensor]) -> None:
+    """Round trained scales back to float16 numbers (kept within float16's normal range), in place.
 
     ``save`` writes a quantized layer's scales in float16 only where that is exact
-    (:func:`~netcompress._core.sizes.half_scale`); a scale moved by training would be written
-    in float32 and the file would outgrow the size the plan was chosen for. Each epoch ends with
-    its scales rounded, and is measured so.
+    (:func:`~netcompress._core.sizes.half_scale`); a scale moved by training would be written in
+    float32 and the file would outgrow the size the plan was chosen for. Each epoch ends with the
+    scales that were float16 numbers rounded back (a scale trained below the smallest normal float16,
+    or below zero, is held at it), and is measured so.
     """
     with torch.no_grad():
-        for module in model.modules():
-            scale = getattr(module, "scale", None)
-            if isinstance(getattr(module, "codes", None), torch.Tensor) and isinstance(scale, torch.Tensor):
-                scale.copy_(half_scale(scale))
+        for scale in scales:
+            scale.copy_(scale.clamp(2.0 ** -14, 65504.0).to(torch.float16).to(scale.dtype))
 
 
 def recover(student: nn.Module, teacher: nn.Module, data, holdout: float, references: References,
             settings: Recover, progress: bool | None = None) -> dict[str, object]:
     """Distil ``teacher`` into ``student`` in place, keep the best epoch on ``references``; what happened, as JSON."""
     inputs = _inputs(data, holdout)
+    halves = half_scales(student)
     best, best_state, best_epoch = measure(student, references), copy.deepcopy(student.state_dict()), 0
     before, history = best, []
     for epoch in range(1, settings.epochs + 1):
@@ -85,7 +93,7 @@ def recover(student: nn.Module, teacher: nn.Module, data, holdout: float, refere
         batches = [inputs[i] for i in order.split(settings.batch_size)]  # no labels: the teacher's outputs teach
         finetune(student, batches, epochs=1, lr=settings.lr, teacher=teacher, loss=Logits(temperature=2.0, alpha=0.0, beta=1.0),
                  freeze_batchnorm=settings.freeze_batchnorm, seed=settings.seed, progress=progress)
-        snap_scales(student)
+        snap_scales(halves)
         now = measure(student, references)
         history.append(now.measure[1])
         if _score(now) > _score(best):
