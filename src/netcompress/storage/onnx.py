@@ -62,7 +62,8 @@ __all__ = ["ExportResult", "check_opset", "export_onnx", "is_netcompress_onnx", 
 OWNER_KEY = "netcompress.version"  # the metadata entry that marks a file netcompress wrote
 MAX_BYTES = 2 << 30  # one ONNX protobuf file holds at most 2 GiB
 ATOL, RTOL = 1e-4, 1e-4
-INTEGER_RTOL = 2e-2  # the relative tolerance for a model with int8 layers (a requantized value may move one step)
+# With int8 layers a value on a rounding boundary may land one step away and move on through the later layers
+INTEGER_RTOL = 5e-2  # (measured on the digits-adapted EfficientNet-Lite0, 50 w8a8 layers: 2.2 % of the largest output)
 INSTALL = "pip install 'netcompress[onnx]'"
 
 

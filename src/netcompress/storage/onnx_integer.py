@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,51 +81,102 @@ def fold_weight_quantizers(onnx, file: Path) -> int:
     DequantizeLinear``: the float copy is what makes a file float-sized. It is replaced by the
     QuantizeLinear's output, computed here (round half to even, saturated, as the operator does), so
     the file holds one byte per weight and the graph what ONNX Runtime's own quantizer writes.
+
+    A ``BatchNormalization`` right after such a convolution is folded into it, as the float export
+    folds it: its per-channel factor ``γ/√(σ² + ε)`` goes into the weight's scale (its sign into the
+    codes) and its shift into the bias. Without that, ONNX Runtime would find ``Conv → BatchNorm``
+    where it fuses ``Conv → QuantizeLinear`` into an int8 convolution.
     """
-    import numpy as np
     from onnx import numpy_helper
 
     record = onnx.load_model(str(file))
     graph = record.graph
-    initializers = {t.name: t for t in graph.initializer}
-    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
-
-    def value(name: str):
-        if name in initializers:
-            return numpy_helper.to_array(initializers[name])
-        node = constants.get(name)
-        if node is None:
-            return None
-        return numpy_helper.to_array(next(a.t for a in node.attribute if a.name == "value"))
-
-    folded, users = [], {}
-    for node in graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
-    for node in list(graph.node):
-        if node.op_type != "QuantizeLinear" or node.input[0] not in initializers:
-            continue
-        weight, scale = value(node.input[0]), value(node.input[1])
-        zero = value(node.input[2]) if len(node.input) > 2 else np.zeros((), np.uint8)
-        if weight is None or scale is None or zero is None or zero.dtype != np.int8:
+    constants = _Constants(graph, numpy_helper)
+    folded = 0
+    for node in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+        weight, scale = constants.value(node.input[0]), constants.value(node.input[1])
+        zero = constants.value(node.input[2]) if len(node.input) > 2 else None
+        readers = constants.readers(node.output[0])
+        if weight is None or scale is None or zero is None or zero.dtype != np.int8 or len(readers) != 1 \
+                or readers[0].op_type != "DequantizeLinear":
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         shape = [1] * weight.ndim
-        if scale.ndim == 1 and scale.size > 1:
+        if scale.size > 1:
             shape[axis] = scale.size
         codes = np.clip(np.rint(weight / scale.reshape(shape)) + zero.reshape(shape if zero.size > 1 else ()),
                         -128, 127).astype(np.int8)
-        name = f"{node.input[0]}_int8"
-        graph.initializer.append(numpy_helper.from_array(codes, name))
-        for other in graph.node:
-            for i, used in enumerate(other.input):
-                if used == node.output[0]:
-                    other.input[i] = name
+        dequantize = readers[0]
+        scale = _fold_batchnorm(graph, constants, dequantize, codes, scale.astype(np.float32), numpy_helper)
+        dequantize.input[0] = constants.add(f"{node.input[0]}_int8", codes)
+        dequantize.input[1] = constants.add(f"{node.input[0]}_scale", scale)
         graph.node.remove(node)
-        users[node.input[0]] -= 1
-        if users[node.input[0]] == 0:
-            graph.initializer.remove(initializers[node.input[0]])
-        folded.append(name)
+        folded += 1
     if folded:
+        constants.drop_unused()
         onnx.save_model(record, str(file))
-    return len(folded)
+    return folded
+
+
+class _Constants:
+    """The constant tensors of a graph (initializers, ``Constant`` nodes, through ``Identity``), and its readers."""
+
+    def __init__(self, graph, numpy_helper):
+        self.graph, self.helper = graph, numpy_helper
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.producers = {o: n for n in graph.node for o in n.output}
+
+    def value(self, name: str) -> np.ndarray | None:
+        while name in self.producers and self.producers[name].op_type == "Identity":
+            name = self.producers[name].input[0]
+        if name in self.initializers:
+            return self.helper.to_array(self.initializers[name])
+        node = self.producers.get(name)
+        if node is not None and node.op_type == "Constant":
+            return self.helper.to_array(next(a.t for a in node.attribute if a.name == "value"))
+        return None
+
+    def readers(self, name: str) -> list:
+        return [n for n in self.graph.node if name in n.input]
+
+    def add(self, name: str, array: np.ndarray) -> str:
+        while name in self.initializers:
+            name += "_"
+        tensor = self.helper.from_array(array, name)
+        self.graph.initializer.append(tensor)
+        self.initializers[name] = tensor
+        return name
+
+    def drop_unused(self) -> None:
+        used = {name for n in self.graph.node for name in n.input} | {o.name for o in self.graph.output}
+        for tensor in [t for t in self.graph.initializer if t.name not in used]:
+            self.graph.initializer.remove(tensor)
+
+
+def _fold_batchnorm(graph, constants: _Constants, dequantize, codes: np.ndarray, scale: np.ndarray,
+                    numpy_helper) -> np.ndarray:
+    """Fold the ``BatchNormalization`` reading ``dequantize``'s convolution into it; the weight's new scale."""
+    readers = constants.readers(dequantize.output[0])
+    if len(readers) != 1 or readers[0].op_type != "Conv" or readers[0].input[1] != dequantize.output[0]:
+        return scale
+    conv = readers[0]
+    after = constants.readers(conv.output[0])
+    if len(after) != 1 or after[0].op_type != "BatchNormalization" or len(after[0].output) != 1:
+        return scale
+    norm = after[0]
+    gamma, beta, mean, var = (constants.value(name) for name in norm.input[1:5])
+    if any(v is None for v in (gamma, beta, mean, var)):
+        return scale
+    epsilon = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
+    factor = (gamma / np.sqrt(var + epsilon)).astype(np.float32)
+    bias = constants.value(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros_like(mean)
+    negative = factor < 0  # the sign goes into the codes (−(−128) saturates to 127: one step on one code)
+    codes[negative] = np.clip(-codes[negative].astype(np.int16), -128, 127).astype(np.int8)
+    shift = ((bias - mean) * factor + beta).astype(np.float32)
+    if len(conv.input) > 2:
+        conv.input[2] = constants.add(f"{conv.output[0]}_folded_bias", shift)
+    else:
+        conv.input.append(constants.add(f"{conv.output[0]}_folded_bias", shift))
+    conv.output[0] = norm.output[0]
+    graph.node.remove(norm)
+    return (np.abs(factor) * np.broadcast_to(scale, factor.shape)).astype(np.float32)
