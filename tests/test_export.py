@@ -203,3 +203,29 @@ def test_a_w8a8_model_exports_int8_weights_that_onnxruntime_runs_in_integers(tmp
     assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.9
     fused = {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
     assert fused & {"QLinearConv", "QGemm", "QLinearMatMul"}  # ONNX Runtime computes some layers in int8
+
+
+def test_a_w8a8_convolution_takes_the_batchnorm_after_it_into_its_int8_weight(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 1),
+                          nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    with torch.no_grad():  # trained-looking statistics, one negative factor among them
+        for norm in (model[1], model[4]):
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.2, 0.2)
+        model[1].weight[3] = -0.8
+    model.eval()
+    calibration = [torch.randn(64, 3, 8, 8) for _ in range(4)]
+    nc.compress(model, calibration, nc.Uniform(bits=8, activations=8), progress=False)
+    result = nc.export_onnx(model, calibration[0], tmp_path / "w8a8.onnx", check_data=calibration[1:])
+    graph = onnx.load(str(tmp_path / "w8a8.onnx")).graph
+    assert result.integer_layers == 3
+    assert "BatchNormalization" not in {n.op_type for n in graph.node}
+    session = ort.InferenceSession(str(tmp_path / "w8a8.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(64, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    assert float((got - expected).norm() / expected.norm()) < 0.02
