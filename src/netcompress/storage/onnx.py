@@ -86,7 +86,8 @@ class ExportResult:
     integer_layers: int = 0  # w8a8 layers written as int8 weights behind QuantizeLinear/DequantizeLinear pairs
 
     def __str__(self) -> str:
-        return (f"wrote {self.path}: {self.bytes:,} bytes, ONNX opset {self.opset}; onnxruntime vs PyTorch on "
+        integer = f", {self.integer_layers} layers in int8" if self.integer_layers else ""
+        return (f"wrote {self.path}: {self.bytes:,} bytes{integer}, ONNX opset {self.opset}; onnxruntime vs PyTorch on "
                 f"{self.batches} batch(es), {self.samples:,} samples: max abs difference {self.max_abs_diff:.3g} "
                 f"(outputs up to {self.max_abs_output:.3g})")
 
