@@ -72,10 +72,12 @@ class Form:
 
 @dataclass
 class Case:
-    key: str
+    """A trained network, its calibration batches, its metric (of one call on a batch) and its forms."""
+
+    name: str
     title: str
-    model: nn.Module
-    calibration: list
+    network: nn.Module
+    batches: list
     metric: Callable[[Callable[[torch.Tensor], object]], float]  # of a call on a batch
     metric_name: str
     inputs: Callable[[int], object]  # a batch of that many held-out samples
@@ -119,11 +121,11 @@ def timed_build(build: Callable[[], object]) -> tuple[object, float]:
 
 
 def pytorch_forms(case: Case) -> list[Form]:
-    dense = case.model
+    dense = case.network
     forms = [Form("float32", "pytorch", lambda x: dense(x), case.metric(lambda x: dense(x)), bytes=saved_bytes(dense))]
     w8a8 = copy.deepcopy(dense)
     torch.manual_seed(SEED)
-    report, seconds = timed_build(lambda: nc.compress(w8a8, case.calibration, nc.Uniform(bits=8, activations=8),
+    report, seconds = timed_build(lambda: nc.compress(w8a8, case.batches, nc.Uniform(bits=8, activations=8),
                                                       layers=case.layers, progress=False))
     w8a8.eval()
     clips: dict[str, int] = {}
@@ -168,9 +170,9 @@ def onnx_forms(case: Case, folder: Path, threads: int) -> list[Form]:
     import onnxruntime as ort
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    example = case.calibration[0]
-    float_file = folder / f"{case.key}.onnx"
-    nc.export_onnx(case.model, example, float_file, check_data=case.calibration[:2])
+    example = case.batches[0]
+    float_file = folder / f"{case.name}.onnx"
+    nc.export_onnx(case.network, example, float_file, check_data=case.batches[:2])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -184,22 +186,22 @@ def onnx_forms(case: Case, folder: Path, threads: int) -> list[Form]:
     call = session_call(float_file)
     forms.append(Form("float32 (ONNX Runtime)", "onnxruntime", call, case.metric(call),
                       bytes=float_file.stat().st_size))
-    ours = folder / f"{case.key}.w8a8.onnx"
+    ours = folder / f"{case.name}.w8a8.onnx"
     refused = ""
     try:
         exported, seconds = timed_build(lambda: nc.export_onnx(case.compressed, example, ours,
-                                                               check_data=case.calibration[:2]))
+                                                               check_data=case.batches[:2]))
     except ValueError as error:  # the export's check refused: measured anyway with a looser tolerance, and said so
         refused = f"the default check refused the file ({error}); exported again with rtol=0.1: "
         exported, seconds = timed_build(lambda: nc.export_onnx(case.compressed, example, ours,
-                                                               check_data=case.calibration[:2], rtol=0.1))
+                                                               check_data=case.batches[:2], rtol=0.1))
     call = session_call(ours)
     forms.append(Form("netcompress w8a8 (ONNX Runtime)", "onnxruntime", call, case.metric(call), bytes=exported.bytes,
                       seconds=seconds, note=f"{refused}{exported.integer_layers} layers exported as int8 weights behind "
                                             f"QuantizeLinear/DequantizeLinear; {exported}"))
-    static_file = folder / f"{case.key}.static.onnx"
+    static_file = folder / f"{case.name}.static.onnx"
     _, seconds = timed_build(lambda: quantize_static(
-        str(float_file), str(static_file), CalibrationReader(case.calibration, "input"), quant_format=QuantFormat.QDQ,
+        str(float_file), str(static_file), CalibrationReader(case.batches, "input"), quant_format=QuantFormat.QDQ,
         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8))
     call = session_call(static_file)
     forms.append(Form("ONNX Runtime quantize_static (QDQ, per channel)", "onnxruntime", call, case.metric(call),
