@@ -16,9 +16,12 @@ in turn, the order rotated every round, the median of the timed calls) at batch 
   (QDQ format, per-channel int8 weights, uint8 activations, its MinMax calibrator) on the same
   calibration images, run by ONNX Runtime (int8 kernels);
 
-Models: LeNet-5 (MNIST; 512 calibration images, the 1,000 test images) and EfficientNet-Lite0
+Models: LeNet-5 (MNIST; 512 calibration images, the 1,000 test images), EfficientNet-Lite0
 fine-tuned on MNIST at 64×64 (``_domain_models``, cached; 512 calibration images, the 1,500 test
-images). "file bytes": what ``nc.save`` writes for the tensors (PyTorch rows), the ONNX file's size
+images) and all-MiniLM-L6-v2 (128 docstring sentences to calibrate; the cosine of mean-pooled
+sentence embeddings against the dense model's on 128 held-out sentences; its 36 encoder Linear
+layers quantized; timed on 1 and 64 held-out sentences padded to the longest; PyTorch forms only,
+beside torchao's int8 dynamic activations + int8 weights on the same layers). "file bytes": what ``nc.save`` writes for the tensors (PyTorch rows), the ONNX file's size
 (ONNX Runtime rows).
 
 Writes ``results/w8a8.json`` and ``results/w8a8.md``. Times depend on the machine and its load.
@@ -48,7 +51,7 @@ from netcompress._core.sizes import saved_bytes
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-MODELS = ("lenet", "efficientnet")
+MODELS = ("lenet", "efficientnet", "minilm")
 BATCHES = (1, 64)
 SLICE_S = 0.15  # seconds of calls per form per round
 SEED = 0
@@ -250,12 +253,13 @@ def table(case: Case) -> tuple[list[str], list[list[str]]]:
 
 def run_case(case: Case, threads: int, rounds: int) -> dict:
     say(f"\n{case.title}")
-    case.forms = pytorch_forms(case)
     with tempfile.TemporaryDirectory() as folder:
-        try:
-            case.forms += onnx_forms(case, Path(folder), threads)
-        except ImportError as error:
-            case.notes.append(f"ONNX Runtime rows skipped: {error}")
+        if not case.forms:  # MiniLM builds its own
+            case.forms = pytorch_forms(case)
+            try:
+                case.forms += onnx_forms(case, Path(folder), threads)
+            except ImportError as error:
+                case.notes.append(f"ONNX Runtime rows skipped: {error}")
         for form in case.forms:
             say(f"  {form.name:50s} {case.metric_name} {form.metric:.4f}  {form.note}")
         time_forms(case, rounds)
@@ -284,7 +288,48 @@ def markdown(results: dict) -> str:
     return "\n".join(parts)
 
 
-BUILDERS = {"lenet": lenet_case, "efficientnet": efficientnet_case}
+def minilm_case() -> Case:
+    """all-MiniLM-L6-v2: forms built here (PyTorch only: ONNX export takes one tensor, not keyword inputs)."""
+    from experiments import real_models as rm
+
+    from _domain_models import minilm_parts
+
+    parts = minilm_parts(count=128, seed=SEED)
+    dense = parts.model.eval()
+    layers = [n for n, m in dense.named_modules() if n.startswith("encoder.") and isinstance(m, nn.Linear)]
+    timed = rm.tokenize(parts.tokenizer, parts.heldout[:64], batch_size=64, max_length=128)[0]
+
+    def inputs(batch: int) -> dict:
+        return {k: v[:batch] for k, v in timed.items()}
+
+    case = Case("minilm", "all-MiniLM-L6-v2 (sentence embeddings)", dense, parts.batches, None,
+                "embedding cosine vs dense", inputs, layers=layers)
+    case.forms = [Form("float32", "pytorch", lambda x: dense(**x), parts.quality(dense), bytes=saved_bytes(dense))]
+    w8a8 = copy.deepcopy(dense)
+    torch.manual_seed(SEED)
+    report, seconds = timed_build(lambda: nc.compress(w8a8, parts.batches, nc.Uniform(bits=8, activations=8),
+                                                      layers=layers, progress=False))
+    w8a8.eval()
+    integer = sum(1 for m in w8a8.modules() if getattr(m, "input_scale", None) is not None and _integer_layer(m))
+    case.forms.append(Form("netcompress w8a8 (PyTorch)", "pytorch", lambda x: w8a8(**x), parts.quality(w8a8),
+                           bytes=saved_bytes(w8a8), seconds=seconds,
+                           note=f"the {len(layers)} encoder Linear layers; {integer} on torch._int_mm; "
+                                f"fidelity: {report.fidelity}"))
+    try:
+        import torchao.quantization as tq
+
+        dynamic = copy.deepcopy(dense)
+        config = tq.Int8DynamicActivationInt8WeightConfig()
+        _, seconds = timed_build(lambda: tq.quantize_(dynamic, config,
+                                                      filter_fn=lambda m, name: name in set(layers)))
+        case.forms.append(Form("torchao int8 dynamic activations + int8 weights", "pytorch",
+                               lambda x: dynamic(**x), parts.quality(dynamic), seconds=seconds))
+    except Exception as error:  # noqa: BLE001 - a peer that does not run here is a note, not the end of the run
+        case.notes.append(f"torchao row skipped: {type(error).__name__}: {str(error)[:160]}")
+    return case
+
+
+BUILDERS = {"lenet": lenet_case, "efficientnet": efficientnet_case, "minilm": minilm_case}
 
 
 def main() -> None:
