@@ -91,11 +91,15 @@ def test_candidate_prices_are_the_replacements_own_bytes_and_heldout_errors(digi
     held = x[heldout_mask(0, len(x), 0.2)]
     candidates = price_layer("0", model[0], stats, dense_macs=64 * 128)
     labels = {c.label for c in candidates}
-    assert {"dense", "uniform(bits=8)"} <= labels and any("factor_bits=8" in label for label in labels)
+    assert {"dense", "uniform(bits=8)", "uniform(bits=8, activations=8)"} <= labels
+    assert any("factor_bits=8" in label for label in labels)
     with torch.no_grad():
         reference = model[0](held).double()
         for candidate in candidates:
             direct = (candidate.module(held).double() - reference).norm() / reference.norm()
+            if "activations=8" in candidate.label:  # the input grid's noise is an estimate (discrete pixels: 2.7×)
+                assert float(direct) <= candidate.error <= 3 * float(direct) + 1e-3, candidate.label
+                continue
             assert candidate.error == pytest.approx(float(direct), rel=1e-4, abs=1e-6), candidate.label
             assert candidate.bytes == saved_bytes(candidate.module)
             if candidate.label.startswith("dalr"):

@@ -9,7 +9,9 @@ factor_bits=8)``, ...) applied to one layer, with what it costs and what it brea
   forward pass gives (:func:`~netcompress.stats.flops.layer_flops`) scaled by the replacement's
   share of the products (a rank-``k`` pair computes ``k·(in + out)`` per position, not ``in·out``);
 * **error**: the held-out relative output error ``‖Y − Ŷ‖/‖Y‖`` on target samples the method did
-  not fit (in-sample only where the statistics keep no held-out part).
+  not fit (in-sample only where the statistics keep no held-out part); for w8a8 (``uniform`` with
+  ``activations=8``, the candidate whose integer products make a layer faster) the input grid's
+  noise is added as the Report adds it.
 
 Low rank is priced from one factorization per layer: the errors of every rank come from its
 cumulative sums (:meth:`~netcompress.lowrank.Factorization.relative_error_on`), so a layer's eight
@@ -80,6 +82,8 @@ def _quantized(name: str, layer: nn.Module, stats: LayerStats, families: Iterabl
     settings: list[Settings] = []
     if "uniform" in families:
         settings.append(Uniform(bits=8))
+        if not isinstance(plain, nn.Embedding):  # w8a8: integer products, the candidate that makes a layer faster
+            settings.append(Uniform(bits=8, activations=8))
     if "gptq" in families and not grouped:  # a depthwise filter of 9 weights has no columns to feed errors to
         settings += [GPTQ(bits=b, group_size=g, symmetric=False) for b, g in GPTQ_GRID
                      if g is None or (per_row % g == 0 and g < per_row)]
@@ -90,11 +94,18 @@ def _quantized(name: str, layer: nn.Module, stats: LayerStats, families: Iterabl
     found = []
     for chosen in settings:
         registered = method(chosen.method)
+        inputs = chosen.values(tuple(registered.inputs.keys)) if registered.inputs else {}
         try:
             new = registered.fn(plain, moments, **chosen.values(registered.settings))
-        except ValueError:  # a setting this layer does not take is simply not a candidate
+            grid = registered.inputs.calibrate(name, new, stats, inputs) if inputs.get("activations") else None
+        except ValueError:  # a setting this layer does not take (or an input range never seen) is not a candidate
             continue
-        found.append(Candidate(chosen, new, saved_bytes(new), dense_macs, _error(layer, new, stats, name)))
+        error = _error(layer, new, stats, name)
+        if grid is not None:  # the input grid's rounding noise on top of the weights' error, as the Report adds it
+            in_sample, held = registered.inputs.errors(layer, new, stats, name, grid, *output_errors(layer, new, stats,
+                                                                                                    name))
+            error = float(held if held is not None else in_sample)
+        found.append(Candidate(chosen, new, saved_bytes(new), dense_macs, error))
     return found
 
 
