@@ -63,8 +63,8 @@ class Method:
       setting couples layers (magnitude pruning's global threshold).
 
     ``inputs``: what rounds a replacement's input too (static activation quantization), an object
-    with ``keys`` (the settings it owns, which the function does not take), ``check(**values)``,
-    and, after the function built a layer, ``calibrate(name, new, stats, values)`` and
+    with ``keys`` (the settings it owns, which the function does not take; the settings class checks
+    them), and, after the function built a layer, ``calibrate(name, new, stats, values)`` and
     ``errors(old, new, stats, name, grid, in_sample, held)`` (see :mod:`netcompress.quantize.activations`).
 
     A low-rank method whose factors are not two matrices (a separable convolution) gives

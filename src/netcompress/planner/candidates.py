@@ -69,9 +69,12 @@ class Candidate:
         return f"{self.settings.method}({values})"
 
 
-def _error(layer: nn.Module, new: nn.Module, stats: LayerStats, name: str) -> float:
-    in_sample, held = output_errors(layer, new, stats, name)
+def _heldout_first(in_sample: float | None, held: float | None) -> float:
     return float(held if held is not None else in_sample)
+
+
+def _error(layer: nn.Module, new: nn.Module, stats: LayerStats, name: str) -> float:
+    return _heldout_first(*output_errors(layer, new, stats, name))
 
 
 def _quantized(name: str, layer: nn.Module, stats: LayerStats, families: Iterable[str], dense_macs: int
@@ -100,12 +103,10 @@ def _quantized(name: str, layer: nn.Module, stats: LayerStats, families: Iterabl
             grid = registered.inputs.calibrate(name, new, stats, inputs) if inputs.get("activations") else None
         except ValueError:  # a setting this layer does not take (or an input range never seen) is not a candidate
             continue
-        error = _error(layer, new, stats, name)
+        errors = output_errors(layer, new, stats, name)
         if grid is not None:  # the input grid's rounding noise on top of the weights' error, as the Report adds it
-            in_sample, held = registered.inputs.errors(layer, new, stats, name, grid, *output_errors(layer, new, stats,
-                                                                                                    name))
-            error = float(held if held is not None else in_sample)
-        found.append(Candidate(chosen, new, saved_bytes(new), dense_macs, error))
+            errors = registered.inputs.errors(layer, new, stats, name, grid, *errors)
+        found.append(Candidate(chosen, new, saved_bytes(new), dense_macs, _heldout_first(*errors)))
     return found
 
 

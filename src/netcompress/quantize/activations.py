@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from netcompress.stats.moments import Moments
+from netcompress.quantize.modules import input_codes
+from netcompress.stats.moments import Moments, output_energy
 from netcompress.stats.ranges import clip_error, percentile
 
 __all__ = ["ACTIVATION_CLIPS", "ACTIVATION_KEYS", "STATIC_INPUTS", "InputGrid", "calibrate_inputs",
@@ -66,10 +67,6 @@ def check_activation_settings(activations: object, clip: object, symmetric: obje
         raise ValueError(f"activation_symmetric must be True or False, got {symmetric!r}")
 
 
-def _codes(bits: int, symmetric: bool) -> tuple[int, int]:
-    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if symmetric else (0, (1 << bits) - 1)
-
-
 def _span(moments: Moments, clip: str, symmetric: bool, levels: int) -> tuple[float, float]:
     """``[low, high]`` of the grid ``clip`` fits on ``moments``' histogram (it always holds zero)."""
     histogram, peaks = moments.input_histogram, moments.input_peaks
@@ -87,7 +84,7 @@ def _span(moments: Moments, clip: str, symmetric: bool, levels: int) -> tuple[fl
 
 
 def _grid(low: float, high: float, bits: int, symmetric: bool) -> tuple[float, int]:
-    quant_min, quant_max = _codes(bits, symmetric)
+    quant_min, quant_max = input_codes(bits, symmetric)
     if symmetric:
         scale = max(high, -low) / quant_max
         return (scale if scale > 0 else 1.0), 0
@@ -98,7 +95,7 @@ def _grid(low: float, high: float, bits: int, symmetric: bool) -> tuple[float, i
 
 
 def _error(moments: Moments, scale: float, zero: int, bits: int, symmetric: bool) -> float:
-    quant_min, quant_max = _codes(bits, symmetric)
+    quant_min, quant_max = input_codes(bits, symmetric)
     return clip_error(moments.input_histogram, (quant_min - zero) * scale, (quant_max - zero) * scale,
                       quant_max - quant_min + 1)
 
@@ -112,7 +109,7 @@ def input_grid(name: str, fitted: Moments, heldout: Moments | None, bits: int, c
     judge = heldout if heldout is not None and heldout.input_histogram.numel() \
         and float(heldout.input_histogram.sum()) > 0 else fitted
     where = "held-out" if judge is heldout else "fitted"
-    quant_min, quant_max = _codes(bits, symmetric)
+    quant_min, quant_max = input_codes(bits, symmetric)
     levels = quant_max - quant_min + 1
     tried = ACTIVATION_CLIPS[1:] if clip == "auto" else (clip,)
     best: InputGrid | None = None
@@ -123,23 +120,6 @@ def input_grid(name: str, fitted: Moments, heldout: Moments | None, bits: int, c
             best = InputGrid(scale, zero, quant_min, quant_max, kind, error, where)
     assert best is not None and math.isfinite(best.scale)
     return best
-
-
-def _energy(weight: torch.Tensor, bias: torch.Tensor | None, moments: Moments) -> float:
-    """``Σ‖W x + b‖²`` over ``moments``' samples, a grouped convolution one group of rows at a time."""
-    from netcompress.stats.moments import output_energy
-
-    if moments.groups == 1:
-        return output_energy(weight, bias, moments)
-    rows, per = weight.shape[0] // moments.groups, moments.gram.shape[-1]
-    total = 0.0
-    for g in range(moments.groups):
-        part = Moments(gram=moments.gram[g], input_sum=moments.input_sum[g * per:(g + 1) * per], count=moments.count,
-                       positive_count=moments.positive_count, response_sum=moments.response_sum,
-                       response_max=moments.response_max)
-        total += output_energy(weight[g * rows:(g + 1) * rows], None if bias is None else bias[g * rows:(g + 1) * rows],
-                               part)
-    return total
 
 
 def with_input_noise(relative: float | None, old_weight: torch.Tensor, old_bias: torch.Tensor | None,
@@ -155,7 +135,8 @@ def with_input_noise(relative: float | None, old_weight: torch.Tensor, old_bias:
         return relative
     weight = old_weight.to(torch.float64).reshape(old_weight.shape[0], -1)
     bias = None if old_bias is None else old_bias.to(torch.float64)
-    energy = _energy(weight, bias, moments)
+    energy = output_energy(weight.to(moments.gram.device), None if bias is None else bias.to(moments.gram.device),
+                           moments)
     if not energy > 0:
         return relative
     noise = moments.count * mse * float(new_weight.to(torch.float64).square().sum())
@@ -184,7 +165,8 @@ def input_noise_errors(old: torch.nn.Module, new: torch.nn.Module, stats, name: 
 
     plain = plain_layer(old)
     bias = plain_bias(plain)
-    weight, bias, new_weight = weight_rows(plain, slice(None)).detach(), None if bias is None else bias.detach(), new.weight.detach()
+    weight, new_weight = weight_rows(plain, slice(None)).detach(), new.weight.detach()
+    bias = None if bias is None else bias.detach()
     fitted_error = _error(stats[name], grid.scale, grid.zero_point, new.input_bits, new.input_symmetric)
     heldout = stats.heldout.layers.get(name) if stats.heldout is not None else None
     return (with_input_noise(in_sample, weight, bias, new_weight, stats[name], fitted_error),

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["INT4_GROUPS", "Prepared", "kernel_name", "prepare"]
+__all__ = ["INT4_GROUPS", "Prepared", "integer_layout", "kernel_name", "prepare"]
 
 INT4_GROUPS = (256, 128, 64, 32)  # group sizes the int4 kernel takes, largest (fewest scales) first
 INT4_ROWS = 16  # the int4 kernel's output rows come in multiples of this
@@ -93,14 +93,20 @@ def state_key(layer, x: torch.Tensor) -> tuple:
     return tuple(key)
 
 
+def integer_layout(layer) -> bool:
+    """Whether both operands of ``layer`` are 8-bit integers: 8-bit codes, one scale per row, an 8-bit input grid."""
+    return (getattr(layer, "input_scale", None) is not None and layer.input_bits == 8 and layer.code_bits == 8
+            and layer.mask is None and layer.scale is not None and layer.scale.shape[1] == 1)
+
+
 def kernel_name(layer, dtype: torch.dtype = torch.bfloat16) -> str | None:
     """``"int8"``, ``"int4"`` or ``"rows"``: the path for this layer's layout and inputs of ``dtype`` (``None``: decode)."""
     if layer.mask is not None or layer.scale is None:
         return None
     per_row = layer.scale.shape[1] == 1
     if getattr(layer, "input_scale", None) is not None:  # the input is rounded too: integers on both sides
-        integer = (layer.input_bits == 8 and layer.code_bits == 8 and per_row and dtype == torch.float32
-                   and layer.codes.device.type == "cpu" and hasattr(torch, "_int_mm"))
+        integer = integer_layout(layer) and dtype == torch.float32 and layer.codes.device.type == "cpu" \
+            and hasattr(torch, "_int_mm")
         return "w8a8" if integer else None
     if dtype == torch.float32:
         return "rows" if per_row else None

@@ -16,6 +16,7 @@ from netcompress.quantize import kernels
 
 __all__ = [
     "QuantizedLayer",
+    "input_codes",
     "QuantizedConv2d",
     "QuantizedEmbedding",
     "QuantizedLinear",
@@ -26,6 +27,11 @@ __all__ = [
 # Layers a quantizer takes: an embedding table quantizes row by row (QuantizedEmbedding).
 QUANTIZABLE = (*PRUNABLE, nn.Embedding)
 SCHEMES = ("symmetric", "asymmetric", "codebook")
+
+
+def input_codes(bits: int, symmetric: bool) -> tuple[int, int]:
+    """The code range of a ``bits``-bit input grid: ``[−2^(b−1), 2^(b−1) − 1]`` centred on zero, else ``[0, 2^b − 1]``."""
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if symmetric else (0, (1 << bits) - 1)
 
 
 class QuantizedLayer(nn.Module):
@@ -96,8 +102,7 @@ class QuantizedLayer(nn.Module):
         sets it from the target sample (:func:`netcompress.quantize.activations.input_grid`).
         """
         self.input_bits, self.input_symmetric = int(bits), bool(symmetric)
-        self.input_quant_min, self.input_quant_max = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if symmetric \
-            else (0, (1 << bits) - 1)
+        self.input_quant_min, self.input_quant_max = input_codes(bits, symmetric)
         device = self.codes.device
         self.register_buffer("input_scale", torch.ones(1, device=device))
         self.register_buffer("input_zero_point", torch.zeros(1, dtype=torch.int32, device=device))
@@ -116,8 +121,21 @@ class QuantizedLayer(nn.Module):
             return x
         if x.dtype == torch.float32:  # torch's op: exported to ONNX as QuantizeLinear → DequantizeLinear
             return torch.fake_quantize_per_tensor_affine(x, scale, zero, self.input_quant_min, self.input_quant_max)
-        s, z = scale.to(x.dtype), zero.to(x.dtype)
+        return self.round_input(x)
+
+    def round_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` rounded onto the input grid in plain float operations (any dtype; ONNX exports them as such)."""
+        s, z = self.input_scale.to(x.dtype), self.input_zero_point.to(x.dtype)
         return (torch.round(x / s) + z).clamp(self.input_quant_min, self.input_quant_max).sub(z).mul(s)
+
+    @torch.jit.unused
+    def _kernel(self, x: torch.Tensor) -> kernels.Prepared | None:
+        """The operands of this layer's fast path for inputs like ``x``, prepared once per state (``None``: decode)."""
+        prepared = getattr(self, "_prepared", None)
+        if prepared is None or prepared.key != kernels.state_key(self, x):
+            prepared = kernels.prepare(self, x)
+            self._prepared = prepared
+        return prepared
 
     @staticmethod
     def _with_inputs(layer: QuantizedLayer, entry: Entry) -> QuantizedLayer:
@@ -234,10 +252,7 @@ class QuantizedLinear(QuantizedLayer):
         """A low-bit kernel where one takes this layout (:mod:`~netcompress.quantize.kernels`), else the decoded weight."""
         if self._needs_gradient(x):
             return nn.functional.linear(self._quantize_input(x), self.weight, self.bias)
-        prepared = getattr(self, "_prepared", None)
-        if prepared is None or prepared.key != kernels.state_key(self, x):
-            prepared = kernels.prepare(self, x)
-            self._prepared = prepared
+        prepared = self._kernel(x)
         if prepared is not None and prepared.kind == "w8a8":  # rounds the input itself, onto the same grid
             return prepared.linear(x, self.bias)
         x = self._quantize_input(x)
@@ -298,10 +313,7 @@ class QuantizedConv2d(QuantizedLayer):
         if getattr(self, "input_scale", None) is None or self.kernel_size != (1, 1) or self.stride != (1, 1) \
                 or self.padding != (0, 0) or self.groups != 1 or x.dim() != 4 or self._needs_gradient(x):
             return None
-        prepared = getattr(self, "_prepared", None)
-        if prepared is None or prepared.key != kernels.state_key(self, x):
-            prepared = kernels.prepare(self, x)
-            self._prepared = prepared
+        prepared = self._kernel(x)
         if prepared is None or prepared.kind != "w8a8":
             return None
         n, _, h, w = x.shape

@@ -229,11 +229,12 @@ def _check_ranges(histogram: torch.Tensor, peaks: torch.Tensor, where: str) -> N
 def output_energy(weight: torch.Tensor, bias: torch.Tensor | None, moments: Moments) -> float:
     """``Σ ||W x + b||² = tr(W XXᵀ Wᵀ) + 2 bᵀ W Σx + n ||b||²`` over the samples of ``moments``.
 
-    ``weight`` is the layer's (out, in) float64 matrix on the statistics' device, ``bias`` its bias or None.
+    ``weight`` is the layer's (out, in) float64 matrix on the statistics' device (a grouped layer's rows
+    read their own group's block), ``bias`` its bias or None.
     """
-    energy = float(((weight @ moments.gram) * weight).sum())
+    energy = float((moments.times_gram(weight) * weight).sum())
     if bias is not None:
-        energy += 2 * float(bias @ (weight @ moments.input_sum)) + moments.count * float(bias @ bias)
+        energy += 2 * float(bias @ moments.times_sum(weight)) + moments.count * float(bias @ bias)
     return energy
 
 

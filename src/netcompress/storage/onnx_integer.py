@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from netcompress.quantize.kernels import integer_layout
 from netcompress.quantize.modules import QuantizedConv2d, QuantizedLinear
 
 __all__ = ["IntegerLayer", "RoundedInput", "fold_weight_quantizers", "integer_layer", "padded_integer_layer"]
@@ -61,17 +62,13 @@ class RoundedInput(nn.Module):
         self.layer, self.dense = layer, dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layer = self.layer
-        scale, zero = layer.input_scale, layer.input_zero_point.to(x.dtype)
-        x = (torch.round(x / scale) + zero).clamp(layer.input_quant_min, layer.input_quant_max).sub(zero).mul(scale)
-        return self.dense(x)
+        return self.dense(self.layer.round_input(x))
 
 
 def integer_layer(module: nn.Module) -> bool:
     """Whether ``module`` is a w8a8 layer ONNX can hold as int8: 8-bit codes, one scale per row, 8-bit inputs."""
-    return (isinstance(module, (QuantizedLinear, QuantizedConv2d)) and getattr(module, "input_scale", None) is not None
-            and module.input_bits == 8 and module.code_bits == 8 and module.zero_point is None
-            and module.scale is not None and module.scale.shape[1] == 1 and module.mask is None)
+    return (isinstance(module, (QuantizedLinear, QuantizedConv2d)) and integer_layout(module)
+            and module.zero_point is None)  # the int8 weight's zero point is 0: symmetric codes
 
 
 
